@@ -1,0 +1,1 @@
+"""Pieces shared by the teacher server and the student trainer."""

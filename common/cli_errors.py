@@ -1,0 +1,36 @@
+"""Turn the errors a user can cause into one readable line and exit code 2."""
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+
+from common.checkpoint import CheckpointError
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, CheckpointError,
+                                               OSError, KeyError)
+
+
+@contextmanager
+def one_line_errors(prog: str):
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except USER_ERRORS as e:
+        msg = e.args[0] if e.args else type(e).__name__
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """'3,32,32' -> (3, 32, 32), for argparse."""
+    import argparse
+
+    try:
+        shape = tuple(int(p) for p in text.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected C,H,W like 3,32,32, got {text!r}")
+    return shape

@@ -1,0 +1,331 @@
+"""Data sets by name, each built into the same :class:`DataSpec`.
+
+Every entry returns train/test ``Dataset``s whose items are already
+normalised float32 ``CxHxW`` tensors with an ``int`` label, so trainers never
+branch on the data set.  Adding a data set is one ``@register`` function.
+
+A builder takes ``root`` plus the keyword options it understands.  Options it
+does not take are handled here instead: ``train_size``/``test_size`` become
+seeded subsets, and ``image_shape``/``num_classes`` are refused, since a real
+data set's shape and classes are facts, not settings.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import inspect
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Subset
+from torchvision import datasets, transforms
+
+DEFAULT_ROOT = "data"
+"""Where file-based sets are looked for when no ``root`` is given."""
+
+FASHION_MNIST_DIRS: tuple[str, ...] = ("/usr/share/datasets/fashion-mnist",)
+"""System folders searched for Fashion-MNIST (Debian's ``dataset-fashion-mnist``)."""
+
+CACHE_DIR = os.environ.get("UNIXKD_CACHE_DIR", os.path.expanduser("~/.cache/unix-kd"))
+"""Where compressed files are unpacked when ``root`` is not writable."""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The files of a data set are not where we looked; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Train/test items are ``(normalised float32 CxHxW tensor, int label)``; the test
+    split is never augmented.  ``mean``/``std`` undo the normalisation when needed."""
+
+    name: str
+    train: Dataset
+    test: Dataset
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+DATASETS: dict[str, Callable[..., DataSpec]] = {}
+
+
+def register(name: str):
+    def add(builder: Callable[..., DataSpec]) -> Callable[..., DataSpec]:
+        DATASETS[name] = builder
+        return builder
+    return add
+
+
+def list_datasets() -> list[str]:
+    return sorted(DATASETS)
+
+
+def build_dataset(name: str, root: str | None = None, *, train_size: int | None = None,
+                  test_size: int | None = None, image_shape: tuple[int, int, int] | None = None,
+                  num_classes: int | None = None, seed: int = 0, augment: bool = True,
+                  download: bool = False) -> DataSpec:
+    key = name.lower().replace("_", "-")
+    if key not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; known: {', '.join(list_datasets())}")
+    builder = DATASETS[key]
+    accepted = inspect.signature(builder).parameters
+    options = dict(train_size=train_size, test_size=test_size, image_shape=image_shape,
+                   num_classes=num_classes, seed=seed, augment=augment, download=download)
+    for fixed in ("image_shape", "num_classes"):
+        if options[fixed] is not None and fixed not in accepted:
+            raise ValueError(f"{fixed} is only for generated data (synthetic); {key} has its own")
+    spec = builder(root, **{k: v for k, v in options.items() if k in accepted})
+    if "train_size" not in accepted:
+        spec = dataclasses.replace(spec, train=_subset(spec.train, train_size, seed, "train_size"),
+                                   test=_subset(spec.test, test_size, seed, "test_size"))
+    return spec
+
+
+def _subset(data: Dataset, size: int | None, seed: int, what: str) -> Dataset:
+    """A seeded random subset, so short runs see every class and stay repeatable."""
+    if size is None:
+        return data
+    if not 0 < size <= len(data):
+        raise ValueError(f"{what}={size} is out of range: this split has {len(data)} items")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    return Subset(data, order[:size].sort().values.tolist())
+
+
+def _transforms(augment: bool, crop: list, mean, std) -> tuple[Callable, Callable]:
+    """(train, test) transforms; ``crop`` is the train-only geometric augmentation."""
+    finish = [transforms.ToTensor(), transforms.Normalize(mean, std)]
+    train = crop + [transforms.RandomHorizontalFlip()] if augment else []
+    return transforms.Compose(train + finish), transforms.Compose(finish)
+
+
+# --- CIFAR ---------------------------------------------------------------
+
+def _presence_checked(cls):
+    """``cls`` checking only that its files exist, not their md5 sums.
+
+    torchvision refuses any file whose md5 differs from the official release,
+    which rules out small test fixtures and user-made subsets in the same
+    format.  Only the check changes (``md5=None`` means "present"); the parsing
+    stays torchvision's, and a download still verifies the archive.
+    """
+    return type(cls.__name__, (cls,), {
+        "train_list": [[f, None] for f, _ in cls.train_list],
+        "test_list": [[f, None] for f, _ in cls.test_list],
+        "meta": {**cls.meta, "md5": None},
+    })
+
+
+_CIFAR10 = _presence_checked(datasets.CIFAR10)
+_CIFAR100 = _presence_checked(datasets.CIFAR100)
+
+
+def _cifar(name: str, cls, num_classes: int, mean, std, root, augment, download) -> DataSpec:
+    root = root or DEFAULT_ROOT
+    folder = Path(root) / cls.base_folder
+    files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    if not download and not all((folder / f).is_file() for f in files):
+        raise DatasetNotFoundError(
+            f"{name} not found: expected {', '.join(files)} in {folder}; pass --data-root "
+            f"with the folder that holds {cls.base_folder}, or --download to fetch it")
+    train_tf, test_tf = _transforms(augment, [transforms.RandomCrop(32, padding=4)], mean, std)
+    return DataSpec(name, cls(root, train=True, transform=train_tf, download=download),
+                    cls(root, train=False, transform=test_tf), num_classes, (3, 32, 32), mean, std)
+
+
+@register("cifar10")
+def cifar10(root, *, augment, download) -> DataSpec:
+    return _cifar("cifar10", _CIFAR10, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+                  root, augment, download)
+
+
+@register("cifar100")
+def cifar100(root, *, augment, download) -> DataSpec:
+    return _cifar("cifar100", _CIFAR100, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+                  root, augment, download)
+
+
+# --- Fashion-MNIST ---------------------------------------------------------
+
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                       "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _fashion_mnist_dirs(root: str | None) -> list[Path]:
+    dirs = [Path(root) / "FashionMNIST" / "raw"] if root else []
+    if os.environ.get("UNIXKD_FASHION_MNIST_DIR"):
+        dirs.append(Path(os.environ["UNIXKD_FASHION_MNIST_DIR"]))
+    return dirs + [Path(d) for d in FASHION_MNIST_DIRS] + [Path(CACHE_DIR) / "FashionMNIST" / "raw"]
+
+
+def _has_all(folder: Path, gz_ok: bool = True) -> bool:
+    return all((folder / f).is_file() or (gz_ok and (folder / f"{f}.gz").is_file())
+               for f in FASHION_MNIST_FILES)
+
+
+def _writable_base(root: str | None) -> Path:
+    """``root`` when we may write there, else the user cache: the system copy is read-only."""
+    if root:
+        try:
+            (Path(root) / "FashionMNIST" / "raw").mkdir(parents=True, exist_ok=True)
+            if os.access(Path(root) / "FashionMNIST" / "raw", os.W_OK):
+                return Path(root)
+        except OSError:
+            pass
+    return Path(CACHE_DIR)
+
+
+def _unpack(source_dir: Path, name: str, target: Path) -> None:
+    """Put ``name`` at ``target`` uncompressed, redoing it only when the source is newer."""
+    plain, packed = source_dir / name, source_dir / f"{name}.gz"
+    source = plain if plain.is_file() else packed
+    if target.is_file() and (target.samefile(source)
+                             or target.stat().st_mtime >= source.stat().st_mtime):
+        return
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    with (gzip.open if source is packed else open)(source, "rb") as src, open(partial, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    os.replace(partial, target)  # never leave a half-written file under the real name
+
+
+def _fashion_mnist_root(root: str | None, download: bool) -> str:
+    """A folder laid out as torchvision's ``FashionMNIST`` expects (``ROOT/FashionMNIST/raw``)."""
+    dirs = _fashion_mnist_dirs(root)
+    found = next((d for d in dirs if _has_all(d)), None)
+    if found is None:
+        if download:
+            return str(_writable_base(root))
+        raise DatasetNotFoundError(
+            f"fashion-mnist not found: looked for {FASHION_MNIST_FILES[0]}[.gz] and the other "
+            f"3 IDX files in {', '.join(map(str, dirs))}; pass --data-root DIR with "
+            f"DIR/FashionMNIST/raw, or run 'apt-get install dataset-fashion-mnist'")
+    if found.parts[-2:] == ("FashionMNIST", "raw") and _has_all(found, gz_ok=False):
+        return str(found.parent.parent)
+    base = _writable_base(root)
+    (base / "FashionMNIST" / "raw").mkdir(parents=True, exist_ok=True)
+    for name in FASHION_MNIST_FILES:
+        _unpack(found, name, base / "FashionMNIST" / "raw" / name)
+    return str(base)
+
+
+@register("fashion-mnist")
+def fashion_mnist(root, *, augment, download) -> DataSpec:
+    mean, std = (0.2860,), (0.3530,)
+    base = _fashion_mnist_root(root, download)
+    train_tf, test_tf = _transforms(augment, [transforms.RandomCrop(28, padding=2)], mean, std)
+    return DataSpec("fashion-mnist",
+                    datasets.FashionMNIST(base, train=True, transform=train_tf, download=download),
+                    datasets.FashionMNIST(base, train=False, transform=test_tf),
+                    10, (1, 28, 28), mean, std)
+
+
+# --- ImageNet (any ImageFolder tree) ----------------------------------------
+
+@register("imagenet")
+def imagenet(root, *, augment) -> DataSpec:
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    root = Path(root or DEFAULT_ROOT)
+    missing = [str(root / s) for s in ("train", "val") if not (root / s).is_dir()]
+    if missing:
+        raise DatasetNotFoundError(
+            f"imagenet not found: no class folders in {' or '.join(missing)}; pass --data-root "
+            f"DIR with DIR/train/<class>/*.JPEG and DIR/val/<class>/*.JPEG")
+    finish = [transforms.ToTensor(), transforms.Normalize(mean, std)]
+    crop = [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip()] if augment \
+        else [transforms.Resize(256), transforms.CenterCrop(224)]
+    train = datasets.ImageFolder(root / "train", transforms.Compose(crop + finish))
+    test = datasets.ImageFolder(root / "val", transforms.Compose(
+        [transforms.Resize(256), transforms.CenterCrop(224)] + finish))
+    if test.class_to_idx != train.class_to_idx:
+        # ImageFolder numbers classes per folder; differing sets would silently shift labels.
+        raise ValueError(f"imagenet: {root / 'val'} and {root / 'train'} hold different class folders")
+    return DataSpec("imagenet", train, test, len(train.classes), (3, 224, 224), mean, std)
+
+
+# --- synthetic ---------------------------------------------------------------
+
+class TensorImages(Dataset):
+    """Images held in memory, with an optional per-item transform."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, transform: Callable | None = None):
+        self.images, self.targets, self.transform = images, targets, transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        image = self.images[index]
+        return (self.transform(image) if self.transform else image), int(self.targets[index])
+
+
+# Difficulty of the synthetic task: largest shift (fraction of the side), and
+# the strength of smooth clutter and of pixel noise relative to the prototypes.
+SHIFT, CLUTTER, NOISE = 0.25, 1.25, 1.25
+
+
+def _smooth_fields(generator: torch.Generator, count: int, channels: int, size, image_size):
+    """Random low-frequency images of ``size``: noise on a coarse grid, upsampled.
+
+    The grid has a point every quarter of ``image_size``, so features are the
+    same size in prototypes (larger, to leave room for shifts) and in clutter.
+    """
+    grid = [1 + round(4 * s / i) for s, i in zip(size, image_size)]
+    coarse = torch.randn(count, channels, *grid, generator=generator)
+    return F.interpolate(coarse, size=tuple(size), mode="bicubic", align_corners=True)
+
+
+def _samples(generator: torch.Generator, prototypes: torch.Tensor, clutter: torch.Tensor, n: int):
+    """Randomly shifted crops of the prototypes, under random contrast, clutter and noise.
+
+    Clutter lives in the same low-frequency space as the prototypes, so unlike
+    pixel noise it does not average away: it keeps a model well below 100%
+    and makes learning curves mean something.  Everything is a handful of
+    whole-batch operations (many small ones crawl when the cores are shared).
+    """
+    k, c, h, w = len(prototypes), *clutter.shape[1:]
+    crops = prototypes.unfold(2, h, 1).unfold(3, w, 1)  # view: k, c, y offset, x offset, h, w
+    labels = (torch.arange(n) % k)[torch.randperm(n, generator=generator)]
+    y, x = (torch.randint(crops.shape[d], (n,), generator=generator) for d in (2, 3))
+    contrast = 0.6 + 0.8 * torch.rand(n, 1, generator=generator)
+    weights = torch.randn(n, len(clutter), generator=generator) * (CLUTTER / len(clutter) ** 0.5)
+    # In place where possible: allocating full-size temporaries dominates the cost.
+    images = torch.randn(n, c * h * w, generator=generator).mul_(NOISE)
+    images.addmm_(weights, clutter.flatten(1))
+    images.addcmul_(contrast, crops[labels, :, y, x].flatten(1))
+    return images.view(n, c, h, w), labels
+
+
+@register("synthetic")
+def synthetic(root=None, *, train_size=None, test_size=None, image_shape=None, num_classes=None,
+              seed=0, augment=True) -> DataSpec:
+    """Learnable data made in memory, for tests and smoke runs without any files.
+
+    Each class is a smooth random prototype; a sample is a shifted crop of it
+    plus clutter and noise.  Each split has its own random stream, and the
+    normalisation comes from a fixed-size reference draw, so neither split
+    changes with the other's size.
+    """
+    shape, k = tuple(image_shape or (3, 32, 32)), num_classes or 10
+    if len(shape) != 3 or min(shape) < 1 or k < 2:
+        raise ValueError(f"synthetic needs image_shape (C, H, W) > 0 and >= 2 classes, "
+                         f"got {shape} and {k}")
+    c, h, w = shape
+    classes, train, test, reference = (torch.Generator().manual_seed(4 * seed + i) for i in range(4))
+    my, mx = round(SHIFT * h), round(SHIFT * w)
+    prototypes = _smooth_fields(classes, k, c, (h + 2 * my, w + 2 * mx), (h, w))
+    clutter = _smooth_fields(classes, 32, c, (h, w), (h, w))
+    var, mean = torch.var_mean(_samples(reference, prototypes, clutter, 1000)[0], dim=(0, 2, 3), keepdim=True)
+    splits = [_samples(g, prototypes, clutter, size) for g, size in ((train, train_size or 5000),
+                                                                        (test, test_size or 1000))]
+    for images, _ in splits:
+        images.sub_(mean).div_(var.sqrt())
+    (train_x, train_y), (test_x, test_y) = splits
+    flip = transforms.RandomHorizontalFlip() if augment else None
+    return DataSpec("synthetic", TensorImages(train_x, train_y, flip), TensorImages(test_x, test_y),
+                    k, shape, (0.0,) * c, (1.0,) * c)

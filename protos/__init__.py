@@ -1,0 +1,1 @@
+"""Generated gRPC code for protos/teacher.proto (regenerate with `make protos`)."""

@@ -1,0 +1,1 @@
+"""The student side of UNIX-KD: selection, mixing, teacher clients, training loop."""

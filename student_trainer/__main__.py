@@ -1,0 +1,3 @@
+from student_trainer.cli import main
+
+main()

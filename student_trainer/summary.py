@@ -1,0 +1,67 @@
+"""The run's summary: one JSON document and the same figures as a short table."""
+from __future__ import annotations
+
+
+
+def build_summary(*, args, spec, work, top1, best_top1, epochs, teacher, server_start, server_end,
+                  flops, cost, kd_cost, wall_seconds) -> dict:
+    c = teacher.counters if teacher else None
+    info = teacher.describe() if teacher else None
+    s = {
+        "method": args.method,
+        "arch": args.arch,
+        "dataset": spec.name,
+        "teacher": info.model_name if info else None,
+        "teacher_arch": info.arch if info else None,
+        "teacher_url": args.teacher_url if teacher else None,
+        "wire_dtype": args.wire_dtype if teacher else None,
+        "batch_size": args.batch_size,
+        "k": args.k if args.method == "unix" else (args.batch_size if args.method == "kd" else 0),
+        "seed": args.seed,
+        "top1": top1,
+        "best_top1": best_top1,
+        "epochs": epochs,
+        "steps": work.steps,
+        "student_images": work.student_images,
+        "student_forward_images": work.student_forward,
+        "student_backward_images": work.student_backward,
+        "teacher_images": work.teacher_images,
+        "teacher_query_ratio": work.teacher_images / max(work.student_images, 1),
+        "teacher_requests": c.requests if c else 0,
+        "bytes_sent": c.bytes_sent if c else 0,
+        "bytes_received": c.bytes_received if c else 0,
+        "teacher_wait_seconds": c.wait_seconds if c else 0.0,
+        "server_images_delta": (server_end.images - server_start.images) if server_end else None,
+        "server_requests_delta": (server_end.requests - server_start.requests) if server_end else None,
+        "server_bytes_in_delta": (server_end.bytes_in - server_start.bytes_in) if server_end else None,
+        "server_stats_source": server_end.source if server_end else None,
+        "teacher_flops_per_image": flops["teacher_forward"],
+        "student_flops_per_image": flops["student_forward"],
+        "student_backward_flops_per_image": flops["student_backward"],
+        "compute_flops": cost,
+        "compute_vs_kd": (cost / kd_cost) if teacher and kd_cost else None,
+        "wall_seconds": wall_seconds,
+    }
+    return s
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.3e}"
+    return "-" if value is None else str(value)
+
+
+ROWS = ("method", "arch", "teacher", "dataset", "top1", "epochs", "steps", "student_images",
+        "teacher_images", "teacher_query_ratio", "teacher_requests", "bytes_sent", "bytes_received",
+        "server_images_delta", "teacher_flops_per_image", "student_flops_per_image", "compute_vs_kd",
+        "teacher_wait_seconds", "wall_seconds")
+
+
+def format_summary(*summaries: dict) -> str:
+    """Summaries as a table, one column per run (so KD and UNIX sit side by side)."""
+    width = max(map(len, ROWS))
+    lines = []
+    for key in ROWS:
+        cells = [_fmt(s.get(key)) for s in summaries]
+        lines.append(f"{key:<{width}}  " + "  ".join(f"{c:>16}" for c in cells))
+    return "\n".join(lines)

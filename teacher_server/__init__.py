@@ -1,0 +1,1 @@
+"""The teacher side of UNIX-KD: a trained model behind an inference server."""

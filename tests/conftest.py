@@ -1,0 +1,31 @@
+"""Shared fixtures: a real gRPC teacher server on a free localhost port."""
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="module")
+def random_teacher():
+    """A small real model (random weights) standing in for a trained teacher."""
+    from teacher_server.model_runner import load_teacher
+
+    return load_teacher(arch="resnet8", num_classes=10, input_shape=(3, 32, 32), seed=0)
+
+
+@pytest.fixture(scope="module")
+def grpc_teacher(random_teacher):
+    """The real server, started in this process on 127.0.0.1 with a free port."""
+    from teacher_server.server import build_server
+
+    server, servicer, port = build_server(random_teacher, host="127.0.0.1", port=0, max_batch=64)
+    yield f"grpc://127.0.0.1:{port}", servicer
+    server.stop(grace=None).wait()
+
+
+def train_args(tmp_path, *extra):
+    """Flags for a short trainer run on the built-in synthetic data."""
+    return ["--dataset", "synthetic", "--arch", "resnet8", "--epochs", "1", "--workers", "0",
+            "--no-progress", "--out", str(tmp_path), "--test-size", "64", *map(str, extra)]

@@ -1,0 +1,100 @@
+"""The real trainer against the real server: counts, the k/N ratio, checkpoints, summaries."""
+import json
+
+import pytest
+import torch
+
+from common.checkpoint import load_checkpoint, model_from_checkpoint
+from student_trainer.cli import main as train
+from tests.conftest import train_args
+
+
+def _server_images(servicer):
+    return servicer.counters.snapshot()["images"]
+
+
+def test_unix_sends_exactly_k_images_per_full_step(grpc_teacher, tmp_path):
+    url, servicer = grpc_teacher
+    before = _server_images(servicer)
+    s = train(train_args(tmp_path, "--method", "unix", "--teacher-url", url, "--batch-size", "16",
+                         "--k", "12", "--b", "8", "--train-size", "80"))
+    assert s["steps"] == 5 and s["student_images"] == 80
+    assert s["teacher_images"] == 5 * 12 == _server_images(servicer) - before
+    assert s["server_images_delta"] == s["teacher_images"]
+    assert s["teacher_requests"] == s["server_requests_delta"] == 5
+    assert s["bytes_sent"] == s["server_bytes_in_delta"]
+    assert s["teacher_query_ratio"] == pytest.approx(12 / 16)
+    assert s["student_forward_images"] == 80 + 60 and s["student_backward_images"] == 60
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["teacher_images"] == 60
+
+
+def test_kd_sends_every_image(grpc_teacher, tmp_path):
+    url, servicer = grpc_teacher
+    before = _server_images(servicer)
+    s = train(train_args(tmp_path, "--method", "kd", "--teacher-url", url, "--batch-size", "16",
+                         "--train-size", "64"))
+    assert s["teacher_images"] == s["student_images"] == 64 == _server_images(servicer) - before
+    assert s["compute_vs_kd"] == pytest.approx(1.0)
+
+
+def test_last_partial_batch_scales_k(grpc_teacher, tmp_path):
+    url, _ = grpc_teacher
+    s = train(train_args(tmp_path, "--method", "unix", "--teacher-url", url, "--batch-size", "16",
+                         "--k", "12", "--train-size", "72"))
+    assert s["steps"] == 5
+    assert s["teacher_images"] == 4 * 12 + 6 == s["server_images_delta"]
+
+
+def test_compute_vs_kd_is_the_papers_formula(grpc_teacher, tmp_path):
+    url, _ = grpc_teacher
+    s = train(train_args(tmp_path, "--method", "unix", "--teacher-url", url, "--batch-size", "16",
+                         "--k", "8", "--train-size", "32"))
+    ft, fs, bs = s["teacher_flops_per_image"], s["student_flops_per_image"], s["student_backward_flops_per_image"]
+    n, k = 16, 8
+    assert s["compute_vs_kd"] == pytest.approx((k * ft + (n + k) * fs + k * bs) / (n * (ft + fs + bs)))
+    assert bs > fs > 0  # measured, and backward costs more than forward
+
+
+def test_max_steps_stops_mid_epoch(grpc_teacher, tmp_path):
+    url, _ = grpc_teacher
+    s = train(train_args(tmp_path, "--method", "unix", "--teacher-url", url, "--batch-size", "16",
+                         "--k", "12", "--train-size", "160", "--max-steps", "3", "--epochs", "5"))
+    assert s["steps"] == 3 and s["epochs"] == 1 and s["teacher_images"] == 36
+
+
+def test_ce_trains_a_teacher_that_the_server_and_local_client_load(grpc_teacher, tmp_path):
+    from student_trainer.teachers import connect
+    from teacher_server.model_runner import load_teacher
+
+    s = train(train_args(tmp_path, "--method", "ce", "--batch-size", "32", "--train-size", "256",
+                         "--epochs", "2", "--lr", "0.1"))
+    assert s["teacher_images"] == 0 and s["teacher_requests"] == 0 and s["epochs"] == 2
+    ckpt = load_checkpoint(tmp_path / "best.pt")
+    assert ckpt["arch"] == "resnet8" and ckpt["input_shape"] == (3, 32, 32) and ckpt["num_classes"] == 10
+    assert ckpt["meta"]["method"] == "ce" and ckpt["meta"]["dataset"] == "synthetic"
+    assert (tmp_path / "last.pt").is_file()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["epoch"] for l in lines] == [1, 2]
+    model = model_from_checkpoint(ckpt).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        want = model(x)
+    with connect(f"local:{tmp_path / 'best.pt'}") as local:
+        assert torch.allclose(local.infer(x)["logits"], want, atol=1e-5)
+    assert torch.allclose(load_teacher(str(tmp_path / "best.pt")).forward(x, ["logits"])[0]["logits"], want,
+                          atol=1e-5)
+
+
+def test_a_trained_student_learns_the_synthetic_task(tmp_path):
+    s = train(train_args(tmp_path, "--method", "ce", "--batch-size", "32", "--train-size", "1024",
+                         "--test-size", "256", "--epochs", "2", "--lr", "0.1"))
+    assert s["top1"] > 30.0  # 10 classes: chance is 10%
+
+
+def test_teacher_for_other_data_is_refused(grpc_teacher, tmp_path, capsys):
+    url, _ = grpc_teacher
+    with pytest.raises(SystemExit) as e:
+        train(train_args(tmp_path, "--method", "kd", "--teacher-url", url, "--num-classes", "5"))
+    assert e.value.code == 2
+    assert "in 10 classes, but synthetic has 3x32x32 in 5" in capsys.readouterr().err
