@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--out", default="runs/student", help="folder for checkpoints and summary.json")
+    r.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR (its last.pt)")
+    r.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
+                   help="also write last.pt every STEPS steps (0: only at epoch ends)")
+    r.add_argument("--deterministic", action="store_true", help="torch deterministic algorithms")
+    r.add_argument("--log-every", type=int, default=20, metavar="STEPS", help="TensorBoard step interval")
+    r.add_argument("--no-tensorboard", action="store_true")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--log-level", default="INFO")
     return p
@@ -80,6 +86,8 @@ def validate(args) -> None:
         raise ValueError(f"--T must be > 0, got {args.T}")
     if args.epochs < 1 or (args.max_steps is not None and args.max_steps < 1):
         raise ValueError("--epochs and --max-steps must be at least 1")
+    if args.log_every < 1 or args.checkpoint_every < 0:
+        raise ValueError("--log-every must be at least 1 and --checkpoint-every at least 0")
 
 
 def main(argv=None) -> dict:

@@ -15,6 +15,7 @@ from torch import nn
 
 from student_trainer.losses import kd_loss, mixed_ce
 from student_trainer.mixing import scaled_for_batch, select_and_mix
+from student_trainer.timing import PhaseTimer
 from student_trainer.uncertainty import uncertainty
 
 
@@ -80,8 +81,9 @@ def bn_mode(model: nn.Module, mode: str):
 class Method:
     needs_teacher = True
 
-    def __init__(self, student: nn.Module, teacher, cfg: MethodConfig):
+    def __init__(self, student: nn.Module, teacher, cfg: MethodConfig, timer: PhaseTimer | None = None):
         self.student, self.teacher, self.cfg = student, teacher, cfg
+        self.timer = timer or PhaseTimer()
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         raise NotImplementedError
@@ -93,7 +95,8 @@ class Method:
         pass
 
     def _teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
-        return self.teacher.infer(images)["logits"].to(images.device)
+        with self.timer.phase("teacher"):
+            return self.teacher.infer(images)["logits"].to(images.device)
 
 
 class CE(Method):
@@ -101,8 +104,9 @@ class CE(Method):
     needs_teacher = False
 
     def step(self, images, labels):
-        logits = self.student(images)
-        loss = F.cross_entropy(logits, labels)
+        with self.timer.phase("student"):
+            logits = self.student(images)
+            loss = F.cross_entropy(logits, labels)
         n = images.shape[0]
         return StepOutput(loss, {"loss_ce": loss.item()}, n, n, 0)
 
@@ -113,10 +117,11 @@ class KD(Method):
     def step(self, images, labels):
         cfg = self.cfg
         t_logits = self._teacher_logits(images)
-        logits = self.student(images)
-        l_kd = kd_loss(logits, t_logits, cfg.T)
-        l_ce = F.cross_entropy(logits, labels)
-        loss = cfg.kd_weight * l_kd + cfg.ce_weight * l_ce
+        with self.timer.phase("student"):
+            logits = self.student(images)
+            l_kd = kd_loss(logits, t_logits, cfg.T)
+            l_ce = F.cross_entropy(logits, labels)
+            loss = cfg.kd_weight * l_kd + cfg.ce_weight * l_ce
         n = images.shape[0]
         return StepOutput(loss, {"loss_kd": l_kd.item(), "loss_ce": l_ce.item()}, n, n, n)
 
@@ -124,8 +129,8 @@ class KD(Method):
 class UNIX(Method):
     """UNIX-KD: uncertainty pass on N images, the k most uncertain mixed ones to the teacher."""
 
-    def __init__(self, student, teacher, cfg):
-        super().__init__(student, teacher, cfg)
+    def __init__(self, student, teacher, cfg, timer=None):
+        super().__init__(student, teacher, cfg, timer)
         self.rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
 
@@ -139,18 +144,20 @@ class UNIX(Method):
     def step(self, images, labels):
         cfg = self.cfg
         n = images.shape[0]
-        with torch.no_grad(), bn_mode(self.student, cfg.uncertainty_bn):
+        with self.timer.phase("uncertainty"), torch.no_grad(), bn_mode(self.student, cfg.uncertainty_bn):
             probs = F.softmax(self.student(images).float(), dim=1)
-        scores = uncertainty(cfg.selection, probs, self.gen)
-        k, b = scaled_for_batch(n, cfg.batch_size, cfg.k, cfg.b)
-        lam = float(self.rng.beta(1.0, 1.0))
-        perm = torch.randperm(n, generator=self.gen)
-        mb = select_and_mix(images, labels, scores, k=k, b=b, w=cfg.w, lam=lam, perm=perm.to(images.device))
+            scores = uncertainty(cfg.selection, probs, self.gen)
+        with self.timer.phase("mixing"):
+            k, b = scaled_for_batch(n, cfg.batch_size, cfg.k, cfg.b)
+            lam = float(self.rng.beta(1.0, 1.0))
+            perm = torch.randperm(n, generator=self.gen)
+            mb = select_and_mix(images, labels, scores, k=k, b=b, w=cfg.w, lam=lam, perm=perm.to(images.device))
         t_logits = self._teacher_logits(mb.images)
-        logits = self.student(mb.images)
-        l_kd = kd_loss(logits, t_logits, cfg.T)
-        l_ce = mixed_ce(logits, mb.labels_a, mb.labels_b, mb.mix)
-        loss = cfg.kd_weight * l_kd + cfg.ce_weight * l_ce
+        with self.timer.phase("student"):
+            logits = self.student(mb.images)
+            l_kd = kd_loss(logits, t_logits, cfg.T)
+            l_ce = mixed_ce(logits, mb.labels_a, mb.labels_b, mb.mix)
+            loss = cfg.kd_weight * l_kd + cfg.ce_weight * l_ce
         parts = {"loss_kd": l_kd.item(), "loss_ce": l_ce.item(), "lambda": lam,
                  "uncertainty_selected": scores[mb.selected].mean().item()}
         if len(mb.dropped):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def build_summary(*, args, spec, work, top1, best_top1, epochs, teacher, server_start, server_end,
-                  flops, cost, kd_cost, wall_seconds) -> dict:
+                  flops, cost, kd_cost, wall_seconds, time_split=None) -> dict:
     c = teacher.counters if teacher else None
     info = teacher.describe() if teacher else None
     s = {
@@ -40,7 +40,11 @@ def build_summary(*, args, spec, work, top1, best_top1, epochs, teacher, server_
         "student_backward_flops_per_image": flops["student_backward"],
         "compute_flops": cost,
         "compute_vs_kd": (cost / kd_cost) if teacher and kd_cost else None,
+        "kd_equivalent_flops": kd_cost,
         "wall_seconds": wall_seconds,
+        # Wall seconds by phase: data loading, uncertainty pass, mixing, waiting for the
+        # teacher, student forward/backward/step, evaluation, checkpoints.
+        "time_split": {k: round(v, 3) for k, v in (time_split or {}).items()},
     }
     return s
 

@@ -1,8 +1,12 @@
-"""The training loop: data, student, method, teacher; evaluation, checkpoints, summary.
+"""The training loop: data, student, method, teacher; evaluation, checkpoints, resume, summary.
 
-Read top to bottom like torchvision's reference ``train.py``: ``run`` builds
-everything from the parsed flags, ``train_one_epoch`` and ``evaluate`` do the
-work, ``write_summary`` reports it.
+Read top to bottom like torchvision's reference ``train.py``: ``Trainer``
+builds everything from the parsed flags, ``train`` runs the epochs,
+``train_one_epoch`` and ``evaluate`` do the work, ``finish`` reports it.
+Everything a run needs to continue bit-identically (weights, optimiser,
+scheduler, method RNG, global RNG, position in the data order, counters) is
+in ``last.pt``, written atomically every epoch and every ``--checkpoint-every``
+steps.
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import json
 import logging
 import random
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +22,17 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from common.checkpoint import make_checkpoint, save_checkpoint
+from common.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_checkpoint
 from common.data import build_dataset
 from common.flops import backward_flops_per_image, forward_flops_per_image
 from common.models import build_model
 from student_trainer.accounting import WorkCounters, compute_flops, kd_flops
+from student_trainer.data_order import EpochSampler, SeededItems
 from student_trainer.methods import METHODS, MethodConfig
 from student_trainer.summary import build_summary, format_summary
-from student_trainer.teachers import connect
+from student_trainer.teachers import ClientCounters, ServerStats, connect
+from student_trainer.teachers.grpc_client import TeacherUnavailable
+from student_trainer.timing import PhaseTimer
 
 log = logging.getLogger("student_trainer")
 
@@ -53,141 +61,307 @@ def check_teacher_fits(info, spec) -> None:
             f"in {spec.num_classes}")
 
 
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
 @torch.no_grad()
 def evaluate(model, loader, device) -> float:
     """Top-1 accuracy in percent."""
+    was_training = model.training
     model.eval()
     correct = total = 0
     for images, labels in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         correct += (model(images).argmax(dim=1) == labels).sum().item()
         total += labels.shape[0]
-    model.train()
+    model.train(was_training)
     return 100.0 * correct / max(total, 1)
 
 
-def train_one_epoch(method, optimizer, loader, device, work: WorkCounters, *, epoch: int,
-                    max_steps: int | None, progress: bool) -> dict:
-    """One pass over ``loader`` (or until ``max_steps``); returns the epoch's mean loss parts."""
-    method.student.train()
-    sums: dict[str, float] = {}
-    steps = 0
-    start = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if progress else True,
-               dynamic_ncols=True)
-    for images, labels in bar:
-        if max_steps is not None and work.steps >= max_steps:
-            break
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        out = method.step(images, labels)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        optimizer.step()
-        work.add(images.shape[0], out)
-        steps += 1
-        sums["loss"] = sums.get("loss", 0.0) + out.loss.item()
-        for name, value in out.parts.items():
-            sums[name] = sums.get(name, 0.0) + value
-        if steps % 10 == 0:
-            elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{sums['loss'] / steps:.3f}",
-                            img_s=f"{work.student_images / max(elapsed, 1e-9):.0f}",
-                            teacher=f"{work.teacher_images / max(work.student_images, 1):.2f}")
-    bar.close()
-    return {name: value / max(steps, 1) for name, value in sums.items()} | {"steps": steps}
+@dataclass
+class Progress:
+    """Where the run stands; saved in every checkpoint."""
+    epoch: int = 1              # the epoch in progress (1-based)
+    step_in_epoch: int = 0      # its batches already trained
+    epochs_done: int = 0
+    top1: float = 0.0
+    best_top1: float = -1.0
+    wall_seconds: float = 0.0   # spent by earlier lives of a resumed run
 
 
-def _loaders(spec, args, device):
-    g = torch.Generator().manual_seed(args.seed)
-    common = dict(num_workers=args.workers, pin_memory=device.type == "cuda",
-                  persistent_workers=args.workers > 0)
-    train = DataLoader(spec.train, batch_size=args.batch_size, shuffle=True, generator=g,
-                       drop_last=args.drop_last, **common)
-    test = DataLoader(spec.test, batch_size=max(args.batch_size, 256), shuffle=False, **common)
-    return train, test
+class Trainer:
+    def __init__(self, args):
+        self.args = args
+        self.device = resolve_device(args.device)
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if args.deterministic:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        seed_everything(args.seed)
+
+        self.spec = spec = build_dataset(
+            args.dataset, args.data_root, train_size=args.train_size, test_size=args.test_size,
+            image_shape=args.image_shape, num_classes=args.num_classes, seed=args.data_seed,
+            augment=not args.no_augment, download=args.download)
+        self.student = build_model(args.arch, num_classes=spec.num_classes,
+                                   in_channels=spec.input_shape[0]).to(self.device)
+        self.timer = PhaseTimer(self.device)
+        method_cls = METHODS[args.method]
+        self.teacher = None
+        if method_cls.needs_teacher:
+            if not args.teacher_url:
+                raise ValueError(f"--method {args.method} needs --teacher-url (grpc://HOST:PORT or local:PATH)")
+            self.teacher = connect(args.teacher_url, wire_dtype=args.wire_dtype, timeout=args.teacher_timeout,
+                                   connect_timeout=args.connect_timeout, device=str(self.device))
+            check_teacher_fits(self.teacher.describe(), spec)
+        cfg = MethodConfig(batch_size=args.batch_size, k=args.k, b=args.b, w=args.w, selection=args.selection,
+                           T=args.T, ce_weight=args.ce_weight, kd_weight=args.kd_weight,
+                           uncertainty_bn=args.uncertainty_bn, seed=args.seed)
+        self.method = method_cls(self.student, self.teacher, cfg, self.timer)
+
+        self.optimizer = torch.optim.SGD(self.student.parameters(), lr=args.lr, momentum=args.momentum,
+                                         weight_decay=args.weight_decay, nesterov=args.nesterov)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=args.milestones,
+                                                              gamma=args.lr_gamma)
+        self.sampler = EpochSampler(len(spec.train), args.seed)
+        loader_opts = dict(num_workers=args.workers, pin_memory=self.device.type == "cuda",
+                           persistent_workers=args.workers > 0)
+        self.train_loader = DataLoader(SeededItems(spec.train, args.seed), batch_size=args.batch_size,
+                                       sampler=self.sampler, drop_last=args.drop_last, **loader_opts)
+        self.test_loader = DataLoader(spec.test, batch_size=max(args.batch_size, 256), shuffle=False,
+                                      **loader_opts)
+        self.flops = {"student_forward": forward_flops_per_image(self.student, spec.input_shape),
+                      "student_backward": backward_flops_per_image(self.student, spec.input_shape),
+                      "teacher_forward": self.teacher.describe().flops_per_image if self.teacher else 0.0}
+        self.work = WorkCounters()
+        self.progress = Progress()
+        self.server_start = self.teacher.server_stats() if self.teacher else None
+        self.steps_per_epoch = len(self.train_loader)
+        self._life_start = time.perf_counter()
+        if args.resume:
+            self.resume(args.resume)
+        self.writer = self._tensorboard()
+
+    # --- checkpoints ----------------------------------------------------
+    def checkpoint(self) -> dict:
+        meta = {"dataset": self.spec.name, "method": self.args.method, "seed": self.args.seed,
+                "teacher": self.teacher.describe().model_name if self.teacher else None,
+                "epoch": self.progress.epochs_done, "steps": self.work.steps, "top1": self.progress.top1}
+        return make_checkpoint(
+            self.student, arch=self.args.arch, num_classes=self.spec.num_classes,
+            input_shape=self.spec.input_shape, meta=meta,
+            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            method_state=self.method.state_dict(), rng=rng_state(), progress=asdict(self.progress),
+            counters=self.work.as_dict(), timing=self.timer.as_dict(),
+            client_counters=self.teacher.counters.as_dict() if self.teacher else None,
+            server_start=asdict(self.server_start) if self.server_start else None,
+            run_flags={k: v for k, v in vars(self.args).items() if k not in ("resume",)})
+
+    def save(self, *, best: bool = False) -> None:
+        with self.timer.phase("checkpoint"):
+            self.progress.wall_seconds = self._wall()
+            ckpt = self.checkpoint()
+            save_checkpoint(ckpt, self.out / "last.pt")
+            if best:
+                save_checkpoint(ckpt, self.out / "best.pt")
+
+    def resume(self, run_dir: str) -> None:
+        path = Path(run_dir) / "last.pt" if Path(run_dir).is_dir() else Path(run_dir)
+        ckpt = load_checkpoint(path, map_location=str(self.device))
+        if "progress" not in ckpt:
+            raise CheckpointError(f"{path} holds weights only, no training state to resume from")
+        if ckpt["arch"] != self.args.arch:
+            raise CheckpointError(f"{path} is a {ckpt['arch']} run, but --arch is {self.args.arch}")
+        self.student.load_state_dict(ckpt["state_dict"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.method.load_state_dict(ckpt["method_state"])
+        self.progress = Progress(**ckpt["progress"])
+        self.work = WorkCounters(**ckpt["counters"])
+        self.timer.load(ckpt["timing"])
+        if self.teacher and ckpt.get("client_counters"):
+            self.teacher.counters = ClientCounters(**ckpt["client_counters"])
+        if ckpt.get("server_start"):
+            self.server_start = ServerStats(**ckpt["server_start"])
+        set_rng_state(ckpt["rng"])
+        self._truncate_metrics(self.progress.epochs_done)
+        log.info("resumed %s at epoch %d, step %d of it (%d steps in all)", path, self.progress.epoch,
+                 self.progress.step_in_epoch, self.work.steps)
+
+    # --- logging ----------------------------------------------------------
+    def _tensorboard(self):
+        if self.args.no_tensorboard:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(self.out / "tensorboard"), purge_step=self.work.steps or None)
+
+    def _truncate_metrics(self, epochs_done: int) -> None:
+        """Drop lines a killed life wrote after its last checkpoint, and partial-epoch lines."""
+        path = self.out / "metrics.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        records = [json.loads(line) for line in lines if line.strip()]
+        kept = [json.dumps(r) for r in records if r["epoch"] <= epochs_done and not r.get("partial")]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def _compute_so_far(self) -> tuple[float, float]:
+        f = self.flops
+        return (compute_flops(self.work, f["teacher_forward"], f["student_forward"], f["student_backward"]),
+                kd_flops(self.work, f["teacher_forward"], f["student_forward"], f["student_backward"]))
+
+    def _log_steps(self, sums: dict, count: int) -> None:
+        if not self.writer or not count:
+            return
+        step = self.work.steps
+        for name, value in sums.items():
+            self.writer.add_scalar(f"train/{name}", value / count, step)
+        self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], step)
+        self.writer.add_scalar("teacher/images", self.work.teacher_images, step)
+        self.writer.add_scalar("teacher/query_ratio", self.work.teacher_images / max(self.work.student_images, 1), step)
+        if self.teacher:
+            c = self.teacher.counters
+            self.writer.add_scalar("teacher/bytes_sent", c.bytes_sent, step)
+            self.writer.add_scalar("teacher/bytes_received", c.bytes_received, step)
+            self.writer.add_scalar("teacher/wait_seconds", c.wait_seconds, step)
+        self.writer.add_scalar("compute/flops", self._compute_so_far()[0], step)
+
+    def _wall(self) -> float:
+        return self.progress.wall_seconds + time.perf_counter() - self._life_start
+
+    # --- training ---------------------------------------------------------
+    def train_one_epoch(self) -> dict:
+        """Train the epoch in progress from its saved position; return its mean loss parts."""
+        args, p = self.args, self.progress
+        self.student.train()
+        self.sampler.set_epoch(p.epoch, start=p.step_in_epoch * args.batch_size)
+        sums: dict[str, float] = {}
+        window: dict[str, float] = {}
+        steps = window_steps = 0
+        start, images_at_start = time.perf_counter(), self.work.student_images
+        bar = tqdm(total=self.steps_per_epoch, initial=p.step_in_epoch, desc=f"epoch {p.epoch}", leave=False,
+                   disable=True if args.no_progress else None, dynamic_ncols=True)
+        batches = iter(self.train_loader)
+        while args.max_steps is None or self.work.steps < args.max_steps:
+            with self.timer.phase("data"):
+                batch = next(batches, None)
+            if batch is None:
+                break
+            images, labels = (t.to(self.device, non_blocking=True) for t in batch)
+            before_step = (self.method.state_dict(), rng_state())
+            try:
+                out = self.method.step(images, labels)
+            except TeacherUnavailable as e:
+                # Save the state before this step, so a resumed run redoes it with the same draws.
+                self.method.load_state_dict(before_step[0])
+                set_rng_state(before_step[1])
+                self.save()
+                raise TeacherUnavailable(f"{e}; progress saved, continue with --resume {self.out}") from None
+            with self.timer.phase("student"):
+                self.optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()
+                self.optimizer.step()
+            self.work.add(images.shape[0], out)
+            p.step_in_epoch += 1
+            steps += 1
+            window_steps += 1
+            for name, value in {"loss": out.loss.item(), **out.parts}.items():
+                sums[name] = sums.get(name, 0.0) + value
+                window[name] = window.get(name, 0.0) + value
+            if self.work.steps % args.log_every == 0:
+                self._log_steps(window, window_steps)
+                window, window_steps = {}, 0
+            bar.update(1)
+            if steps % 10 == 0:
+                elapsed = time.perf_counter() - start
+                bar.set_postfix(loss=f"{sums['loss'] / steps:.3f}",
+                                img_s=f"{(self.work.student_images - images_at_start) / max(elapsed, 1e-9):.0f}",
+                                teacher=f"{self.work.teacher_images / max(self.work.student_images, 1):.2f}")
+            if args.checkpoint_every and self.work.steps % args.checkpoint_every == 0:
+                self.save()
+        bar.close()
+        self._log_steps(window, window_steps)
+        return {name: value / max(steps, 1) for name, value in sums.items()} | {"steps": steps}
+
+    def end_epoch(self, parts: dict, epoch_seconds: float) -> None:
+        """Evaluate; a complete epoch also steps the schedule and moves on to the next one.
+
+        A run stopped by ``--max-steps`` mid-epoch is evaluated and saved where it
+        stands (its metrics line marked ``partial``), so a resume finishes that epoch.
+        """
+        args, p = self.args, self.progress
+        complete = p.step_in_epoch >= self.steps_per_epoch
+        if complete:
+            self.scheduler.step()
+        with self.timer.phase("eval"):
+            p.top1 = evaluate(self.student, self.test_loader, self.device)
+        if complete:
+            p.epochs_done = p.epoch
+        cost, kd_cost = self._compute_so_far()
+        record = {"epoch": p.epoch, "top1": p.top1, "lr": self.optimizer.param_groups[0]["lr"], **parts,
+                  **self.work.as_dict(), "compute_flops": cost, "kd_flops": kd_cost,
+                  "epoch_seconds": epoch_seconds, **({} if complete else {"partial": True})}
+        if self.teacher:
+            record |= {"teacher_" + k: v for k, v in self.teacher.counters.as_dict().items()}
+        with (self.out / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer:
+            self.writer.add_scalar("test/top1", p.top1, p.epoch)
+            self.writer.add_scalar("test/top1_by_teacher_images", p.top1, self.work.teacher_images)
+            self.writer.flush()
+        log.info("epoch %d/%d  loss %.4f  top-1 %.2f%%  teacher images %d of %d  (%.1f s)", p.epoch,
+                 args.epochs, parts.get("loss", float("nan")), p.top1, self.work.teacher_images,
+                 self.work.student_images, epoch_seconds)
+        best = p.top1 > p.best_top1
+        p.best_top1 = max(p.best_top1, p.top1)
+        if complete:
+            p.epoch, p.step_in_epoch = p.epoch + 1, 0
+        self.save(best=best)
+
+    def done(self) -> bool:
+        a = self.args
+        return self.progress.epoch > a.epochs or (a.max_steps is not None and self.work.steps >= a.max_steps)
+
+    def epochs_trained(self) -> float:
+        return self.progress.epochs_done + (self.progress.step_in_epoch / max(self.steps_per_epoch, 1))
+
+    def train(self) -> dict:
+        if not self.args.resume:
+            (self.out / "metrics.jsonl").write_text("")
+        try:
+            while not self.done():
+                epoch_start = time.perf_counter()
+                parts = self.train_one_epoch()
+                if parts["steps"] or self.progress.step_in_epoch:
+                    self.end_epoch(parts, time.perf_counter() - epoch_start)
+            server_end = self.teacher.server_stats() if self.teacher else None
+        finally:
+            if self.teacher:
+                self.teacher.close()
+            if self.writer:
+                self.writer.close()
+        return self.finish(server_end)
+
+    def finish(self, server_end) -> dict:
+        cost, kd_cost = self._compute_so_far()
+        p = self.progress
+        summary = build_summary(args=self.args, spec=self.spec, work=self.work, top1=p.top1,
+                                best_top1=p.best_top1, epochs=round(self.epochs_trained(), 4), teacher=self.teacher,
+                                server_start=self.server_start, server_end=server_end, flops=self.flops,
+                                cost=cost, kd_cost=kd_cost, wall_seconds=self._wall(),
+                                time_split=self.timer.as_dict())
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(format_summary(summary))
+        return summary
 
 
 def run(args) -> dict:
     """Train one student as the flags say; return (and write) the run's summary."""
-    wall_start = time.perf_counter()
-    seed_everything(args.seed)
-    device = resolve_device(args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    spec = build_dataset(args.dataset, args.data_root, train_size=args.train_size, test_size=args.test_size,
-                         image_shape=args.image_shape, num_classes=args.num_classes, seed=args.data_seed,
-                         augment=not args.no_augment, download=args.download)
-    student = build_model(args.arch, num_classes=spec.num_classes, in_channels=spec.input_shape[0]).to(device)
-    method_cls = METHODS[args.method]
-    teacher = None
-    if method_cls.needs_teacher:
-        if not args.teacher_url:
-            raise ValueError(f"--method {args.method} needs --teacher-url (grpc://HOST:PORT or local:PATH)")
-        teacher = connect(args.teacher_url, wire_dtype=args.wire_dtype, timeout=args.teacher_timeout,
-                          connect_timeout=args.connect_timeout,
-                          device=args.device if args.device != "auto" else str(device))
-        check_teacher_fits(teacher.describe(), spec)
-    cfg = MethodConfig(batch_size=args.batch_size, k=args.k, b=args.b, w=args.w, selection=args.selection,
-                       T=args.T, ce_weight=args.ce_weight, kd_weight=args.kd_weight,
-                       uncertainty_bn=args.uncertainty_bn, seed=args.seed)
-    method = method_cls(student, teacher, cfg)
-
-    optimizer = torch.optim.SGD(student.parameters(), lr=args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay, nesterov=args.nesterov)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.milestones, gamma=args.lr_gamma)
-    train_loader, test_loader = _loaders(spec, args, device)
-
-    flops = {"student_forward": forward_flops_per_image(student, spec.input_shape),
-             "student_backward": backward_flops_per_image(student, spec.input_shape),
-             "teacher_forward": teacher.describe().flops_per_image if teacher else 0.0}
-    server_start = teacher.server_stats() if teacher else None
-
-    work = WorkCounters()
-    best_top1, top1, epochs_run = -1.0, 0.0, 0
-    meta = {"dataset": spec.name, "method": args.method, "seed": args.seed,
-            "teacher": teacher.describe().model_name if teacher else None}
-    metrics_path = out / "metrics.jsonl"
-    metrics_path.write_text("")
-    try:
-        for epoch in range(1, args.epochs + 1):
-            if args.max_steps is not None and work.steps >= args.max_steps:
-                break
-            epoch_start = time.perf_counter()
-            parts = train_one_epoch(method, optimizer, train_loader, device, work, epoch=epoch,
-                                    max_steps=args.max_steps, progress=not args.no_progress)
-            scheduler.step()
-            epochs_run = epoch
-            top1 = evaluate(student, test_loader, device)
-            record = {"epoch": epoch, "top1": top1, "lr": optimizer.param_groups[0]["lr"], **parts,
-                      **work.as_dict(), "epoch_seconds": time.perf_counter() - epoch_start}
-            if teacher:
-                record |= {"teacher_" + k: v for k, v in teacher.counters.as_dict().items()}
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            log.info("epoch %d/%d  loss %.4f  top-1 %.2f%%  teacher images %d of %d  (%.1f s)",
-                     epoch, args.epochs, parts.get("loss", float("nan")), top1, work.teacher_images,
-                     work.student_images, record["epoch_seconds"])
-            ckpt = make_checkpoint(student, arch=args.arch, num_classes=spec.num_classes,
-                                   input_shape=spec.input_shape,
-                                   meta=meta | {"epoch": epoch, "steps": work.steps, "top1": top1},
-                                   optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                                   counters=work.as_dict())
-            save_checkpoint(ckpt, out / "last.pt")
-            if top1 > best_top1:
-                best_top1 = top1
-                save_checkpoint(ckpt, out / "best.pt")
-        server_end = teacher.server_stats() if teacher else None
-    finally:
-        if teacher:
-            teacher.close()
-
-    cost = compute_flops(work, flops["teacher_forward"], flops["student_forward"], flops["student_backward"])
-    kd_cost = kd_flops(work, flops["teacher_forward"], flops["student_forward"], flops["student_backward"])
-    summary = build_summary(args=args, spec=spec, work=work, top1=top1, best_top1=best_top1,
-                            epochs=epochs_run, teacher=teacher, server_start=server_start,
-                            server_end=server_end, flops=flops, cost=cost, kd_cost=kd_cost,
-                            wall_seconds=time.perf_counter() - wall_start)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(format_summary(summary))
-    return summary
+    return Trainer(args).train()
