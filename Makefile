@@ -10,7 +10,7 @@ TEACHER_EPOCHS ?= 2
 TEACHER_CKPT   ?= runs/teacher-fashion-mnist-$(TEACHER_ARCH)/best.pt
 CHECKPOINT     ?= $(TEACHER_CKPT)
 
-.PHONY: install test serve-teacher teacher demo protos clean
+.PHONY: install test serve-teacher teacher demo reproduce frontier protos clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,14 @@ serve-teacher: install $(if $(ARCH),,$(CHECKPOINT))
 
 demo: install $(TEACHER_CKPT)
 	$(PY) -m student_trainer.demo --checkpoint $(TEACHER_CKPT)
+
+# Issue-6 evidence: KD vs UNIX-KD on Fashion-MNIST, 3 seeds + ablations -> docs/results.md (QUICK=1: smoke check)
+reproduce: install
+	$(PY) -m student_trainer.experiment experiments/fashion_mnist.toml $(if $(QUICK),--quick)
+
+# Accuracy vs teacher compute: KD and UNIX at k = 16, 32, 48, 64 -> runs/frontier/results.md
+frontier: install
+	$(PY) -m student_trainer.experiment experiments/frontier.toml $(if $(QUICK),--quick)
 
 protos:
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. protos/teacher.proto

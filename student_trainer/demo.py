@@ -7,28 +7,11 @@ summaries are printed side by side.
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 from common.cli_errors import one_line_errors
 from student_trainer.summary import format_summary
-
-
-def start_teacher(checkpoint: str, port_file: Path) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, "-m", "teacher_server", "--checkpoint", checkpoint,
-                             "--port", "0", "--port-file", str(port_file)])
-    deadline = time.monotonic() + 120
-    while not (port_file.exists() and port_file.read_text().strip()):
-        if proc.poll() is not None:
-            raise ChildProcessError(f"teacher_server exited with code {proc.returncode}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise TimeoutError("teacher_server did not start within 120 s")
-        time.sleep(0.2)
-    return proc, int(port_file.read_text())
+from teacher_server.launch import served_teacher
 
 
 def main(argv=None) -> None:
@@ -46,22 +29,17 @@ def main(argv=None) -> None:
             raise FileNotFoundError(f"teacher checkpoint {args.checkpoint} not found (run `make teacher`)")
         from student_trainer.cli import main as train
 
-        with tempfile.TemporaryDirectory() as tmp:
-            proc, port = start_teacher(args.checkpoint, Path(tmp) / "port")
-            try:
-                summaries = []
-                for method in ("kd", "unix"):
-                    print(f"\n=== {method}: student {args.arch} distilled from the served teacher ===", flush=True)
-                    flags = ["--method", method, "--teacher-url", f"grpc://127.0.0.1:{port}",
-                             "--dataset", args.dataset, "--arch", args.arch, "--epochs", str(args.epochs),
-                             "--milestones", "", "--workers", str(args.workers),
-                             "--out", f"{args.out}/{method}", *extra]
-                    if args.train_size:
-                        flags += ["--train-size", str(args.train_size)]
-                    summaries.append(train(flags))
-            finally:
-                proc.terminate()
-                proc.wait(timeout=60)
+        with served_teacher("--checkpoint", args.checkpoint) as (_, port):
+            summaries = []
+            for method in ("kd", "unix"):
+                print(f"\n=== {method}: student {args.arch} distilled from the served teacher ===", flush=True)
+                flags = ["--method", method, "--teacher-url", f"grpc://127.0.0.1:{port}",
+                         "--dataset", args.dataset, "--arch", args.arch, "--epochs", str(args.epochs),
+                         "--milestones", "", "--workers", str(args.workers),
+                         "--out", f"{args.out}/{method}", *extra]
+                if args.train_size:
+                    flags += ["--train-size", str(args.train_size)]
+                summaries.append(train(flags))
         print("\n=== kd vs unix, side by side ===")
         print(format_summary(*summaries))
 

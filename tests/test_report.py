@@ -1,0 +1,72 @@
+"""The report and the experiment runner, on tiny real runs."""
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from student_trainer.cli import main as train
+from student_trainer.experiment import load_config, main as experiment, to_flags
+from student_trainer.report import main as report
+from tests.conftest import train_args
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_report_writes_the_table_and_two_plots(grpc_teacher, tmp_path, capsys):
+    url, _ = grpc_teacher
+    for method in ("kd", "unix"):
+        train(train_args(tmp_path / method, "--method", method, "--teacher-url", url, "--batch-size", "16",
+                         "--k", "8", "--train-size", "64", "--epochs", "2"))
+    report([str(tmp_path / "kd"), str(tmp_path / "unix"), "--out", str(tmp_path / "report")])
+    md = (tmp_path / "report" / "report.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| kd ") or line.startswith("| unix ")]
+    assert len(rows) == 2
+    assert "| 128 |" in rows[0] and "| 64 |" in rows[1]   # teacher images: all of them vs k/N
+    for name in ("top1_vs_teacher_images.png", "top1_vs_compute.png"):
+        w, h = _png_size(tmp_path / "report" / name)
+        assert w >= 400 and h >= 300
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_report_on_a_folder_without_a_run_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        report([str(tmp_path)])
+    assert e.value.code == 2
+    assert "holds no summary.json" in capsys.readouterr().err
+
+
+def test_config_to_flags():
+    assert to_flags({"batch_size": 64, "milestones": [5, 8], "no_augment": True, "download": False,
+                     "T": 4}) == ["--batch-size", "64", "--milestones", "5,8", "--no-augment", "--T", "4"]
+
+
+def test_shipped_configs_parse_and_quick_overrides_apply():
+    for path in sorted((ROOT / "experiments").glob("*.toml")):
+        config = load_config(str(path))
+        assert config["groups"]
+        quick = load_config(str(path), quick=True)
+        assert quick["out"] != config["out"]
+    quick = load_config(str(ROOT / "experiments" / "fashion_mnist.toml"), quick=True)
+    assert all(len(g["seeds"]) == 1 for g in quick["groups"])
+    assert quick["student"]["train_size"] == 4000 and quick["student"]["arch"] == "resnet8"
+
+
+def test_smoke_experiment_end_to_end(tmp_path, monkeypatch):
+    config = (ROOT / "experiments" / "smoke.toml").read_text().replace('out = "runs/smoke"',
+                                                                       f'out = "{tmp_path}"')
+    (tmp_path / "smoke.toml").write_text(config)
+    experiment([str(tmp_path / "smoke.toml")])
+    results = json.loads((tmp_path / "results.json").read_text())
+    groups = {g["group"]: g for g in results["groups"]}
+    assert groups["kd"]["teacher_images"] == 128 and groups["unix"]["teacher_images"] == 96
+    assert len(groups["kd"]["top1"]) == 2 and groups["kd"]["seeds"] == [0, 1]
+    assert groups["kd"]["compute_vs_kd"] == pytest.approx(1.0) and groups["unix"]["compute_vs_kd"] < 1.0
+    assert "UNIX >= KD" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "figures" / "top1_vs_compute.png").stat().st_size > 0
