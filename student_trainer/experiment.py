@@ -42,6 +42,9 @@ def load_config(path: str, quick: bool = False) -> dict:
             raise ValueError(f"{path}: the config needs a '{key}' entry")
     if quick:
         overrides = config.get("quick", {})
+        if "out" in config["teacher"] and "out" not in overrides.get("teacher", {}):
+            # never let a quick teacher land in (and later be reused as) the full one's folder
+            config["teacher"]["out"] += "-quick"
         for section in ("teacher", "student"):
             config[section] = {**config[section], **overrides.get(section, {})}
         if "seeds" in overrides:

@@ -53,6 +53,8 @@ def test_shipped_configs_parse_and_quick_overrides_apply():
         assert config["groups"]
         quick = load_config(str(path), quick=True)
         assert quick["out"] != config["out"]
+        if "out" in config["teacher"]:
+            assert quick["teacher"]["out"] != config["teacher"]["out"]
     quick = load_config(str(ROOT / "experiments" / "fashion_mnist.toml"), quick=True)
     assert all(len(g["seeds"]) == 1 for g in quick["groups"])
     assert quick["student"]["train_size"] == 4000 and quick["student"]["arch"] == "resnet8"
