@@ -2,7 +2,8 @@
 PYTHON      ?= python3
 VENV        ?= .venv
 PY          := $(VENV)/bin/python
-PORT        ?= 50051
+BACKEND     ?= grpc
+PORT        ?= $(if $(filter triton,$(BACKEND)),8001,50051)
 HOST        ?= 127.0.0.1
 # The default teacher: trained on Fashion-MNIST by `make teacher` (cached in runs/).
 TEACHER_ARCH   ?= resnet20
@@ -30,7 +31,8 @@ $(TEACHER_CKPT): | install
 	  --epochs $(TEACHER_EPOCHS) --lr 0.05 --milestones '' --out $(dir $@)
 
 serve-teacher: install $(if $(ARCH),,$(CHECKPOINT))
-	$(PY) -m teacher_server $(if $(ARCH),--arch $(ARCH),--checkpoint $(CHECKPOINT)) --host $(HOST) --port $(PORT)
+	$(PY) -m teacher_server $(if $(ARCH),--arch $(ARCH),--checkpoint $(CHECKPOINT)) --host $(HOST) --port $(PORT) \
+	  --backend $(BACKEND)
 
 demo: install $(TEACHER_CKPT)
 	$(PY) -m student_trainer.demo --checkpoint $(TEACHER_CKPT)

@@ -30,7 +30,7 @@ from student_trainer.accounting import WorkCounters, compute_flops, kd_flops
 from student_trainer.data_order import EpochSampler, SeededItems
 from student_trainer.methods import METHODS, MethodConfig
 from student_trainer.summary import build_summary, format_summary
-from student_trainer.teachers import ClientCounters, ServerStats, connect
+from student_trainer.teachers import ClientCounters, ServerStats, connect, teacher_options
 from student_trainer.teachers.grpc_client import TeacherUnavailable
 from student_trainer.timing import PhaseTimer
 
@@ -120,7 +120,8 @@ class Trainer:
             if not args.teacher_url:
                 raise ValueError(f"--method {args.method} needs --teacher-url (grpc://HOST:PORT or local:PATH)")
             self.teacher = connect(args.teacher_url, wire_dtype=args.wire_dtype, timeout=args.teacher_timeout,
-                                   connect_timeout=args.connect_timeout, device=str(self.device))
+                                   connect_timeout=args.connect_timeout, device=str(self.device),
+                                   **teacher_options(args))
             check_teacher_fits(self.teacher.describe(), spec)
         cfg = MethodConfig(batch_size=args.batch_size, k=args.k, b=args.b, w=args.w, selection=args.selection,
                            T=args.T, ce_weight=args.ce_weight, kd_weight=args.kd_weight,

@@ -1,12 +1,11 @@
-"""python -m teacher_server: serve a teacher checkpoint (or a random teacher) over gRPC."""
+"""python -m teacher_server: serve a teacher checkpoint (or a random teacher) over gRPC or on Triton."""
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import threading
 
 from common.cli_errors import one_line_errors, parse_shape
+from teacher_server.backends import add_backend_arguments, serve
 
 log = logging.getLogger("teacher_server")
 
@@ -21,14 +20,25 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--seed", type=int, default=0)
     run = p.add_argument_group("serving")
     run.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    run.add_argument("--port", type=int, default=50051, help="0 picks a free port")
+    run.add_argument("--port", type=int, default=None,
+                     help="0 picks a free port (default: 50051 for grpc, 8001 for triton)")
     run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     run.add_argument("--half", action="store_true", help="float16 compute (CUDA only)")
     run.add_argument("--max-batch", type=int, default=256)
     run.add_argument("--workers", type=int, default=8, help="gRPC worker threads")
     run.add_argument("--allow-nonfinite", action="store_true", help="accept NaN/inf pixels")
     run.add_argument("--port-file", help="write the bound port here once serving (for scripts)")
+    life = p.add_argument_group("security and operations (gRPC)")
+    life.add_argument("--grace", type=float, default=30.0,
+                      help="seconds that calls in flight get to finish after SIGTERM")
+    life.add_argument("--tls-cert", help="serve over TLS with this PEM certificate (chain)")
+    life.add_argument("--tls-key", help="the PEM private key of --tls-cert")
+    life.add_argument("--token-file", help="require 'authorization: Bearer TOKEN' (TOKEN read from this file)")
+    life.add_argument("--metrics-port", type=int, help="serve Prometheus metrics over HTTP here (0: any free port)")
+    life.add_argument("--metrics-host", default="127.0.0.1", help="bind address of the metrics endpoint")
+    life.add_argument("--stats-file", help="write the final counters here as JSON on shutdown")
     run.add_argument("--log-level", default="INFO")
+    add_backend_arguments(p)
     return p
 
 
@@ -41,23 +51,8 @@ def main(argv=None) -> None:
         if args.max_batch < 1:
             raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}")
         from teacher_server.model_runner import load_teacher
-        from teacher_server.server import build_server
 
         teacher = load_teacher(args.checkpoint, arch=args.arch, num_classes=args.num_classes,
                                input_shape=args.input_shape, seed=args.seed,
                                device=args.device, half=args.half)
-        server, _, port = build_server(teacher, host=args.host, port=args.port, max_batch=args.max_batch,
-                                       workers=args.workers, check_finite=not args.allow_nonfinite)
-    log.info("serving %s (%s, input %s, %d classes, %.3g MFLOPs/image) on %s:%d",
-             teacher.name, teacher.arch, "x".join(map(str, teacher.input_shape)), teacher.num_classes,
-             teacher.flops_per_image / 1e6, args.host, port)
-    if args.port_file:
-        with open(args.port_file, "w") as f:
-            f.write(f"{port}\n")
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    log.info("shutting down")
-    server.health.enter_graceful_shutdown()
-    server.stop(grace=5).wait()
+        serve(teacher, args)  # BACKENDS[--backend], until SIGTERM/SIGINT

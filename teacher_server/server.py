@@ -1,37 +1,140 @@
-"""A gRPC server holding the Teacher service and the standard health service."""
+"""A gRPC server holding the Teacher service and the standard health service.
+
+Life of a server: the model is loaded and has run a probe forward before the
+port opens; health goes NOT_SERVING -> SERVING once it is listening, and back
+to NOT_SERVING when ``drain`` starts (SIGTERM in the CLI): new calls are
+refused, calls in flight get ``grace`` seconds to finish.
+"""
 from __future__ import annotations
 
+import ipaddress
+import json
+import logging
+import signal
+import threading
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from protos import teacher_pb2_grpc as pb_grpc
+from teacher_server.auth import BearerTokenInterceptor
+from teacher_server.metrics import TeacherMetrics
 from teacher_server.model_runner import TeacherModel
 from teacher_server.servicer import TeacherServicer, max_message_bytes
 
 SERVICE_NAME = "unixkd.teacher.v1.Teacher"
+log = logging.getLogger("teacher_server")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def build_server(teacher: TeacherModel, *, host: str = "127.0.0.1", port: int = 50051,
-                 max_batch: int = 256, workers: int = 8, check_finite: bool = True):
+                 max_batch: int = 256, workers: int = 8, check_finite: bool = True,
+                 token: str | None = None, tls: grpc.ServerCredentials | None = None,
+                 metrics_port: int | None = None, metrics_host: str = "127.0.0.1"):
     """Return ``(server, servicer, bound_port)``; the server is started and SERVING.
 
-    ``port=0`` binds a free port, which is what tests want.
+    ``port=0`` binds a free port, which is what tests want. ``token`` makes every
+    Teacher call need ``authorization: Bearer TOKEN``; ``tls`` serves over TLS;
+    ``metrics_port`` (0 = any free port) serves Prometheus metrics over HTTP.
     """
     limit = max_message_bytes(teacher, max_batch)
-    options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
+    # so_reuseport off: a second server on a busy port must fail, not silently share it.
+    options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+               ("grpc.so_reuseport", 0)]
+    interceptors = [BearerTokenInterceptor(token)] if token else []
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options,
+                         interceptors=interceptors)
+    metrics = TeacherMetrics(max_batch=max_batch, device=teacher.device,
+                             model={"model": teacher.name, "arch": teacher.arch, "device": str(teacher.device),
+                                    "compute_dtype": str(teacher.compute_dtype).removeprefix("torch.")})
     servicer = TeacherServicer(teacher, max_batch=max_batch, max_message_bytes=limit,
-                               check_finite=check_finite)
+                               check_finite=check_finite, metrics=metrics)
     pb_grpc.add_TeacherServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    address = f"{host}:{port}"
+    try:
+        bound = server.add_secure_port(address, tls) if tls else server.add_insecure_port(address)
+    except RuntimeError:
+        bound = 0
     if bound == 0:
-        raise OSError(f"cannot bind {host}:{port} (in use, or not an address of this machine)")
+        raise OSError(f"cannot bind {address} (in use, or not an address of this machine)")
+    missing = [what for what, given in (("a token", token), ("TLS", tls)) if not given]
+    if missing and not is_loopback(host):
+        log.warning("listening on %s without %s: whoever reaches this address can use the teacher",
+                    host, " or ".join(missing))
+    if metrics_port is not None:
+        metrics.serve(metrics_host, metrics_port)
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     server.health = health_servicer
+    server.metrics = metrics
     return server, servicer, bound
+
+
+def drain(server: grpc.Server, servicer: TeacherServicer, grace: float) -> dict:
+    """Stop taking calls, let those in flight finish within ``grace`` seconds; return the final counters."""
+    server.health.enter_graceful_shutdown()  # NOT_SERVING, and it stays so
+    server.stop(grace=grace).wait()
+    server.metrics.close()
+    return servicer.counters.snapshot()
+
+
+def _write_atomically(path: str | Path, text: str) -> None:
+    """A reader polling ``path`` never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_stats(path: str | Path, counters: dict) -> None:
+    """The final counters as JSON."""
+    _write_atomically(path, json.dumps(counters, indent=2) + "\n")
+
+
+def serve_grpc(teacher: TeacherModel, args) -> None:
+    """The CLI's gRPC serving life: bind, report, serve until SIGTERM/SIGINT, drain, exit cleanly."""
+    from common.tokens import read_token
+    from teacher_server.auth import server_credentials
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("give both --tls-cert and --tls-key, or neither")
+    if args.grace < 0:
+        raise ValueError(f"--grace must be >= 0 seconds, got {args.grace}")
+    token = read_token(args.token_file) if args.token_file else None
+    stop = threading.Event()  # set by the first SIGTERM/SIGINT; installed before the port opens
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _frame: stop.set())
+    tls = server_credentials(args.tls_cert, args.tls_key) if args.tls_cert else None
+    server, servicer, port = build_server(
+        teacher, host=args.host, port=args.port, max_batch=args.max_batch, workers=args.workers,
+        check_finite=not args.allow_nonfinite, token=token, tls=tls,
+        metrics_port=args.metrics_port, metrics_host=args.metrics_host)
+    log.info("serving %s (%s, input %s, %d classes, %.3g MFLOPs/image) on %s:%d%s%s%s",
+             teacher.name, teacher.arch, "x".join(map(str, teacher.input_shape)), teacher.num_classes,
+             teacher.flops_per_image / 1e6, args.host, port, " with TLS" if tls else "",
+             ", token required" if token else "",
+             f"; metrics on http://{args.metrics_host}:{server.metrics.port}/metrics"
+             if server.metrics.port else "")
+    if args.port_file:
+        _write_atomically(args.port_file, f"{port}\n")
+    stop.wait()
+    log.info("draining: no new calls; up to %g s for calls in flight", args.grace)
+    final = drain(server, servicer, args.grace)
+    log.info("stopped; final counters %s", json.dumps(final, sort_keys=True))
+    if args.stats_file:
+        write_stats(args.stats_file, final)

@@ -1,6 +1,7 @@
 """Teacher clients by URL scheme: a new kind of teacher is one entry in ``CLIENTS``.
 
-``grpc://HOST:PORT``      our own gRPC teacher service
+``grpc://HOST:PORT``      our own gRPC teacher service (``grpcs://`` over TLS)
+``triton://HOST:PORT/MODEL``  a model on NVIDIA Triton, over its gRPC API (``?metrics_port=N``, default 8002)
 ``local:PATH``            the checkpoint at PATH, run in this process
 """
 from __future__ import annotations
@@ -11,10 +12,15 @@ from urllib.parse import urlsplit
 from student_trainer.teachers.base import ClientCounters, ServerStats, TeacherClient, TeacherInfo
 
 
-def _grpc(url, *, wire_dtype="float16", timeout=60.0, connect_timeout=30.0, **_unused) -> TeacherClient:
+def _grpc(url, *, wire_dtype="float16", timeout=60.0, connect_timeout=30.0, max_wait=600.0, tls_ca=None,
+          token_file=None, client_id=None, **_unused) -> TeacherClient:
+    from common.tokens import read_token
     from student_trainer.teachers.grpc_client import GrpcTeacherClient
 
     parts = urlsplit(url)
+    if "@" in parts.netloc:  # the URL is logged and written to summary.json: no secrets in it
+        raise ValueError("a teacher URL must not carry a user or token (it is written to summary.json); "
+                         "put the token in a file and pass --token-file")
     try:
         port = parts.port
     except ValueError:
@@ -22,7 +28,34 @@ def _grpc(url, *, wire_dtype="float16", timeout=60.0, connect_timeout=30.0, **_u
     if not parts.hostname or not port:
         raise ValueError(f"teacher URL {url!r} needs a host and a port, like grpc://127.0.0.1:50051")
     return GrpcTeacherClient(parts.netloc, wire_dtype=wire_dtype, timeout=timeout,
-                             connect_timeout=connect_timeout)
+                             connect_timeout=connect_timeout, max_wait=max_wait, tls=parts.scheme == "grpcs",
+                             tls_ca=tls_ca, token=read_token(token_file) if token_file else None,
+                             client_id=client_id)
+
+
+def _triton(url, *, wire_dtype="float16", timeout=60.0, connect_timeout=30.0, token_file=None,
+            **_unused) -> TeacherClient:
+    """``token_file``: Triton's access token, which its statistics endpoint asks for (else metrics are read)."""
+    from urllib.parse import parse_qs
+
+    from common.tokens import read_token
+    from student_trainer.teachers.triton_client import TritonTeacherClient
+
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    try:
+        port = parts.port
+        metrics_port = int(query.pop("metrics_port", ["8002"])[-1])
+    except ValueError:
+        port = metrics_port = None
+    model = parts.path.strip("/")
+    if "@" in parts.netloc or not parts.hostname or not port or not metrics_port or not model or "/" in model \
+            or query:
+        raise ValueError(f"teacher URL {url!r} should look like triton://127.0.0.1:8001/teacher "
+                         "(optionally ?metrics_port=8002)")
+    return TritonTeacherClient(parts.netloc, model, wire_dtype=wire_dtype, timeout=timeout,
+                               connect_timeout=connect_timeout, metrics_port=metrics_port,
+                               token=read_token(token_file) if token_file else None)
 
 
 def _local(url, *, device="cpu", **_unused) -> TeacherClient:
@@ -32,7 +65,14 @@ def _local(url, *, device="cpu", **_unused) -> TeacherClient:
     return LocalTeacher(path, device=device)
 
 
-CLIENTS: dict[str, Callable[..., TeacherClient]] = {"grpc": _grpc, "local": _local}
+CLIENTS: dict[str, Callable[..., TeacherClient]] = {"grpc": _grpc, "grpcs": _grpc, "triton": _triton,
+                                                    "local": _local}
+
+
+def teacher_options(args) -> dict:
+    """The trainer's teacher-connection flags (retry budget, TLS, token, client id) as ``connect`` options."""
+    return {"max_wait": getattr(args, "teacher_max_wait", 600.0), "tls_ca": getattr(args, "tls_ca", None),
+            "token_file": getattr(args, "token_file", None), "client_id": getattr(args, "client_id", None)}
 
 
 def connect(url: str, **opts) -> TeacherClient:
@@ -44,4 +84,5 @@ def connect(url: str, **opts) -> TeacherClient:
     return CLIENTS[scheme](url, **opts)
 
 
-__all__ = ["CLIENTS", "ClientCounters", "ServerStats", "TeacherClient", "TeacherInfo", "connect"]
+__all__ = ["CLIENTS", "ClientCounters", "ServerStats", "TeacherClient", "TeacherInfo", "connect",
+           "teacher_options"]

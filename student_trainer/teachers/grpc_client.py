@@ -1,8 +1,23 @@
-"""The client of our own gRPC teacher service (``grpc://HOST:PORT``)."""
+"""The client of our own gRPC teacher service (``grpc://HOST:PORT``, ``grpcs://`` over TLS).
+
+A teacher that goes away is waited for, not fatal: every call has a deadline,
+and ``UNAVAILABLE`` / ``DEADLINE_EXCEEDED`` are retried with exponential backoff
+and jitter until ``max_wait`` seconds have passed since the call began; then
+``TeacherUnavailable``. Infer is idempotent and a retry resends the same
+request (same ``request_id``), so when the teacher comes back the training step
+that was waiting gets its answer and goes on: no step is skipped or trained
+without the teacher.
+"""
 from __future__ import annotations
 
+import ipaddress
+import logging
+import random
+import time
 import uuid
+from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import grpc
 import torch
@@ -12,32 +27,116 @@ from protos import teacher_pb2 as pb
 from protos import teacher_pb2_grpc as pb_grpc
 from student_trainer.teachers.base import ServerStats, TeacherClient, TeacherInfo
 
+log = logging.getLogger("student_trainer.teacher")
+
+CLIENT_ID_HEADER = "x-client-id"
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
 
 class TeacherUnavailable(ConnectionError):
-    pass
+    """The teacher did not answer within the total wait; the trainer catches this to save its progress."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter, bounded by a total wait per call."""
+    max_wait: float = 600.0
+    initial_backoff: float = 0.2
+    max_backoff: float = 5.0
+    multiplier: float = 2.0
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        """Seconds before retry ``attempt`` (0-based): half fixed, half random, so clients spread out."""
+        ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier ** attempt)
+        return ceiling * (0.5 + 0.5 * rng.random())
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class GrpcTeacherClient(TeacherClient):
     def __init__(self, address: str, *, wire_dtype: str = "float16", timeout: float = 60.0,
-                 connect_timeout: float = 30.0):
+                 connect_timeout: float = 30.0, max_wait: float = 600.0, tls: bool = False,
+                 tls_ca: str | None = None, token: str | None = None, client_id: str | None = None,
+                 retry: RetryPolicy | None = None):
         super().__init__()
+        if timeout <= 0 or connect_timeout <= 0 or max_wait < 0:
+            raise ValueError("teacher timeouts must be > 0 seconds and --teacher-max-wait >= 0")
         self.address = address
+        self.url = f"{'grpcs' if tls else 'grpc'}://{address}"  # never carries the token
         self.wire_dtype = codec.dtype_code(wire_dtype)
         self.timeout = timeout
-        # Replies can carry feature maps: let the server's own limit be the only one.
-        options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
-        self.channel = grpc.insecure_channel(address, options=options)
+        self.retry = retry or RetryPolicy(max_wait=max_wait)
+        self.client_id = client_id or uuid.uuid4().hex
+        self.retries = 0  # retried calls in all, for logs and tests
+        self._rng = random.Random()
+        self._metadata = ((CLIENT_ID_HEADER, self.client_id),)
+        if token:
+            self._metadata += (("authorization", f"Bearer {token}"),)
+            if not tls and not _is_loopback(address.rsplit(":", 1)[0]):
+                log.warning("sending the teacher token without TLS to %s: use grpcs:// off this machine",
+                            address)
+        # Replies can carry feature maps: let the server's own limit be the only one. Reconnect
+        # attempts stay frequent, so a restarted teacher is found within seconds.
+        options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1),
+                   ("grpc.initial_reconnect_backoff_ms", int(self.retry.initial_backoff * 1000)),
+                   ("grpc.min_reconnect_backoff_ms", int(self.retry.initial_backoff * 1000)),
+                   ("grpc.max_reconnect_backoff_ms", int(self.retry.max_backoff * 1000))]
+        if tls:
+            ca = Path(tls_ca).read_bytes() if tls_ca else None  # None: the system's root certificates
+            self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(ca), options=options)
+        else:
+            if tls_ca:
+                raise ValueError("--tls-ca is for grpcs:// teacher URLs; this one is grpc://")
+            self.channel = grpc.insecure_channel(address, options=options)
         try:
             grpc.channel_ready_future(self.channel).result(timeout=connect_timeout)
         except grpc.FutureTimeoutError:
             self.channel.close()
-            raise TeacherUnavailable(f"no teacher answered at grpc://{address} within {connect_timeout:g} s "
-                                     f"(is `python -m teacher_server` running there?)") from None
+            raise TeacherUnavailable(f"no teacher answered at {self.url} within {connect_timeout:g} s "
+                                     f"(is `python -m teacher_server` running there"
+                                     f"{', with TLS' if tls else ''}?)") from None
         self.stub = pb_grpc.TeacherStub(self.channel)
+        self._last_stats: tuple[float, float] | None = None  # (monotonic time, server uptime)
+
+    def _call(self, rpc: str, request):
+        """One RPC with a deadline, retried on UNAVAILABLE / DEADLINE_EXCEEDED within the total wait."""
+        method = getattr(self.stub, rpc)
+        start = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                response = method(request, timeout=self.timeout, metadata=self._metadata)
+            except grpc.RpcError as e:
+                if e.code() not in RETRYABLE:
+                    raise
+                waited = time.monotonic() - start
+                left = self.retry.max_wait - waited
+                if left <= 0:
+                    raise TeacherUnavailable(
+                        f"teacher at {self.url} gave no answer to {rpc} for {waited:.0f} s (the limit, "
+                        f"--teacher-max-wait, is {self.retry.max_wait:g} s); last error "
+                        f"{e.code().name}: {e.details()}") from None
+                delay = min(self.retry.backoff(attempt, self._rng), left)
+                attempt += 1
+                self.retries += 1
+                log.warning("teacher at %s: %s on %s (%s); retry %d in %.1f s, %.0f of %g s waited",
+                            self.url, e.code().name, rpc, e.details(), attempt, delay, waited,
+                            self.retry.max_wait)
+                time.sleep(delay)
+                continue
+            if attempt:
+                log.warning("teacher at %s answered %s again after %d retries (%.1f s)", self.url, rpc, attempt,
+                            time.monotonic() - start)
+            return response
 
     @cached_property
     def info(self) -> TeacherInfo:
-        d = self.stub.Describe(pb.DescribeRequest(), timeout=self.timeout)
+        d = self._call("Describe", pb.DescribeRequest())
         return TeacherInfo(d.model_name, d.arch, tuple(d.input_shape), d.num_classes,
                            list(d.feature_names), d.flops_per_image, d.max_batch_size)
 
@@ -47,14 +146,23 @@ class GrpcTeacherClient(TeacherClient):
     def _infer(self, images: torch.Tensor, outputs: list[str]):
         request = pb.InferRequest(images=codec.encode(images, self.wire_dtype), outputs=outputs,
                                   request_id=uuid.uuid4().hex, output_dtype=pb.FLOAT32)
-        response = self.stub.Infer(request, timeout=self.timeout)
+        response = self._call("Infer", request)  # a retry resends this very request (same request_id)
         result = {o: codec.decode(response.outputs[o]).float() for o in outputs}
         return result, request.ByteSize(), response.ByteSize()
 
     def server_stats(self) -> ServerStats:
-        s = self.stub.Stats(pb.StatsRequest(), timeout=self.timeout)
+        s = self._call("Stats", pb.StatsRequest())
+        now = time.monotonic()
+        source = "grpc Stats"
+        if self._last_stats is not None:
+            then, uptime_then = self._last_stats
+            if s.uptime_seconds + 1.0 < uptime_then + (now - then):
+                source += " (the server restarted since the previous Stats: its counts cover its current life)"
+                log.warning("teacher at %s restarted during the run; its Stats cover only its current life",
+                            self.url)
+        self._last_stats = (now, s.uptime_seconds)
         return ServerStats(images=s.images, requests=s.requests, bytes_in=s.bytes_in, bytes_out=s.bytes_out,
-                           forward_seconds=s.forward_seconds, source="grpc Stats")
+                           forward_seconds=s.forward_seconds, source=source)
 
     def close(self) -> None:
         self.channel.close()

@@ -1,0 +1,217 @@
+"""python -m teacher_server.export: write a Triton model repository for the stock Triton container.
+
+    DIR/MODEL/config.pbtxt      dynamic batching, the teacher's facts as parameters
+    DIR/MODEL/1/model.pt        TorchScript, for Triton's LibTorch backend    (--format torchscript)
+    DIR/MODEL/1/model.onnx      ONNX, for Triton's ONNX Runtime backend       (--format onnx)
+
+The model takes the image batch and returns logits and every named feature map,
+the same outputs as ``--backend triton``; a ``triton://`` client reads either.
+LibTorch tensors have no names, so there they follow its ``NAME__INDEX``
+convention (``images__0``, ``logits__0``, ``stem__1`` ...), which the client
+maps back. After writing, the file is loaded again (torch / onnxruntime on the
+CPU) and its logits compared with the eager model's.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from common.cli_errors import one_line_errors, parse_shape
+from common.features import capture_features
+from teacher_server.model_runner import TeacherModel, load_teacher
+from teacher_server.triton_backend import teacher_parameters
+
+log = logging.getLogger("teacher_server.export")
+
+TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+TRITON_DTYPES = {"float16": "TYPE_FP16", "float32": "TYPE_FP32"}
+INSTANCE_KINDS = {"gpu": "KIND_GPU", "cpu": "KIND_CPU", "auto": "KIND_AUTO"}
+ONNX_OPSET = 17
+
+
+class TeacherWithFeatures(nn.Module):
+    """The teacher as exporters want it: one tensor in, a flat tuple ``(logits, *features)`` out.
+
+    Features are taken by the same forward hooks as in serving (``common.features``);
+    tracing records the hooked modules' outputs as ordinary graph values. Images
+    are cast to float32 first, so a float16 input halves the bytes on the wire only.
+    """
+
+    def __init__(self, model: nn.Module, feature_names: list[str]):
+        super().__init__()
+        self.model = model
+        self.feature_names = list(feature_names)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with capture_features(self.model, self.feature_names) as feats:
+            logits = self.model(images.float())
+        return (logits, *(feats[n] for n in self.feature_names))
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    platform: str
+    backend: str
+    filename: str
+    write: Callable[[TeacherWithFeatures, torch.Tensor, Path, list[str], list[str]], None]
+    indexed_names: bool  # LibTorch's NAME__INDEX convention
+
+    def tensor_names(self, outputs: list[str]) -> tuple[str, list[str]]:
+        if not self.indexed_names:
+            return "images", list(outputs)
+        return "images__0", [f"{name}__{i}" for i, name in enumerate(outputs)]
+
+
+def _write_torchscript(wrapper, example, path, input_name, output_names) -> None:
+    with warnings.catch_warnings():  # TorchScript is deprecated in torch, but it is what LibTorch loads
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(wrapper, example, check_trace=False)
+    traced.save(str(path))
+
+
+def _write_onnx(wrapper, example, path, input_name, output_names) -> None:
+    batch = {0: "batch"}
+    with warnings.catch_warnings():  # the TorchScript-based exporter: no onnxscript needed
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+                          input_names=[input_name], output_names=output_names,
+                          dynamic_axes={name: batch for name in [input_name, *output_names]})
+
+
+FORMATS: dict[str, ExportFormat] = {
+    "torchscript": ExportFormat("pytorch_libtorch", "pytorch", "model.pt", _write_torchscript, True),
+    "onnx": ExportFormat("onnxruntime_onnx", "onnxruntime", "model.onnx", _write_onnx, False),
+}
+
+
+def model_config(teacher: TeacherModel, fmt: ExportFormat, shapes: dict[str, tuple[int, ...]], *,
+                 model_name: str, max_batch: int, queue_delay_us: int, instances: int,
+                 instance_kind: str, input_dtype: str):
+    """Triton's ``ModelConfig`` protobuf for the exported model."""
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    input_name, output_names = fmt.tensor_names(list(shapes))
+    config = mc.ModelConfig(name=model_name, platform=fmt.platform, backend=fmt.backend,
+                            max_batch_size=max_batch)
+    config.input.add(name=input_name, data_type=mc.DataType.Value(TRITON_DTYPES[input_dtype]),
+                     dims=list(teacher.input_shape))
+    for name, shape in zip(output_names, shapes.values()):
+        config.output.add(name=name, data_type=mc.TYPE_FP32, dims=list(shape))
+    config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
+    config.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.Kind.Value(INSTANCE_KINDS[instance_kind]))
+    for key, value in teacher_parameters(teacher).items():
+        config.parameters[key].string_value = value
+    return config
+
+
+def export(teacher: TeacherModel, out: str | Path, fmt: str, *, model_name: str = "teacher",
+           max_batch: int = 256, queue_delay_us: int = 100, instances: int = 1, instance_kind: str = "gpu",
+           input_dtype: str = "float16") -> Path:
+    """Write ``out/model_name/{config.pbtxt, 1/model.*}``; return the model's folder."""
+    from google.protobuf import text_format
+
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {sorted(FORMATS)}, got {fmt!r}")
+    if max_batch < 1 or instances < 1 or queue_delay_us < 0:
+        raise ValueError("--max-batch and --instances must be at least 1, --queue-delay-us at least 0")
+    f = FORMATS[fmt]
+    model = teacher.model.float().cpu().eval()
+    wrapper = TeacherWithFeatures(model, teacher.feature_names).eval()
+    example = torch.zeros(2, *teacher.input_shape, dtype=TORCH_DTYPES[input_dtype])
+    with torch.no_grad():
+        shapes = dict(zip(["logits", *teacher.feature_names], (tuple(t.shape[1:]) for t in wrapper(example))))
+    folder = Path(out) / model_name
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    input_name, output_names = f.tensor_names(list(shapes))
+    with torch.no_grad():
+        f.write(wrapper, example, folder / "1" / f.filename, input_name, output_names)
+    config = model_config(teacher, f, shapes, model_name=model_name, max_batch=max_batch,
+                          queue_delay_us=queue_delay_us, instances=instances, instance_kind=instance_kind,
+                          input_dtype=input_dtype)
+    (folder / "config.pbtxt").write_text(text_format.MessageToString(config))
+    return folder
+
+
+def run_exported(folder: Path, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Run an exported model the way its Triton backend would (CPU); outputs by plain name."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    config = text_format.Parse((folder / "config.pbtxt").read_text(), mc.ModelConfig())
+    names = [o.name.rsplit("__", 1)[0] if config.backend == "pytorch" else o.name for o in config.output]
+    if config.backend == "pytorch":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(folder / "1" / "model.pt"), map_location="cpu")
+        with torch.no_grad():
+            results = module(images)
+        return dict(zip(names, results))
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(folder / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    results = session.run([o.name for o in config.output], {config.input[0].name: images.numpy()})
+    return {n: torch.from_numpy(r) for n, r in zip(names, results)}
+
+
+def verify(teacher: TeacherModel, folder: Path, input_dtype: str, batch: int = 3) -> float:
+    """Largest |logits difference| between the exported model and the eager one, on the same batch."""
+    images = torch.randn(batch, *teacher.input_shape, generator=torch.Generator().manual_seed(0))
+    images = images.to(TORCH_DTYPES[input_dtype])
+    expected, _ = teacher.forward(images, ["logits"])
+    got = run_exported(folder, images)["logits"]
+    return float((got.float() - expected["logits"]).abs().max())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m teacher_server.export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", help="a checkpoint written by the student trainer")
+    p.add_argument("--arch", help="export a randomly initialised ARCH instead")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--input-shape", type=parse_shape, default=(3, 32, 32), metavar="C,H,W")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", required=True, choices=sorted(FORMATS))
+    p.add_argument("--out", required=True, help="the model repository folder (created)")
+    p.add_argument("--model-name", default="teacher")
+    p.add_argument("--max-batch", type=int, default=256)
+    p.add_argument("--queue-delay-us", type=int, default=100, help="dynamic batching: longest wait for more requests")
+    p.add_argument("--instances", type=int, default=1, help="instances per device")
+    p.add_argument("--instance-kind", choices=sorted(INSTANCE_KINDS), default="gpu")
+    p.add_argument("--input-dtype", choices=sorted(TORCH_DTYPES), default="float16")
+    p.add_argument("--no-verify", action="store_true", help="skip reloading the file and comparing logits")
+    return p
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level="INFO", format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    with one_line_errors("teacher_server.export"):
+        if bool(args.checkpoint) == bool(args.arch):
+            raise ValueError("give exactly one of --checkpoint PATH or --arch NAME")
+        teacher = load_teacher(args.checkpoint, arch=args.arch, num_classes=args.num_classes,
+                               input_shape=args.input_shape, seed=args.seed)
+        folder = export(teacher, args.out, args.format, model_name=args.model_name, max_batch=args.max_batch,
+                        queue_delay_us=args.queue_delay_us, instances=args.instances,
+                        instance_kind=args.instance_kind, input_dtype=args.input_dtype)
+        log.info("wrote %s (%s, %s)", folder, FORMATS[args.format].platform,
+                 ", ".join(p.name for p in sorted(folder.rglob("*")) if p.is_file()))
+        if not args.no_verify:
+            try:
+                diff = verify(teacher, folder, args.input_dtype)
+            except ImportError as e:  # onnxruntime is a test dependency, not a runtime one
+                log.warning("not verified: %s", e)
+                return
+            log.info("max |logits - eager logits| = %.3g", diff)
+            if diff > 1e-3:
+                raise ValueError(f"the exported model's logits differ from the eager model's by {diff:.3g}")
+
+
+if __name__ == "__main__":
+    main()

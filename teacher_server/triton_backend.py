@@ -1,0 +1,262 @@
+"""The teacher on a real NVIDIA Triton server (``--backend triton``).
+
+PyTriton (the ``nvidia-pytriton`` wheel) ships a ``tritonserver`` binary and
+binds a Python callable to a Triton model: Triton does the protocol (gRPC,
+HTTP, metrics), dynamic batching and statistics; the callable runs
+``TeacherModel.forward`` once per batch Triton forms.
+
+The model ``teacher`` (``--model-name``), version 1, takes ``images``
+[-1, C, H, W] in FP16 or FP32 (``--input-dtype``) and returns ``logits``
+[-1, classes] and every named feature map, FP32. The teacher's own facts that
+Triton's model config has no field for (arch, FLOPs per image) ride in the
+config's ``parameters`` so a client reads them with the config.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import os
+import secrets
+import socket
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from teacher_server.model_runner import TeacherModel
+
+log = logging.getLogger("teacher_server")
+
+INPUT_NAME = "images"
+INPUT_DTYPES = {"float16": np.float16, "float32": np.float32}
+MODEL_VERSION = 1
+
+
+@dataclasses.dataclass
+class TritonOptions:
+    """How to run Triton; the defaults are Triton's own ports, on loopback."""
+    host: str = "127.0.0.1"
+    grpc_port: int = 8001
+    http_port: int = 8000
+    metrics_port: int = 8002
+    model_name: str = "teacher"
+    max_batch: int = 256
+    queue_delay_us: int = 100
+    instances: int = 1
+    input_dtype: str = "float16"
+    access_token: str | None = None     # for the statistics/repository endpoints; None: generated
+    restrict_endpoints: bool = True     # False opens statistics etc. to anyone who reaches the port
+    check_finite: bool = True
+
+
+def prefer_this_libpython() -> None:
+    """Put this interpreter's libpython first on the library path of the processes Triton starts.
+
+    Triton's Python-backend stub links ``libpython3.X.so`` dynamically; a system
+    copy of another patch release found first makes the model fail to load
+    (``'_thread.RLock' object has no attribute '_recursion_count'``). Child
+    processes inherit ``os.environ``, so setting it here is enough.
+    """
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if not libdir:
+        return
+    rest = [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p and p != libdir]
+    os.environ["LD_LIBRARY_PATH"] = ":".join([libdir, *rest])
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free right now (Triton cannot bind port 0 itself)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def check_port_free(host: str, port: int, flag: str) -> None:
+    """Fail now, in one line, on a port already taken (Triton would exit and PyTriton wait 120 s)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise OSError(f"{flag} {port}: cannot bind {host}:{port} ({e.strerror})") from None
+
+
+def output_shapes(teacher: TeacherModel) -> dict[str, tuple[int, ...]]:
+    """Per-image shape of each output, from one probe forward: logits first, then the features."""
+    names = ["logits", *teacher.feature_names]
+    result, _ = teacher.forward(torch.zeros(1, *teacher.input_shape), names)
+    return {name: tuple(result[name].shape[1:]) for name in names}
+
+
+def teacher_parameters(teacher: TeacherModel) -> dict[str, str]:
+    """What a client needs beyond tensor names and shapes; string values, as Triton's parameters are."""
+    return {"teacher_name": teacher.name, "arch": teacher.arch,
+            "flops_per_image": repr(float(teacher.flops_per_image)),
+            "input_shape": ",".join(map(str, teacher.input_shape)),
+            "num_classes": str(teacher.num_classes)}
+
+
+class BatchInfer:
+    """One model instance: a whole dynamic batch of requests through one forward pass."""
+
+    def __init__(self, teacher: TeacherModel, outputs: list[str], check_finite: bool = True):
+        self.teacher = teacher
+        self.outputs = outputs
+        self.check_finite = check_finite
+
+    def __call__(self, requests) -> list[dict[str, np.ndarray]]:
+        arrays = [np.asarray(r[INPUT_NAME]) for r in requests]
+        images = torch.from_numpy(np.concatenate(arrays) if len(arrays) > 1 else arrays[0])
+        if self.check_finite and not torch.isfinite(images).all():
+            raise ValueError("images hold NaN or infinite values")
+        # Triton's rule: a request naming no outputs gets them all.
+        wanted = [o for o in self.outputs
+                  if any(not r.requested_output_names or o in r.requested_output_names for r in requests)]
+        result, _ = self.teacher.forward(images, wanted)
+        responses, start = [], 0
+        for r, a in zip(requests, arrays):
+            names = r.requested_output_names or self.outputs
+            responses.append({n: result[n][start:start + len(a)].numpy() for n in names})
+            start += len(a)
+        return responses
+
+
+def start_triton(teacher: TeacherModel, opts: TritonOptions):
+    """Start ``tritonserver`` with the teacher bound and loaded; return the running ``Triton``.
+
+    The caller stops it with ``.stop()`` (SIGINT to tritonserver, then wait).
+    """
+    prefer_this_libpython()
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
+
+    if opts.input_dtype not in INPUT_DTYPES:
+        raise ValueError(f"--input-dtype must be one of {sorted(INPUT_DTYPES)}, got {opts.input_dtype!r}")
+    if opts.instances < 1 or opts.max_batch < 1 or opts.queue_delay_us < 0:
+        raise ValueError("--instances and --max-batch must be at least 1, --queue-delay-us at least 0")
+    shapes = output_shapes(teacher)
+    outputs = list(shapes)
+    # One TeacherModel per instance: forwards with feature hooks must not share a module at once.
+    instances = [teacher] + [dataclasses.replace(teacher, model=copy.deepcopy(teacher.model))
+                             for _ in range(opts.instances - 1)]
+    config = TritonConfig(grpc_address=opts.host, grpc_port=opts.grpc_port,
+                          http_address=opts.host, http_port=opts.http_port,
+                          metrics_address=opts.host, metrics_port=opts.metrics_port,
+                          allow_gpu_metrics=False, exit_on_error=True)
+    security = (TritonSecurityConfig(access_token=opts.access_token) if opts.restrict_endpoints
+                else TritonSecurityConfig(restricted_endpoints=[]))
+    triton = Triton(config=config, security_config=security)
+    triton.bind(
+        model_name=opts.model_name,
+        model_version=MODEL_VERSION,
+        infer_func=[BatchInfer(t, outputs, opts.check_finite) for t in instances],
+        inputs=[Tensor(name=INPUT_NAME, dtype=INPUT_DTYPES[opts.input_dtype], shape=teacher.input_shape)],
+        outputs=[Tensor(name=n, dtype=np.float32, shape=s) for n, s in shapes.items()],
+        config=ModelConfig(max_batch_size=opts.max_batch,
+                           batcher=DynamicBatcher(max_queue_delay_microseconds=opts.queue_delay_us)),
+        strict=False,
+    )
+    _publish_parameters(triton, opts.model_name, teacher_parameters(teacher))
+    try:
+        triton.run()
+    except BaseException as e:
+        logs = _server_logs(triton)
+        triton.stop()
+        if isinstance(e, Exception):
+            errors = [line for line in logs.splitlines() if line.startswith("E") or "error" in line.lower()]
+            detail = errors[-1].strip() if errors else str(e).splitlines()[0]
+            raise TritonStartError(f"Triton did not start on {opts.host} (ports {opts.grpc_port}, "
+                                   f"{opts.http_port}, {opts.metrics_port}): {detail[:400]}") from None
+        raise
+    return triton
+
+
+class TritonStartError(OSError):
+    """tritonserver exited or the model did not load; the message holds Triton's last error line."""
+
+
+def _server_logs(triton) -> str:
+    server = getattr(triton, "_triton_server", None)
+    return server.logs() if server is not None else ""
+
+
+def _publish_parameters(triton, model_name: str, params: dict[str, str]) -> None:
+    """Add ``params`` to the model's Triton config (PyTriton 0.7 has no public hook for it)."""
+    for model in triton._model_manager.models:
+        if model.model_name == model_name:
+            model._get_triton_model_config().backend_parameters.update(params)
+            return
+    log.warning("could not add the teacher's parameters to the Triton model config")
+
+
+def read_or_make_token(path: str | os.PathLike) -> str:
+    """The access token in ``path``; a new random one, written there (mode 600), if there is none."""
+    path = Path(path)
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+GRPC_ONLY_FLAGS = ("tls_cert", "tls_key", "token_file", "stats_file")
+
+
+def options_from_args(args) -> TritonOptions:
+    """The CLI flags as ``TritonOptions``; port 0 becomes a free port (Triton cannot pick one)."""
+    given = [f"--{f.replace('_', '-')}" for f in GRPC_ONLY_FLAGS if getattr(args, f, None)]
+    if given:
+        raise ValueError(f"{', '.join(given)}: gRPC-backend options, not wired up for --backend triton")
+    if args.triton_token_file and args.triton_open_endpoints:
+        raise ValueError("give --triton-token-file or --triton-open-endpoints, not both")
+    metrics_port = 8002 if getattr(args, "metrics_port", None) is None else args.metrics_port
+    ports = [args.port, args.http_port, metrics_port]
+    if min(ports) < 0 or max(ports) > 65535:
+        raise ValueError(f"ports must be 0..65535, got {ports}")
+    if len({p for p in ports if p}) != len([p for p in ports if p]):
+        raise ValueError(f"--port, --http-port and --metrics-port must differ, got {ports}")
+    for flag, port in zip(("--port", "--http-port", "--metrics-port"), ports):
+        if port:
+            check_port_free(args.host, port, flag)
+    grpc_port, http_port, metrics_port = (p or free_port(args.host) for p in ports)
+    return TritonOptions(
+        host=args.host, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port,
+        model_name=args.model_name, max_batch=args.max_batch, queue_delay_us=args.queue_delay_us,
+        instances=args.instances, input_dtype=args.input_dtype,
+        access_token=read_or_make_token(args.triton_token_file) if args.triton_token_file else None,
+        restrict_endpoints=not args.triton_open_endpoints, check_finite=not args.allow_nonfinite)
+
+
+def serve_triton(teacher: TeacherModel, args) -> None:
+    """The CLI's Triton life: start tritonserver, report, serve until SIGINT/SIGTERM, stop it."""
+    import signal
+    import threading
+
+    opts = options_from_args(args)
+    triton = start_triton(teacher, opts)
+    try:
+        log.info("serving %s (%s, input %s %s, %d classes, %.3g MFLOPs/image) on Triton as model %r v%d: "
+                 "gRPC %s:%d, HTTP %s:%d, metrics http://%s:%d/metrics; statistics endpoint %s",
+                 teacher.name, teacher.arch, opts.input_dtype, "x".join(map(str, teacher.input_shape)),
+                 teacher.num_classes, teacher.flops_per_image / 1e6, opts.model_name, MODEL_VERSION,
+                 opts.host, opts.grpc_port, opts.host, opts.http_port, opts.host, opts.metrics_port,
+                 "open" if not opts.restrict_endpoints else
+                 f"token in {args.triton_token_file}" if args.triton_token_file else "token-protected (generated)")
+        if args.port_file:
+            Path(args.port_file).write_text(f"{opts.grpc_port}\n")
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, _frame: stop.set())
+        # Wake up now and then: if tritonserver dies, exit rather than serve nothing.
+        while not stop.wait(2.0):
+            if not triton.is_alive():
+                raise TritonStartError("tritonserver exited unexpectedly")
+        log.info("stopping Triton")
+    finally:
+        triton.stop()
+    log.info("stopped")

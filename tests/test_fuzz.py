@@ -1,0 +1,146 @@
+"""Property-based fuzzing of Infer: malformed requests get a clean code, the server keeps answering.
+
+Each generated request starts valid and gets one to three mutations, each of
+which alone makes it malformed; the real server (in this process, real gRPC on
+localhost, one channel) must answer INVALID_ARGUMENT or RESOURCE_EXHAUSTED, never
+anything else, and a valid request afterwards must still get the right logits.
+"""
+import collections
+import math
+import struct
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from common import codec
+from protos import teacher_pb2 as pb
+from protos import teacher_pb2_grpc as pb_grpc
+
+SHAPE = (1, 8, 8)
+MAX_BATCH = 4
+EXAMPLES = 1000
+IA, RE = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED
+# Non-finite bit patterns per wire dtype (little-endian).
+NONFINITE = {pb.FLOAT32: [struct.pack("<f", v) for v in (math.nan, math.inf, -math.inf)],
+             pb.FLOAT16: [b"\x00\x7e", b"\x00\x7c", b"\x00\xfc"],
+             pb.BFLOAT16: [b"\xc0\x7f", b"\x80\x7f", b"\x80\xff"]}
+
+
+@pytest.fixture(scope="module")
+def small_server():
+    from teacher_server.model_runner import load_teacher
+    from teacher_server.server import build_server
+
+    teacher = load_teacher(arch="resnet8", num_classes=4, input_shape=SHAPE, seed=0)
+    server, servicer, port = build_server(teacher, port=0, max_batch=MAX_BATCH)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield teacher, servicer, pb_grpc.TeacherStub(channel)
+    channel.close()
+    server.stop(grace=None).wait()
+
+
+@st.composite
+def valid_requests(draw, outputs_offered):
+    n = draw(st.integers(1, MAX_BATCH))
+    dtype = draw(st.sampled_from(sorted(codec.WIRE_DTYPES)))
+    images = torch.randn(n, *SHAPE, generator=torch.Generator().manual_seed(draw(st.integers(0, 2**16))))
+    outputs = draw(st.lists(st.sampled_from(outputs_offered), unique=True, max_size=3))
+    return pb.InferRequest(images=codec.encode(images, dtype), outputs=outputs,
+                           request_id=draw(st.text(max_size=20)),
+                           output_dtype=draw(st.sampled_from([0, *codec.WIRE_DTYPES.values()])))
+
+
+def _set_shape(r, shape):
+    del r.images.shape[:]
+    r.images.shape.extend(shape)
+
+
+def mutate(draw, r: pb.InferRequest, kind: str, limit: int) -> None:
+    """Make ``r`` malformed in the way ``kind`` says (each kind alone is always malformed)."""
+    img = r.images
+    if kind == "no_images":
+        r.ClearField("images")
+    elif kind == "unknown_dtype":
+        img.dtype = draw(st.one_of(st.integers(-2**31, -1), st.just(0), st.integers(5, 2**31 - 1)))
+    elif kind == "wrong_rank":
+        rank = draw(st.integers(0, 7).filter(lambda k: k != 4))
+        _set_shape(r, draw(st.lists(st.integers(-2**40, 2**40), min_size=rank, max_size=rank)))
+    elif kind == "wrong_image_shape":
+        dims = draw(st.lists(st.integers(-5, 70), min_size=3, max_size=3).filter(lambda d: tuple(d) != SHAPE))
+        _set_shape(r, [img.shape[0], *dims])
+    elif kind == "empty_or_negative_batch":
+        _set_shape(r, [draw(st.integers(-2**62, 0)), *SHAPE])
+    elif kind == "batch_over_max":
+        _set_shape(r, [draw(st.integers(MAX_BATCH + 1, 2**62)), *SHAPE])
+    elif kind == "wrong_byte_count":
+        delta = draw(st.integers(-len(img.data), 64).filter(lambda d: d != 0))
+        img.data = img.data[:delta] if delta < 0 else img.data + bytes(delta)
+    elif kind == "unknown_output":
+        r.outputs.append(draw(st.text(max_size=30).filter(lambda s: s not in ("logits", "stem", "stage1",
+                                                                              "stage2", "stage3", "pool"))))
+    elif kind == "duplicate_output":
+        r.outputs.extend(["logits", "logits"])
+    elif kind == "unknown_output_dtype":
+        r.output_dtype = draw(st.one_of(st.integers(-2**31, -1), st.integers(5, 2**31 - 1)))
+    elif kind == "nonfinite_values":
+        if img.dtype == pb.UINT8:
+            img.scale = draw(st.sampled_from([math.nan, math.inf, -math.inf]))
+        else:
+            bad = draw(st.sampled_from(NONFINITE[img.dtype]))
+            at = draw(st.integers(0, len(img.data) // len(bad) - 1)) * len(bad)
+            img.data = img.data[:at] + bad + img.data[at + len(bad):]
+    elif kind == "long_request_id":
+        r.request_id = "x" * draw(st.integers(129, 5000))
+    elif kind == "message_over_limit":
+        img.data = bytes(limit + draw(st.integers(1, 4096)))
+    else:
+        raise AssertionError(kind)
+
+
+# In the order they are applied: data before dtype and shape changes, removing the images last.
+KINDS = ["nonfinite_values", "wrong_byte_count", "message_over_limit", "wrong_image_shape",
+         "empty_or_negative_batch", "batch_over_max", "wrong_rank", "unknown_dtype", "unknown_output",
+         "duplicate_output", "unknown_output_dtype", "long_request_id", "no_images"]
+EXPECTED_ALONE = {kind: RE if kind in ("batch_over_max", "message_over_limit") else IA for kind in KINDS}
+
+
+def test_malformed_requests_get_clean_errors_and_the_server_keeps_answering(small_server):
+    teacher, servicer, stub = small_server
+    offered = ["logits", *teacher.feature_names]
+    limit = servicer.max_message_bytes
+    codes: collections.Counter = collections.Counter()
+    kinds_seen: collections.Counter = collections.Counter()
+
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def check(data):
+        request = data.draw(valid_requests(offered))
+        kinds = sorted(data.draw(st.lists(st.sampled_from(KINDS), min_size=1, max_size=3, unique=True)),
+                       key=KINDS.index)
+        for kind in kinds:
+            mutate(data.draw, request, kind, limit)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Infer(request, timeout=30)
+        code = err.value.code()
+        codes[code.name] += 1
+        kinds_seen.update(kinds)
+        assert code in (IA, RE), f"{kinds}: {code.name} {err.value.details()}"
+        if len(kinds) == 1:
+            assert code == EXPECTED_ALONE[kinds[0]], f"{kinds}: {code.name} {err.value.details()}"
+        assert len(err.value.details() or "") < 400  # one readable line, even for huge inputs
+
+    check()
+    assert sum(codes.values()) >= EXAMPLES
+    assert set(kinds_seen) == set(KINDS)
+    print(f"fuzz: {sum(codes.values())} malformed requests, codes {dict(codes)}")
+
+    x = torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(7))
+    ok = stub.Infer(pb.InferRequest(images=codec.encode(x, "float32"), request_id="after-fuzz"), timeout=30)
+    want, _ = teacher.forward(x, ["logits"])
+    assert ok.request_id == "after-fuzz"
+    assert np.allclose(codec.decode(ok.outputs["logits"]).numpy(), want["logits"].numpy(), atol=1e-5)
