@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     m = p.add_argument_group("method")
     m.add_argument("--method", choices=sorted(METHODS), default="unix")
-    m.add_argument("--teacher-url", help="grpc://HOST:PORT, grpcs://HOST:PORT or local:CHECKPOINT (not needed for ce)")
+    m.add_argument("--teacher-url", help="grpc://HOST:PORT, grpcs://HOST:PORT, triton://HOST:PORT/MODEL "
+                   "or local:CHECKPOINT (not needed for ce)")
     m.add_argument("--k", type=int, default=48, help="images per batch sent to the teacher (unix)")
     m.add_argument("--b", type=float, default=32, help="rank where mixing reaches half strength (unix)")
     m.add_argument("--w", type=float, default=10.0, help="sharpness of the mixing sigmoid (unix)")

@@ -3,6 +3,13 @@ from __future__ import annotations
 
 
 
+def _delta(start, end, field: str):
+    """What the server counted during the run; None where it keeps no such count."""
+    if start is None or end is None or getattr(end, field) is None or getattr(start, field) is None:
+        return None
+    return getattr(end, field) - getattr(start, field)
+
+
 def build_summary(*, args, spec, work, top1, best_top1, epochs, teacher, server_start, server_end,
                   flops, cost, kd_cost, wall_seconds, time_split=None) -> dict:
     c = teacher.counters if teacher else None
@@ -31,9 +38,10 @@ def build_summary(*, args, spec, work, top1, best_top1, epochs, teacher, server_
         "bytes_sent": c.bytes_sent if c else 0,
         "bytes_received": c.bytes_received if c else 0,
         "teacher_wait_seconds": c.wait_seconds if c else 0.0,
-        "server_images_delta": (server_end.images - server_start.images) if server_end else None,
-        "server_requests_delta": (server_end.requests - server_start.requests) if server_end else None,
-        "server_bytes_in_delta": (server_end.bytes_in - server_start.bytes_in) if server_end else None,
+        "server_images_delta": _delta(server_start, server_end, "images"),
+        "server_requests_delta": _delta(server_start, server_end, "requests"),
+        "server_bytes_in_delta": _delta(server_start, server_end, "bytes_in"),
+        "server_bytes_out_delta": _delta(server_start, server_end, "bytes_out"),
         "server_stats_source": server_end.source if server_end else None,
         "teacher_flops_per_image": flops["teacher_forward"],
         "student_flops_per_image": flops["student_forward"],

@@ -118,7 +118,8 @@ class Trainer:
         self.teacher = None
         if method_cls.needs_teacher:
             if not args.teacher_url:
-                raise ValueError(f"--method {args.method} needs --teacher-url (grpc://HOST:PORT or local:PATH)")
+                raise ValueError(f"--method {args.method} needs --teacher-url "
+                                 f"(grpc://HOST:PORT, grpcs://, triton://HOST:PORT/MODEL or local:PATH)")
             self.teacher = connect(args.teacher_url, wire_dtype=args.wire_dtype, timeout=args.teacher_timeout,
                                    connect_timeout=args.connect_timeout, device=str(self.device),
                                    **teacher_options(args))

@@ -37,8 +37,8 @@ class ServerStats:
     """The server's own counters, as its statistics endpoint reports them."""
     images: int
     requests: int
-    bytes_in: int = 0
-    bytes_out: int = 0
+    bytes_in: int | None = None    # None: this server does not count bytes (Triton)
+    bytes_out: int | None = None
     forward_seconds: float = 0.0
     source: str = ""
 
