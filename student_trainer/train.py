@@ -147,9 +147,10 @@ class Trainer:
         self.progress = Progress()
         self.server_start = self.teacher.server_stats() if self.teacher else None
         self.steps_per_epoch = len(self.train_loader)
-        self._life_start = time.perf_counter()
         if args.resume:
             self.resume(args.resume)
+        self._earlier_lives_seconds = self.progress.wall_seconds
+        self._life_start = time.perf_counter()
         self.writer = self._tensorboard()
 
     # --- checkpoints ----------------------------------------------------
@@ -236,7 +237,8 @@ class Trainer:
         self.writer.add_scalar("compute/flops", self._compute_so_far()[0], step)
 
     def _wall(self) -> float:
-        return self.progress.wall_seconds + time.perf_counter() - self._life_start
+        """Wall seconds of the whole run: earlier lives (if resumed) plus this one."""
+        return self._earlier_lives_seconds + time.perf_counter() - self._life_start
 
     # --- training ---------------------------------------------------------
     def train_one_epoch(self) -> dict:

@@ -29,6 +29,19 @@ def test_unix_sends_exactly_k_images_per_full_step(grpc_teacher, tmp_path):
     assert on_disk["teacher_images"] == 60
 
 
+def test_wall_seconds_is_the_runs_own_time(grpc_teacher, tmp_path):
+    import time
+
+    url, _ = grpc_teacher
+    start = time.perf_counter()
+    s = train(train_args(tmp_path, "--method", "unix", "--teacher-url", url, "--batch-size", "16",
+                         "--k", "8", "--train-size", "32", "--epochs", "3", "--checkpoint-every", "1"))
+    elapsed = time.perf_counter() - start
+    assert 0 < s["wall_seconds"] <= elapsed
+    assert sum(s["time_split"].values()) <= s["wall_seconds"]
+    assert {"data", "uncertainty", "mixing", "teacher", "student", "eval", "checkpoint"} <= set(s["time_split"])
+
+
 def test_kd_sends_every_image(grpc_teacher, tmp_path):
     url, servicer = grpc_teacher
     before = _server_images(servicer)
