@@ -155,10 +155,12 @@ def verdict(groups: list[dict]) -> str:
     if not kd or not unix:
         return ""
     diff = unix["top1_mean"] - kd["top1_mean"]
-    pooled = max((kd["top1_std"] ** 2 + unix["top1_std"] ** 2) ** 0.5, 1e-9)
+    pooled = (kd["top1_std"] ** 2 + unix["top1_std"] ** 2) ** 0.5
+    spread = (f", {abs(diff) / pooled:.1f} pooled standard deviations" if pooled > 0
+              else ", one seed each: no spread to compare with")
     held = "held" if diff >= 0 else "did not hold"
     return (f"**UNIX >= KD {held}**: UNIX {unix['top1_mean']:.2f} vs KD {kd['top1_mean']:.2f} top-1 "
-            f"({diff:+.2f} points, {abs(diff) / pooled:.1f} pooled standard deviations), at "
+            f"({diff:+.2f} points{spread}), at "
             f"{unix['compute_vs_kd']:.1%} of KD's measured compute and "
             f"{unix['teacher_images'] / max(kd['teacher_images'], 1):.1%} of its teacher images.")
 
