@@ -33,6 +33,16 @@ def load_run(run_dir: str | Path, name: str | None = None) -> Run:
     return Run(name or run_dir.name, summary, epochs)
 
 
+def run_names(dirs: list[str]) -> list[str]:
+    """The shortest path tails that tell the runs apart (``kd/seed0`` and ``unix/seed0``)."""
+    parts = [Path(d).resolve().parts for d in dirs]
+    for depth in range(1, max(map(len, parts)) + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(d) for d in dirs]
+
+
 def _label(run: Run) -> str:
     s = run.summary
     k = f" k={s['k']}/{s['batch_size']}" if s["method"] == "unix" else ""
@@ -107,7 +117,8 @@ def main(argv=None) -> None:
     p.add_argument("--title", default="Distillation runs")
     args = p.parse_args(argv)
     with one_line_errors("report"):
-        path = write_report([load_run(d) for d in args.runs], args.out, args.title)
+        path = write_report([load_run(d, name) for d, name in zip(args.runs, run_names(args.runs))],
+                            args.out, args.title)
     print(path.read_text().split("\n\n![")[0])
     print(f"\nwrote {path} and plots in {path.parent}")
 

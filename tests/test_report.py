@@ -35,6 +35,13 @@ def test_report_writes_the_table_and_two_plots(grpc_teacher, tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_run_names_tell_runs_apart():
+    from student_trainer.report import run_names
+
+    assert run_names(["runs/kd/seed0", "runs/unix/seed0"]) == ["kd/seed0", "unix/seed0"]
+    assert run_names(["a/kd", "a/unix"]) == ["kd", "unix"]
+
+
 def test_report_on_a_folder_without_a_run_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         report([str(tmp_path)])
