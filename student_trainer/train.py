@@ -30,8 +30,7 @@ from student_trainer.accounting import WorkCounters, compute_flops, kd_flops
 from student_trainer.data_order import EpochSampler, SeededItems
 from student_trainer.methods import METHODS, MethodConfig
 from student_trainer.summary import build_summary, format_summary
-from student_trainer.teachers import ClientCounters, ServerStats, connect, teacher_options
-from student_trainer.teachers.grpc_client import TeacherUnavailable
+from student_trainer.teachers import ClientCounters, ServerStats, TeacherUnavailable, connect, teacher_options
 from student_trainer.timing import PhaseTimer
 
 log = logging.getLogger("student_trainer")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Callable
 from urllib.parse import urlsplit
 
-from student_trainer.teachers.base import ClientCounters, ServerStats, TeacherClient, TeacherInfo
+from student_trainer.teachers.base import ClientCounters, ServerStats, TeacherClient, TeacherInfo, TeacherUnavailable
 
 
 def _grpc(url, *, wire_dtype="float16", timeout=60.0, connect_timeout=30.0, max_wait=600.0, tls_ca=None,

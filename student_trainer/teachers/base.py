@@ -8,6 +8,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 
+class TeacherUnavailable(ConnectionError):
+    """The teacher could not be reached (within the total wait, where the client retries).
+
+    The trainer catches it to save its progress before it stops.
+    """
+
+
 @dataclass
 class TeacherInfo:
     model_name: str

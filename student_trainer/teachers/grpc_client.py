@@ -25,7 +25,7 @@ import torch
 from common import codec
 from protos import teacher_pb2 as pb
 from protos import teacher_pb2_grpc as pb_grpc
-from student_trainer.teachers.base import ServerStats, TeacherClient, TeacherInfo
+from student_trainer.teachers.base import ServerStats, TeacherClient, TeacherInfo, TeacherUnavailable
 
 log = logging.getLogger("student_trainer.teacher")
 
@@ -33,8 +33,6 @@ CLIENT_ID_HEADER = "x-client-id"
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
-class TeacherUnavailable(ConnectionError):
-    """The teacher did not answer within the total wait; the trainer catches this to save its progress."""
 
 
 @dataclass(frozen=True)

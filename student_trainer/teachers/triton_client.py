@@ -28,14 +28,12 @@ import grpc
 import numpy as np
 import torch
 
-from student_trainer.teachers.base import ServerStats, TeacherClient, TeacherInfo
+from student_trainer.teachers.base import ServerStats, TeacherClient, TeacherInfo, TeacherUnavailable
 
 TOKEN_HEADER = "triton-grpc-protocol-triton-access-token"
 WIRE = {"TYPE_FP16": ("FP16", np.float16, "float16"), "TYPE_FP32": ("FP32", np.float32, "float32")}
 
 
-class TeacherUnavailable(ConnectionError):
-    pass
 
 
 def plain_name(triton_name: str) -> str:
