@@ -91,18 +91,16 @@ def run_level(url, tls_ca, metadata, clients, batch, wire, seconds) -> dict:
 
 
 def start_server(args) -> tuple[subprocess.Popen, str]:
-    port_file = Path(tempfile.mkdtemp()) / "port"
-    proc = subprocess.Popen([sys.executable, "-m", "teacher_server", "--arch", args.arch, "--input-shape",
-                             args.input_shape, "--num-classes", str(args.num_classes), "--max-batch",
-                             str(max(args.batch, 256)), "--port", "0", "--port-file", str(port_file),
-                             "--device", args.device, "--log-level", "WARNING"], cwd=ROOT)
-    deadline = time.monotonic() + 120
-    while not (port_file.exists() and port_file.read_text().strip()):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            sys.exit("bench_load: error: teacher_server did not start")
-        time.sleep(0.1)
-    return proc, f"grpc://127.0.0.1:{int(port_file.read_text())}"
+    from teacher_server.launch import start_teacher
+
+    try:
+        proc, port = start_teacher("--arch", args.arch, "--input-shape", args.input_shape, "--num-classes",
+                                   args.num_classes, "--max-batch", max(args.batch, 256), "--port", 0,
+                                   "--device", args.device, "--log-level", "WARNING",
+                                   port_file=Path(tempfile.mkdtemp()) / "port", cwd=ROOT)
+    except (ChildProcessError, TimeoutError) as e:
+        sys.exit(f"bench_load: error: {e}")
+    return proc, f"grpc://127.0.0.1:{port}"
 
 
 def main(argv=None) -> None:

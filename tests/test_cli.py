@@ -1,9 +1,7 @@
 """The two commands as a user types them: real processes, readable errors, no tracebacks."""
 import json
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,20 +16,16 @@ def _run(*args, timeout=120):
 
 @pytest.fixture()
 def server_process(tmp_path):
-    port_file = tmp_path / "port"
-    proc = subprocess.Popen([sys.executable, "-m", "teacher_server", "--arch", "resnet8", "--num-classes", "10",
-                             "--input-shape", "1,28,28", "--port", "0", "--port-file", str(port_file)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 60
-    while not port_file.exists() or not port_file.read_text().strip():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"teacher_server did not start: {proc.stdout.read()}")
-        time.sleep(0.1)
-    yield proc, int(port_file.read_text())
-    if proc.poll() is None:
-        proc.terminate()
-        proc.wait(timeout=30)
+    from teacher_server.launch import start_teacher, stop_teacher
+
+    log = (tmp_path / "server.log").open("w")
+    try:
+        proc, port = start_teacher("--arch", "resnet8", "--num-classes", "10", "--input-shape", "1,28,28",
+                                   "--port", "0", port_file=tmp_path / "port", timeout=60, stdout=log, cwd=ROOT)
+    except (ChildProcessError, TimeoutError) as e:
+        pytest.fail(f"{e}: {(tmp_path / 'server.log').read_text()}")
+    yield proc, port
+    stop_teacher(proc, timeout=30)
 
 
 def test_trainer_against_a_served_teacher_process(server_process, tmp_path):

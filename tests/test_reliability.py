@@ -24,6 +24,7 @@ from protos import teacher_pb2_grpc as pb_grpc
 from student_trainer.cli import main as train
 from student_trainer.teachers import connect
 from student_trainer.teachers.grpc_client import TeacherUnavailable
+from teacher_server.launch import start_teacher
 from teacher_server.model_runner import TeacherModel
 from teacher_server.server import build_server
 from tests.conftest import train_args
@@ -40,18 +41,12 @@ def free_port() -> int:
 
 def start_server(tmp_path: Path, name: str, *flags, port: int = 0) -> tuple[subprocess.Popen, int]:
     """``python -m teacher_server`` as its own process; returns once it listens."""
-    port_file = tmp_path / f"{name}.port"
     log = (tmp_path / f"{name}.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "teacher_server", "--port", str(port),
-                             "--port-file", str(port_file), *map(str, flags)],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while not (port_file.exists() and port_file.read_text().strip()):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"teacher_server did not start: {(tmp_path / f'{name}.log').read_text()}")
-        time.sleep(0.05)
-    return proc, int(port_file.read_text())
+    try:
+        return start_teacher("--port", port, *flags, port_file=tmp_path / f"{name}.port", stdout=log,
+                             cwd=ROOT, poll=0.05)
+    except (ChildProcessError, TimeoutError) as e:
+        pytest.fail(f"teacher_server did not start ({e}): {(tmp_path / f'{name}.log').read_text()}")
 
 
 def stop_server(proc: subprocess.Popen, timeout: float = 60) -> int:
