@@ -42,6 +42,30 @@ def main(argv=None) -> None:
                 summaries.append(train(flags))
         print("\n=== kd vs unix, side by side ===")
         print(format_summary(*summaries))
+        print(what_it_shows(*summaries))
+
+
+def _ratio(unix: dict, kd: dict, key: str) -> str:
+    return f"{unix[key] / kd[key]:.2f}" if unix.get(key) is not None and kd.get(key) else "-"
+
+
+def what_it_shows(kd: dict, unix: dict) -> str:
+    """The figures a one-epoch demo can carry, and the one it cannot."""
+    counted = unix["teacher_images"] == unix["server_images_delta"] and kd["teacher_images"] == kd["server_images_delta"]
+    return "\n".join([
+        "",
+        "What this shows:",
+        f"- The counted saving: unix asked the teacher about {_ratio(unix, kd, 'teacher_images')} of kd's images "
+        f"(k/N = {unix['k']}/{unix['batch_size']}), sent {_ratio(unix, kd, 'bytes_sent')} of its bytes and waited "
+        f"{_ratio(unix, kd, 'teacher_wait_seconds')} of its teacher time; the server's own count "
+        f"{'agrees exactly' if counted else 'DOES NOT agree'} (server_images_delta).",
+        f"- compute_vs_kd is the measured-FLOP cost of the step, uncertainty pass included "
+        f"({unix['compute_vs_kd']:.3f} of kd here): the cheaper the student next to the teacher, the lower it goes.",
+        "- Wall time on one shared CPU is not the teacher box's GPU time: here teacher and student share 2 cores.",
+        "- top-1 after one short epoch says nothing about final accuracy (it moves by points from seed to seed);",
+        "  the comparison at equal compute, with seeds and confidence intervals, is in docs/results.md "
+        "(make reproduce).",
+    ])
 
 
 if __name__ == "__main__":
