@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 from common.cli_errors import one_line_errors, parse_shape  # noqa: E402
 
-DEFAULT_CHECKPOINT = ROOT / "runs/teacher-fashion-mnist-resnet20/best.pt"
+DEFAULT_CHECKPOINT = ROOT / "experiments/teachers/fashion-mnist-resnet20.pt"
 
 
 def timed_calls(call, images: torch.Tensor, calls: int) -> list[float]:
@@ -140,8 +140,8 @@ def main(argv=None) -> dict:
             torch.set_num_threads(args.threads)
             os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the server processes
         checkpoint = None if args.arch else str(args.checkpoint or DEFAULT_CHECKPOINT)
-        teacher = load_teacher(checkpoint, arch=args.arch, num_classes=args.num_classes,
-                               input_shape=args.input_shape)
+        shape = {} if checkpoint else {"num_classes": args.num_classes, "input_shape": args.input_shape}
+        teacher = load_teacher(checkpoint, arch=args.arch, **shape)
         flags = ["--checkpoint", checkpoint] if checkpoint else \
             ["--arch", args.arch, "--num-classes", str(args.num_classes),
              "--input-shape", ",".join(map(str, args.input_shape))]

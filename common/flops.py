@@ -14,7 +14,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 
-def _count(fn) -> int:
+def count_flops(fn) -> int:
+    """FLOPs of whatever ``fn()`` runs (forward and backward alike)."""
     counter = FlopCounterMode(display=False)
     with counter:
         fn()
@@ -29,7 +30,7 @@ def forward_flops_per_image(model: nn.Module, input_shape, batch: int = 2) -> fl
     model.eval()
     try:
         with torch.no_grad():
-            flops = _count(lambda: model(x))
+            flops = count_flops(lambda: model(x))
     finally:
         model.train(was_training)
     return flops / batch
@@ -42,4 +43,4 @@ def backward_flops_per_image(model: nn.Module, input_shape, batch: int = 2) -> f
     x = torch.zeros(batch, *input_shape, device=device)
     out = m(x)
     loss = out.float().pow(2).mean()
-    return _count(loss.backward) / batch
+    return count_flops(loss.backward) / batch

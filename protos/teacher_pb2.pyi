@@ -68,7 +68,7 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("model_name", "arch", "input_shape", "num_classes", "feature_names", "flops_per_image", "max_batch_size", "max_message_bytes", "device", "compute_dtype")
+    __slots__ = ("model_name", "arch", "input_shape", "num_classes", "feature_names", "flops_per_image", "max_batch_size", "max_message_bytes", "device", "compute_dtype", "outputs", "reductions")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     ARCH_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,8 @@ class DescribeResponse(_message.Message):
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    REDUCTIONS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     arch: str
     input_shape: _containers.RepeatedScalarFieldContainer[int]
@@ -89,14 +91,48 @@ class DescribeResponse(_message.Message):
     max_message_bytes: int
     device: str
     compute_dtype: str
-    def __init__(self, model_name: _Optional[str] = ..., arch: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., feature_names: _Optional[_Iterable[str]] = ..., flops_per_image: _Optional[float] = ..., max_batch_size: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., device: _Optional[str] = ..., compute_dtype: _Optional[str] = ...) -> None: ...
+    outputs: _containers.RepeatedCompositeFieldContainer[OutputInfo]
+    reductions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model_name: _Optional[str] = ..., arch: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., feature_names: _Optional[_Iterable[str]] = ..., flops_per_image: _Optional[float] = ..., max_batch_size: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., device: _Optional[str] = ..., compute_dtype: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[OutputInfo, _Mapping]]] = ..., reductions: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class OutputInfo(_message.Message):
+    __slots__ = ("name", "shape")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("client_id", "per_client")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PER_CLIENT_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    per_client: bool
+    def __init__(self, client_id: _Optional[str] = ..., per_client: _Optional[bool] = ...) -> None: ...
+
+class ClientStats(_message.Message):
+    __slots__ = ("client_id", "requests", "images", "bytes_in", "bytes_out", "forward_seconds", "flops_served", "failed_requests")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_IN_FIELD_NUMBER: _ClassVar[int]
+    BYTES_OUT_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FLOPS_SERVED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    requests: int
+    images: int
+    bytes_in: int
+    bytes_out: int
+    forward_seconds: float
+    flops_served: float
+    failed_requests: int
+    def __init__(self, client_id: _Optional[str] = ..., requests: _Optional[int] = ..., images: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., forward_seconds: _Optional[float] = ..., flops_served: _Optional[float] = ..., failed_requests: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("requests", "images", "bytes_in", "bytes_out", "forward_seconds", "flops_served", "uptime_seconds", "failed_requests")
+    __slots__ = ("requests", "images", "bytes_in", "bytes_out", "forward_seconds", "flops_served", "uptime_seconds", "failed_requests", "forwards", "forward_images", "busy_seconds", "mean_batch_images", "client_id", "clients")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     BYTES_IN_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +141,12 @@ class StatsResponse(_message.Message):
     FLOPS_SERVED_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     FAILED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    FORWARDS_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    BUSY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_BATCH_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENTS_FIELD_NUMBER: _ClassVar[int]
     requests: int
     images: int
     bytes_in: int
@@ -113,4 +155,10 @@ class StatsResponse(_message.Message):
     flops_served: float
     uptime_seconds: float
     failed_requests: int
-    def __init__(self, requests: _Optional[int] = ..., images: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., forward_seconds: _Optional[float] = ..., flops_served: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., failed_requests: _Optional[int] = ...) -> None: ...
+    forwards: int
+    forward_images: int
+    busy_seconds: float
+    mean_batch_images: float
+    client_id: str
+    clients: _containers.RepeatedCompositeFieldContainer[ClientStats]
+    def __init__(self, requests: _Optional[int] = ..., images: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., forward_seconds: _Optional[float] = ..., flops_served: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., failed_requests: _Optional[int] = ..., forwards: _Optional[int] = ..., forward_images: _Optional[int] = ..., busy_seconds: _Optional[float] = ..., mean_batch_images: _Optional[float] = ..., client_id: _Optional[str] = ..., clients: _Optional[_Iterable[_Union[ClientStats, _Mapping]]] = ...) -> None: ...

@@ -23,11 +23,18 @@ class WorkCounters:
         return asdict(self)
 
 
-def compute_flops(work: WorkCounters, teacher_fwd: float, student_fwd: float, student_bwd: float) -> float:
-    """k*F_t + (N+k)*F_s + k*B_s per UNIX step, summed from what really ran."""
-    return work.teacher_images * teacher_fwd + work.student_forward * student_fwd + work.student_backward * student_bwd
+def compute_flops(work: WorkCounters, teacher_fwd: float, student_fwd: float, student_bwd: float,
+                  loss: float = 0.0) -> float:
+    """k*F_t + (N+k)*F_s + k*(B_s + L) per UNIX step, summed from what really ran.
+
+    ``loss``: FLOPs per trained image of the distillation loss's own work, forward and
+    backward (FitNet's regressor, CRD's embeddings and bank products; 0 for KD).
+    """
+    return (work.teacher_images * teacher_fwd + work.student_forward * student_fwd
+            + work.student_backward * (student_bwd + loss))
 
 
-def kd_flops(work: WorkCounters, teacher_fwd: float, student_fwd: float, student_bwd: float) -> float:
-    """What conventional KD would have spent on the same images: N*(F_t + F_s + B_s)."""
-    return work.student_images * (teacher_fwd + student_fwd + student_bwd)
+def kd_flops(work: WorkCounters, teacher_fwd: float, student_fwd: float, student_bwd: float,
+             loss: float = 0.0) -> float:
+    """What the same loss on every image would have spent (conventional KD): N*(F_t + F_s + B_s + L)."""
+    return work.student_images * (teacher_fwd + student_fwd + student_bwd + loss)

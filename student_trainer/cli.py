@@ -6,8 +6,9 @@ import logging
 
 from common.cli_errors import one_line_errors, parse_shape
 from common.codec import WIRE_DTYPES
-from student_trainer.methods import METHODS
-from student_trainer.uncertainty import UNCERTAINTY
+from student_trainer.distill import LOSSES, add_loss_arguments, loss_classes
+from student_trainer.methods import SHORTHANDS
+from student_trainer.query import POLICIES
 
 
 def _milestones(text: str) -> list[int]:
@@ -20,28 +21,41 @@ def _milestones(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m student_trainer", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    m = p.add_argument_group("method")
-    m.add_argument("--method", choices=sorted(METHODS), default="unix")
+    m = p.add_argument_group("method: which images the teacher sees (--query) and the loss on its answers (--loss)")
+    m.add_argument("--method", choices=sorted(SHORTHANDS), default=None,
+                   help="shorthand for a (--query, --loss) pair: "
+                        + ", ".join(f"{k} = {q} + {lo}" for k, (q, lo) in SHORTHANDS.items())
+                        + f" (default: unix)")
+    m.add_argument("--query", choices=sorted(POLICIES), default=None,
+                   help="; ".join(f"{name}: {cls.about}" for name, cls in POLICIES.items()))
+    m.add_argument("--loss", default=None, metavar="LOSS",
+                   help="distillation loss, or kd+LOSS for KD plus one feature loss: "
+                        + "; ".join(f"{name}: {cls.about}" for name, cls in LOSSES.items()))
+    m.add_argument("--feature-pairs", default=None, metavar="S:T,...",
+                   help="student:teacher feature names, e.g. stage2:stage2,stage3:stage3 (default: per loss)")
+    m.add_argument("--serial-teacher", action="store_true",
+                   help="wait for the teacher before the student's forward (no overlap; same result, slower)")
     m.add_argument("--teacher-url", help="grpc://HOST:PORT, grpcs://HOST:PORT, triton://HOST:PORT/MODEL "
                    "or local:CHECKPOINT (not needed for ce)")
-    m.add_argument("--k", type=int, default=48, help="images per batch sent to the teacher (unix)")
-    m.add_argument("--b", type=float, default=32, help="rank where mixing reaches half strength (unix)")
-    m.add_argument("--w", type=float, default=10.0, help="sharpness of the mixing sigmoid (unix)")
-    m.add_argument("--selection", choices=sorted(UNCERTAINTY), default="entropy")
-    m.add_argument("--uncertainty-bn", choices=("batch", "train", "eval"), default="batch",
-                   help="BatchNorm in the no-grad uncertainty pass (see README)")
-    m.add_argument("--T", type=float, default=4.0, help="distillation temperature")
-    m.add_argument("--ce-weight", type=float, default=0.0)
-    m.add_argument("--kd-weight", type=float, default=1.0)
+    m.add_argument("--k", type=int, default=48, help="images per batch sent to the teacher (all but --query all)")
+    m.add_argument("--ce-weight", type=float, default=None,
+                   help="weight of cross-entropy on the (mixed) labels (default: 0 with a teacher, 1 without)")
+    q = p.add_argument_group("query policy options")
+    for policy in dict.fromkeys(POLICIES.values()):
+        policy.add_arguments(q)
+    add_loss_arguments(p)
     m.add_argument("--wire-dtype", choices=sorted(WIRE_DTYPES), default="float16",
                    help="dtype of the images on the wire")
     m.add_argument("--teacher-timeout", type=float, default=60.0, help="seconds per teacher call")
     m.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to wait for the teacher at start")
     m.add_argument("--teacher-max-wait", type=float, default=600.0,
-                   help="seconds a teacher call keeps retrying while the teacher is unreachable, then give up")
-    m.add_argument("--tls-ca", help="PEM CA certificate to check a grpcs:// teacher (default: system roots)")
-    m.add_argument("--token-file", help="file holding the teacher's shared token (sent as a bearer token)")
-    m.add_argument("--client-id", help="name in the teacher's metrics (default: a random uuid)")
+                   help="seconds a teacher call keeps retrying while the teacher is unreachable, then give up "
+                   "(grpc://, grpcs://, triton://)")
+    m.add_argument("--tls-ca", help="PEM CA certificate to check a grpcs:// teacher (default: system roots; "
+                   "grpcs:// only)")
+    m.add_argument("--token-file", help="file holding the teacher's token: grpc(s)://, sent as a bearer token; "
+                   "triton://, Triton's access token, for its statistics endpoint")
+    m.add_argument("--client-id", help="name in the teacher's metrics (default: a random uuid; grpc(s):// only)")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="synthetic")
     d.add_argument("--data-root", default=None)
@@ -80,16 +94,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def resolve_method(args) -> None:
+    """--method is a shorthand for --query and --loss; args.method becomes the run's label either way."""
+    if args.method and (args.query or args.loss):
+        raise ValueError("give --method alone, or --query and --loss; not both")
+    if args.method or not (args.query or args.loss):
+        args.method = args.method or "unix"
+        args.query, args.loss = SHORTHANDS[args.method]
+        return
+    args.query, args.loss = args.query or "all", args.loss or "kd"
+    short = {pair: name for name, pair in SHORTHANDS.items()}
+    args.method = short.get((args.query, args.loss), f"{args.loss}/{args.query}")
+
+
 def validate(args) -> None:
     """Flag combinations argparse cannot check, each as one readable line."""
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.method == "unix" and not 1 <= args.k <= args.batch_size:
-        raise ValueError(f"--k must be between 1 and --batch-size {args.batch_size}, got {args.k}")
-    if args.w < 0:
-        raise ValueError(f"--w must be >= 0, got {args.w}")
-    if args.T <= 0:
-        raise ValueError(f"--T must be > 0, got {args.T}")
+    resolve_method(args)
+    POLICIES[args.query].validate(args)
+    for loss in loss_classes(args.loss):
+        loss.validate(args)
     if args.epochs < 1 or (args.max_steps is not None and args.max_steps < 1):
         raise ValueError("--epochs and --max-steps must be at least 1")
     if args.log_every < 1 or args.checkpoint_every < 0:

@@ -36,7 +36,11 @@ class EpochSampler(Sampler):
 
 
 class SeededItems(Dataset):
-    """Wraps a data set so item ``(epoch, index)`` is augmented under its own seed."""
+    """Wraps a data set so item ``(epoch, index)`` is augmented under its own seed.
+
+    Items are ``(image, label, index)``: losses that keep per-image state (CRD's
+    memory bank) need the data-set index.
+    """
 
     def __init__(self, dataset: Dataset, seed: int):
         self.dataset, self.seed = dataset, seed
@@ -48,4 +52,5 @@ class SeededItems(Dataset):
         epoch, index = key
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(((self.seed * _MIX + epoch) * _MIX + index) % (1 << 63))
-            return self.dataset[index]
+            image, label = self.dataset[index]
+        return image, label, index

@@ -81,9 +81,22 @@ def _train(flags: list[str], run_dir: Path) -> dict:
     return train([*flags, "--out", str(run_dir), "--no-progress"])
 
 
+def shipped_teacher(path: Path) -> tuple[Path, dict]:
+    """A committed teacher (``[teacher] checkpoint = PATH``): served as it is, its facts read from it."""
+    from common.checkpoint import load_checkpoint, model_from_checkpoint
+    from common.flops import forward_flops_per_image
+
+    ckpt = load_checkpoint(path)
+    model = model_from_checkpoint(ckpt)
+    return path, {"arch": ckpt["arch"], "top1": ckpt.get("meta", {}).get("top1"),
+                  "student_flops_per_image": forward_flops_per_image(model, ckpt["input_shape"])}
+
+
 def train_teacher(config: dict, out: Path) -> tuple[Path, dict]:
     """Train (or reuse) the teacher; ``[teacher] out`` lets experiments share one."""
     options = dict(config["teacher"])
+    if "checkpoint" in options:
+        return shipped_teacher(Path(options["checkpoint"]))
     teacher_dir = Path(options.pop("out", out / "teacher"))
     summary = _train(to_flags({**options, "method": "ce"}), teacher_dir)
     return teacher_dir / "best.pt", summary
@@ -133,7 +146,7 @@ def results_markdown(results: dict) -> str:
     rows = ["| group | method | k/N | seeds | top-1 mean ± std (%) | top-1 per seed | teacher images | "
             "MB sent | compute vs KD | wall s/epoch | teacher wait s/epoch |", "|" + "---|" * 11]
     for g in results["groups"]:
-        kn = f"{g['k']}/{g['batch_size']}" if g["method"] != "ce" else "-"
+        kn = f"{g['k']}/{g['batch_size']}" if g["k"] else "-"
         cvk = "-" if g["compute_vs_kd"] is None else f"{g['compute_vs_kd']:.3f}"
         rows.append(f"| {g['group']} | {g['method']} | {kn} | {len(g['seeds'])} | "
                     f"{g['top1_mean']:.2f} ± {g['top1_std']:.2f} | {', '.join(f'{v:.2f}' for v in g['top1'])} | "
@@ -180,9 +193,8 @@ def run_experiment(config: dict, command: str) -> dict:
             summaries = []
             for seed in group.get("seeds", [0]):
                 run_dir = out / name / f"seed{seed}"
-                flags = [*base, *to_flags(options), "--seed", str(seed)]
-                if options.get("method", "unix") != "ce":
-                    flags += ["--teacher-url", url]
+                # A run whose loss asks the teacher nothing (ce) never connects to it.
+                flags = [*base, *to_flags(options), "--seed", str(seed), "--teacher-url", url]
                 summaries.append(_train(flags, run_dir))
             example_runs.append(load_run(out / name / f"seed{group.get('seeds', [0])[0]}", name))
             groups.append(aggregate(name, group, summaries))

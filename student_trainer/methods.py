@@ -1,22 +1,34 @@
-"""Training methods, one class each (as in mdistiller): ``ce``, ``kd``, ``unix``.
+"""A training step: a query policy picks the images, the teacher answers, a distillation loss scores them.
 
-A method turns a batch into a loss and says how much work it cost: images the
-student ran forward and backward, images the teacher was asked about.
+``Distiller`` is an ``nn.Module`` (as mdistiller's distillers are) whose
+learnable parameters are its loss's own modules (regressors, embeddings); the
+student is trained beside it. ``--method ce|kd|unix`` are shorthands for a
+(query policy, loss) pair, kept from the first version of the CLI.
+
+Inside a step the teacher works while the student does: the images go out as
+soon as the policy has chosen them (``TeacherClient.submit``), the student's
+forward runs, and the step blocks only where the loss needs the answer. The
+result is bit-identical to asking first and computing after (``serial``).
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+import copy
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from student_trainer.losses import kd_loss, mixed_ce
-from student_trainer.mixing import scaled_for_batch, select_and_mix
-from student_trainer.timing import PhaseTimer
-from student_trainer.uncertainty import uncertainty
+from common.features import capture_features, feature_names
+from common.flops import count_flops
+from common.reductions import NONE, offered_keys
+from student_trainer.distill import build_loss
+from student_trainer.distill.base import DistillBatch, DistillLoss, ModelShapes, StepContext
+from student_trainer.losses import mixed_ce
+from student_trainer.query import QueryPolicy, build_policy
+from student_trainer.timing import NULL_TIMER, PhaseTimer
+
+# --method NAME -> (--query, --loss)
+SHORTHANDS: dict[str, tuple[str, str]] = {"ce": ("all", "none"), "kd": ("all", "kd"), "unix": ("unix", "kd")}
 
 
 @dataclass
@@ -28,141 +40,183 @@ class StepOutput:
     teacher_images: int = 0
 
 
-@dataclass
-class MethodConfig:
-    batch_size: int = 64
-    k: int = 48
-    b: float = 32
-    w: float = 10.0
-    selection: str = "entropy"
-    T: float = 4.0
-    ce_weight: float = 0.0
-    kd_weight: float = 1.0
-    uncertainty_bn: str = "batch"
-    seed: int = 0
+class Distiller(nn.Module):
+    def __init__(self, student: nn.Module, teacher, policy: QueryPolicy, loss: DistillLoss, *,
+                 ce_weight: float, timer: PhaseTimer = NULL_TIMER, serial: bool = False):
+        super().__init__()
+        self.loss = loss
+        self.student, self.teacher, self.policy = [student], teacher, policy  # not submodules: saved apart
+        self.ce_weight, self.timer, self.serial = ce_weight, timer, serial
+        self.keys = [o.key for o in loss.teacher_outputs()]
+        self.features = loss.student_features()
+
+    @property
+    def images_per_batch(self) -> int:
+        """k: images of a full batch the teacher is asked about (N for --query all, 0 without a teacher)."""
+        if not self.keys:
+            return 0
+        return self.policy.batch_size if self.policy.sends_all else self.policy.k
+
+    def _ask_teacher(self, images: torch.Tensor):
+        """Send the images now; return a function that waits for the answer (on the images' device)."""
+        if not self.keys:
+            return lambda: {}
+        if self.serial:
+            with self.timer.phase("teacher"):
+                answer = self.teacher.infer(images, self.keys)
+            return lambda: {k: v.to(images.device) for k, v in answer.items()}
+        future = self.teacher.submit(images, self.keys)
+
+        def wait():
+            with self.timer.phase("teacher"):
+                answer = future.result()
+            return {k: v.to(images.device) for k, v in answer.items()}
+        return wait
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
+             context: StepContext = StepContext()) -> StepOutput:
+        student = self.student[0]
+        q = self.policy.select(student, images, labels, indices, self.timer)
+        answer = self._ask_teacher(q.images)
+        with self.timer.phase("student"), capture_features(student, self.features) as feats:
+            logits = student(q.images)
+        teacher = answer()
+        with self.timer.phase("student"):
+            l_ce = mixed_ce(logits, q.labels_a, q.labels_b, q.mix)
+            terms = self.loss(DistillBatch(logits, teacher, dict(feats), q.labels_a, q.labels_b, q.mix, q.indices,
+                                           context))
+            total = self.ce_weight * l_ce + sum(terms.values(), torch.zeros((), device=logits.device))
+        k = q.images.shape[0]
+        parts = {"loss_ce": l_ce.item(), **{name: t.item() for name, t in terms.items()}, **q.parts}
+        return StepOutput(total, parts, q.choosing_forward + k, k, k if self.keys else 0)
+
+    def state_before_step(self) -> dict:
+        """What a step changes before the teacher's answer is in: the policy's draws, the student's BN statistics.
+
+        The student's forward runs while the teacher works, so a teacher that never
+        answers leaves it one forward ahead; ``rewind`` undoes that for a clean save.
+        """
+        return {"policy": self.policy.state_dict(),
+                "buffers": {n: b.clone() for n, b in self.student[0].named_buffers()}}
+
+    def rewind(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        buffers = dict(self.student[0].named_buffers())
+        with torch.no_grad():
+            for name, value in state["buffers"].items():
+                buffers[name].copy_(value)
+
+    def method_state(self) -> dict:
+        """What a resumed run needs beyond the student: the policy's RNG, the loss's modules and state."""
+        return {"policy": self.policy.state_dict(), "loss": self.loss.state_dict()}
+
+    def load_method_state(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.loss.load_state_dict(state["loss"])
 
 
-@contextmanager
-def bn_mode(model: nn.Module, mode: str):
-    """How BatchNorm behaves in the no-grad uncertainty pass.
-
-    ``batch`` (default): normalise with the batch's own statistics, exactly as the
-    training forward does, but leave the running statistics untouched (momentum 0
-    for the pass), so each step updates them once, from the images trained on.
-    ``train``: the reference implementation's behaviour: batch statistics, and the
-    unmixed batch also updates the running statistics (twice per step in all).
-    ``eval``: use the running statistics (noisy early in training).
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    was_training = model.training
-    saved = [(m, m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
-             for m in bns]
-    if mode == "eval":
-        model.eval()
-    elif mode == "batch":
-        model.train()
-        for m in bns:
-            m.momentum = 0.0
-    elif mode == "train":
-        model.train()
-    else:
-        raise ValueError(f"unknown --uncertainty-bn {mode!r}; choose batch, train or eval")
+def student_shapes(student: nn.Module, input_shape: tuple[int, ...], device) -> dict[str, tuple[int, ...]]:
+    """Per-image shape of the student's logits and of every named feature (one eval-mode probe)."""
+    was_training = student.training
+    student.eval()
     try:
-        yield
+        with torch.no_grad(), capture_features(student, feature_names(student)) as feats:
+            logits = student(torch.zeros(2, *input_shape, device=device))
     finally:
-        model.train(was_training)
-        if mode == "batch":
-            for m, momentum, tracked in saved:
-                m.momentum = momentum
-                if tracked is not None:
-                    m.num_batches_tracked.copy_(tracked)
+        student.train(was_training)
+    return {"logits": tuple(logits.shape[1:]), **{n: tuple(f.shape[1:]) for n, f in feats.items()}}
 
 
-class Method:
-    needs_teacher = True
-
-    def __init__(self, student: nn.Module, teacher, cfg: MethodConfig, timer: PhaseTimer | None = None):
-        self.student, self.teacher, self.cfg = student, teacher, cfg
-        self.timer = timer or PhaseTimer()
-
-    def step(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
-        raise NotImplementedError
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-    def _teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
-        with self.timer.phase("teacher"):
-            return self.teacher.infer(images)["logits"].to(images.device)
+def teacher_shapes(info) -> dict[str, tuple[int, ...]]:
+    """Per-image shape of every output key the teacher can send: each output, and each reduction of it."""
+    shapes = {}
+    for name, shape in info.output_shapes.items():
+        for reduction in info.reductions or [NO_REDUCTION]:
+            try:
+                shapes[TeacherOutput(name, reduction).key] = tuple(reduced_shape(reduction, tuple(shape)))
+            except ValueError:  # e.g. attention of a 2-D embedding
+                pass
+    return shapes
 
 
-class CE(Method):
-    """Labels only: the baseline student, and how a teacher is trained."""
-    needs_teacher = False
+def loss_flops_per_image(loss: DistillLoss, shapes: ModelShapes, device, batch: int = 4) -> float:
+    """The loss's own FLOPs per trained image, forward and backward, measured on a copy with random inputs."""
+    probe = copy.deepcopy(loss).train()  # a copy: CRD's bank and generator must not move
+    gen = torch.Generator().manual_seed(0)
 
-    def step(self, images, labels):
-        with self.timer.phase("student"):
-            logits = self.student(images)
-            loss = F.cross_entropy(logits, labels)
-        n = images.shape[0]
-        return StepOutput(loss, {"loss_ce": loss.item()}, n, n, 0)
+    def rand(shape, grad=False):
+        return torch.randn(batch, *shape, generator=gen).to(device).requires_grad_(grad)
 
+    labels = torch.zeros(batch, dtype=torch.long, device=device)
+    inputs = DistillBatch(rand(shapes.student["logits"], True), {o.key: rand(shapes.teacher[o.key])
+                                                                for o in probe.teacher_outputs()},
+                          {f: rand(shapes.student[f], True) for f in probe.student_features()}, labels, labels,
+                          torch.zeros(batch, device=device), torch.arange(batch, device=device))
 
-class KD(Method):
-    """Conventional KD: the teacher sees every image (k = N, no mixing)."""
-
-    def step(self, images, labels):
-        cfg = self.cfg
-        t_logits = self._teacher_logits(images)
-        with self.timer.phase("student"):
-            logits = self.student(images)
-            l_kd = kd_loss(logits, t_logits, cfg.T)
-            l_ce = F.cross_entropy(logits, labels)
-            loss = cfg.kd_weight * l_kd + cfg.ce_weight * l_ce
-        n = images.shape[0]
-        return StepOutput(loss, {"loss_kd": l_kd.item(), "loss_ce": l_ce.item()}, n, n, n)
+    def step():
+        total = sum(probe(inputs).values(), torch.zeros((), device=device))
+        if total.requires_grad:
+            total.backward()
+    return count_flops(step) / batch
 
 
-class UNIX(Method):
-    """UNIX-KD: uncertainty pass on N images, the k most uncertain mixed ones to the teacher."""
-
-    def __init__(self, student, teacher, cfg, timer=None):
-        super().__init__(student, teacher, cfg, timer)
-        self.rng = np.random.default_rng(cfg.seed)
-        self.gen = torch.Generator().manual_seed(cfg.seed)
-
-    def state_dict(self):
-        return {"rng": self.rng.bit_generator.state, "gen": self.gen.get_state()}
-
-    def load_state_dict(self, state):
-        self.rng.bit_generator.state = state["rng"]
-        self.gen.set_state(state["gen"])
-
-    def step(self, images, labels):
-        cfg = self.cfg
-        n = images.shape[0]
-        with self.timer.phase("uncertainty"), torch.no_grad(), bn_mode(self.student, cfg.uncertainty_bn):
-            probs = F.softmax(self.student(images).float(), dim=1)
-            scores = uncertainty(cfg.selection, probs, self.gen)
-        with self.timer.phase("mixing"):
-            k, b = scaled_for_batch(n, cfg.batch_size, cfg.k, cfg.b)
-            lam = float(self.rng.beta(1.0, 1.0))
-            perm = torch.randperm(n, generator=self.gen)
-            mb = select_and_mix(images, labels, scores, k=k, b=b, w=cfg.w, lam=lam, perm=perm.to(images.device))
-        t_logits = self._teacher_logits(mb.images)
-        with self.timer.phase("student"):
-            logits = self.student(mb.images)
-            l_kd = kd_loss(logits, t_logits, cfg.T)
-            l_ce = mixed_ce(logits, mb.labels_a, mb.labels_b, mb.mix)
-            loss = cfg.kd_weight * l_kd + cfg.ce_weight * l_ce
-        parts = {"loss_kd": l_kd.item(), "loss_ce": l_ce.item(), "lambda": lam,
-                 "uncertainty_selected": scores[mb.selected].mean().item()}
-        if len(mb.dropped):
-            parts["uncertainty_dropped"] = scores[mb.dropped].mean().item()
-        return StepOutput(loss, parts, n + k, k, k)
+def build_distiller(args, student: nn.Module, teacher, *, input_shape, num_classes: int, dataset_size: int,
+                    device, timer: PhaseTimer = NULL_TIMER) -> Distiller:
+    """The policy and loss the flags name, built for these models' shapes and feature pairs."""
+    loss_cls = loss_class(args.loss)
+    s_shapes = student_shapes(student, input_shape, device)
+    t_shapes = teacher_shapes(teacher.describe()) if teacher is not None else {}
+    pairs = resolve_pairs(loss_cls, args.feature_pairs, s_shapes, t_shapes)
+    loss = build_loss(args.loss, args, ModelShapes(s_shapes, t_shapes, num_classes, dataset_size), pairs)
+    ce_weight = args.ce_weight if args.ce_weight is not None else (0.0 if loss.teacher_outputs() else 1.0)
+    distiller = Distiller(student, teacher, build_policy(args), loss, ce_weight=ce_weight, timer=timer,
+                          serial=args.serial_teacher).to(device)
+    distiller.flops_per_image = loss_flops_per_image(distiller.loss, shapes, device)
+    return distiller
 
 
-METHODS: dict[str, type[Method]] = {"ce": CE, "kd": KD, "unix": UNIX}
+def student_shapes(student: nn.Module, input_shape: tuple[int, ...], device) -> dict[str, tuple[int, ...]]:
+    """Per-image shape of the student's logits and of every named feature (one eval-mode probe)."""
+    was_training = student.training
+    student.eval()
+    try:
+        with torch.no_grad(), capture_features(student, feature_names(student)) as feats:
+            logits = student(torch.zeros(2, *input_shape, device=device))
+    finally:
+        student.train(was_training)
+    return {"logits": tuple(logits.shape[1:]), **{n: tuple(f.shape[1:]) for n, f in feats.items()}}
+
+
+def loss_flops_per_image(loss: DistillLoss, shapes: ModelShapes, device, batch: int = 4) -> float:
+    """The loss's own FLOPs per trained image, forward and backward, measured on a copy with random inputs."""
+    probe = copy.deepcopy(loss).train()  # a copy: CRD's bank and generator must not move
+    gen = torch.Generator().manual_seed(0)
+
+    def rand(shape, grad=False):
+        return torch.randn(batch, *shape, generator=gen).to(device).requires_grad_(grad)
+
+    labels = torch.zeros(batch, dtype=torch.long, device=device)
+    inputs = DistillBatch(rand(shapes.student["logits"], True), {o.key: rand(shapes.teacher[o.key])
+                                                                for o in probe.teacher_outputs()},
+                          {f: rand(shapes.student[f], True) for f in probe.student_features()}, labels, labels,
+                          torch.zeros(batch, device=device), torch.arange(batch, device=device))
+
+    def step():
+        total = sum(probe(inputs).values(), torch.zeros((), device=device))
+        if total.requires_grad:
+            total.backward()
+    return count_flops(step) / batch
+
+
+def build_distiller(args, student: nn.Module, teacher, *, input_shape, num_classes: int, dataset_size: int,
+                    device, timer: PhaseTimer = NULL_TIMER) -> Distiller:
+    """The policy and loss the flags name, built for these models' shapes and feature pairs."""
+    info = teacher.describe() if teacher is not None else None
+    t_shapes = offered_keys(info.output_shapes, info.reductions or [NONE]) if info else {}
+    shapes = ModelShapes(student_shapes(student, input_shape, device), t_shapes, num_classes, dataset_size)
+    loss = build_loss(args.loss, args, shapes, args.feature_pairs)
+    ce_weight = args.ce_weight if args.ce_weight is not None else (0.0 if loss.teacher_outputs() else 1.0)
+    distiller = Distiller(student, teacher, build_policy(args), loss, ce_weight=ce_weight, timer=timer,
+                          serial=args.serial_teacher).to(device)
+    distiller.flops_per_image = loss_flops_per_image(distiller.loss, shapes, device)
+    return distiller

@@ -45,7 +45,7 @@ def run_names(dirs: list[str]) -> list[str]:
 
 def _label(run: Run) -> str:
     s = run.summary
-    k = f" k={s['k']}/{s['batch_size']}" if s["method"] == "unix" else ""
+    k = f" k={s['k']}/{s['batch_size']}" if 0 < s["k"] < s["batch_size"] else ""
     return f"{run.name} ({s['method']}{k})" if run.name != s["method"] else f"{s['method']}{k}"
 
 
@@ -59,7 +59,7 @@ def table(runs: list[Run]) -> str:
     rows = [head, "|" + "---|" * 10]
     for r in runs:
         s = r.summary
-        kn = f"{s['k']}/{s['batch_size']}" if s["method"] != "ce" else "-"
+        kn = f"{s['k']}/{s['batch_size']}" if s["k"] else "-"
         rows.append(f"| {r.name} | {s['method']} | {kn} | {s['top1']:.2f} | {s['teacher_images']:,} | "
                     f"{s['bytes_sent']:,} | {s['bytes_received']:,} | {_num(s.get('compute_vs_kd'), '.3f')} | "
                     f"{s['wall_seconds']:.0f} | {s['teacher_wait_seconds']:.0f} |")
@@ -75,7 +75,7 @@ def plot(runs: list[Run], x_key: str, x_label: str, title: str, path: Path, scal
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for r in runs:
-        if teacher_runs_only and r.summary["method"] == "ce":
+        if teacher_runs_only and not r.summary["k"]:
             continue  # no teacher images: nothing to place on this axis
         points = [(e[x_key] / scale, e["top1"]) for e in r.epochs if x_key in e]
         if not points:

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 
 def _delta(start, end, field: str):
-    """What the server counted during the run; None where it keeps no such count."""
+    """What the server counted during the run; None where it keeps no such count or it could not be read."""
     if start is None or end is None or getattr(end, field) is None or getattr(start, field) is None:
         return None
     return getattr(end, field) - getattr(start, field)
 
 
+def _stats_source(start, end) -> str | None:
+    """Where the server's figures came from, or why they are null ("unavailable: ...", start's reason first)."""
+    for stats in (start, end):
+        if stats is not None and not stats.available:
+            return stats.source
+    return end.source if end is not None else None
+
+
 def build_summary(*, args, spec, work, top1, best_top1, epochs, teacher, server_start, server_end,
-                  flops, cost, kd_cost, wall_seconds, time_split=None) -> dict:
+                  flops, cost, kd_cost, wall_seconds, time_split=None, k=0) -> dict:
     c = teacher.counters if teacher else None
     info = teacher.describe() if teacher else None
     s = {
@@ -23,7 +31,9 @@ def build_summary(*, args, spec, work, top1, best_top1, epochs, teacher, server_
         "teacher_url": args.teacher_url if teacher else None,
         "wire_dtype": args.wire_dtype if teacher else None,
         "batch_size": args.batch_size,
-        "k": args.k if args.method == "unix" else (args.batch_size if args.method == "kd" else 0),
+        "query": args.query,
+        "loss": args.loss,
+        "k": k,
         "seed": args.seed,
         "top1": top1,
         "best_top1": best_top1,
@@ -42,10 +52,11 @@ def build_summary(*, args, spec, work, top1, best_top1, epochs, teacher, server_
         "server_requests_delta": _delta(server_start, server_end, "requests"),
         "server_bytes_in_delta": _delta(server_start, server_end, "bytes_in"),
         "server_bytes_out_delta": _delta(server_start, server_end, "bytes_out"),
-        "server_stats_source": server_end.source if server_end else None,
+        "server_stats_source": _stats_source(server_start, server_end),
         "teacher_flops_per_image": flops["teacher_forward"],
         "student_flops_per_image": flops["student_forward"],
         "student_backward_flops_per_image": flops["student_backward"],
+        "loss_flops_per_image": flops.get("loss", 0.0),
         "compute_flops": cost,
         "compute_vs_kd": (cost / kd_cost) if teacher and kd_cost else None,
         "kd_equivalent_flops": kd_cost,

@@ -22,13 +22,15 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from common.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_checkpoint
+from common.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, plain, save_checkpoint
 from common.data import build_dataset
 from common.flops import backward_flops_per_image, forward_flops_per_image
 from common.models import build_model
 from student_trainer.accounting import WorkCounters, compute_flops, kd_flops
 from student_trainer.data_order import EpochSampler, SeededItems
-from student_trainer.methods import METHODS, MethodConfig
+from student_trainer.distill import loss_needs_teacher
+from student_trainer.distill.base import StepContext
+from student_trainer.methods import build_distiller
 from student_trainer.summary import build_summary, format_summary
 from student_trainer.teachers import ClientCounters, ServerStats, TeacherUnavailable, connect, teacher_options
 from student_trainer.timing import PhaseTimer
@@ -61,13 +63,24 @@ def check_teacher_fits(info, spec) -> None:
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The global RNGs in plain types (a tensor, ints, lists, a str): what a weights-only load accepts."""
+    numpy = np.random.get_state(legacy=False)  # {'bit_generator', 'state': {'key': uint32 array, 'pos'}, ...}
+    version, internal, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"bit_generator": str(numpy["bit_generator"]),
+                      "state": {"key": [int(k) for k in numpy["state"]["key"]], "pos": int(numpy["state"]["pos"])},
+                      "has_gauss": int(numpy["has_gauss"]), "gauss": float(numpy["gauss"])},
+            "python": [int(version), [int(i) for i in internal], gauss_next]}
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore ``rng_state()`` exactly."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    numpy = state["numpy"]
+    np.random.set_state({**numpy, "state": {"key": np.asarray(numpy["state"]["key"], dtype=np.uint32),
+                                            "pos": numpy["state"]["pos"]}})
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
 
 
 @torch.no_grad()
@@ -113,23 +126,23 @@ class Trainer:
         self.student = build_model(args.arch, num_classes=spec.num_classes,
                                    in_channels=spec.input_shape[0]).to(self.device)
         self.timer = PhaseTimer(self.device)
-        method_cls = METHODS[args.method]
         self.teacher = None
-        if method_cls.needs_teacher:
+        if loss_needs_teacher(args.loss):
             if not args.teacher_url:
-                raise ValueError(f"--method {args.method} needs --teacher-url "
+                raise ValueError(f"--loss {args.loss} needs --teacher-url "
                                  f"(grpc://HOST:PORT, grpcs://, triton://HOST:PORT/MODEL or local:PATH)")
             self.teacher = connect(args.teacher_url, wire_dtype=args.wire_dtype, timeout=args.teacher_timeout,
                                    connect_timeout=args.connect_timeout, device=str(self.device),
                                    **teacher_options(args))
             check_teacher_fits(self.teacher.describe(), spec)
-        cfg = MethodConfig(batch_size=args.batch_size, k=args.k, b=args.b, w=args.w, selection=args.selection,
-                           T=args.T, ce_weight=args.ce_weight, kd_weight=args.kd_weight,
-                           uncertainty_bn=args.uncertainty_bn, seed=args.seed)
-        self.method = method_cls(self.student, self.teacher, cfg, self.timer)
+        self.method = build_distiller(args, self.student, self.teacher, input_shape=spec.input_shape,
+                                      num_classes=spec.num_classes, dataset_size=len(spec.train),
+                                      device=self.device, timer=self.timer)
 
-        self.optimizer = torch.optim.SGD(self.student.parameters(), lr=args.lr, momentum=args.momentum,
-                                         weight_decay=args.weight_decay, nesterov=args.nesterov)
+        # The loss's own modules (regressors, embeddings) train beside the student.
+        self.optimizer = torch.optim.SGD([*self.student.parameters(), *self.method.parameters()], lr=args.lr,
+                                         momentum=args.momentum, weight_decay=args.weight_decay,
+                                         nesterov=args.nesterov)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=args.milestones,
                                                               gamma=args.lr_gamma)
         self.sampler = EpochSampler(len(spec.train), args.seed)
@@ -141,11 +154,13 @@ class Trainer:
                                       **loader_opts)
         self.flops = {"student_forward": forward_flops_per_image(self.student, spec.input_shape),
                       "student_backward": backward_flops_per_image(self.student, spec.input_shape),
-                      "teacher_forward": self.teacher.describe().flops_per_image if self.teacher else 0.0}
+                      "teacher_forward": self.teacher.describe().flops_per_image if self.teacher else 0.0,
+                      "loss": self.method.flops_per_image}
         self.work = WorkCounters()
         self.progress = Progress()
-        self.server_start = self.teacher.server_stats() if self.teacher else None
+        self.server_start = self.teacher.try_server_stats() if self.teacher else None
         self.steps_per_epoch = len(self.train_loader)
+        self.total_steps = min(self.steps_per_epoch * args.epochs, args.max_steps or float("inf"))
         if args.resume:
             self.resume(args.resume)
         self._earlier_lives_seconds = self.progress.wall_seconds
@@ -161,11 +176,11 @@ class Trainer:
             self.student, arch=self.args.arch, num_classes=self.spec.num_classes,
             input_shape=self.spec.input_shape, meta=meta,
             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-            method_state=self.method.state_dict(), rng=rng_state(), progress=asdict(self.progress),
+            method_state=self.method.method_state(), rng=rng_state(), progress=asdict(self.progress),
             counters=self.work.as_dict(), timing=self.timer.as_dict(),
             client_counters=self.teacher.counters.as_dict() if self.teacher else None,
             server_start=asdict(self.server_start) if self.server_start else None,
-            run_flags={k: v for k, v in vars(self.args).items() if k not in ("resume",)})
+            run_flags={k: plain(v) for k, v in vars(self.args).items() if k not in ("resume",)})
 
     def save(self, *, best: bool = False) -> None:
         with self.timer.phase("checkpoint"):
@@ -177,7 +192,9 @@ class Trainer:
 
     def resume(self, run_dir: str) -> None:
         path = Path(run_dir) / "last.pt" if Path(run_dir).is_dir() else Path(run_dir)
-        ckpt = load_checkpoint(path, map_location=str(self.device))
+        # Weights-only (nothing in the file can run code); on the CPU, since RNG states must be CPU
+        # tensors, and load_state_dict moves the rest to where the model and optimiser live.
+        ckpt = load_checkpoint(path, map_location="cpu")
         if "progress" not in ckpt:
             raise CheckpointError(f"{path} holds weights only, no training state to resume from")
         if ckpt["arch"] != self.args.arch:
@@ -185,7 +202,7 @@ class Trainer:
         self.student.load_state_dict(ckpt["state_dict"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.method.load_state_dict(ckpt["method_state"])
+        self.method.load_method_state(ckpt["method_state"])
         self.progress = Progress(**ckpt["progress"])
         self.work = WorkCounters(**ckpt["counters"])
         self.timer.load(ckpt["timing"])
@@ -216,8 +233,8 @@ class Trainer:
 
     def _compute_so_far(self) -> tuple[float, float]:
         f = self.flops
-        return (compute_flops(self.work, f["teacher_forward"], f["student_forward"], f["student_backward"]),
-                kd_flops(self.work, f["teacher_forward"], f["student_forward"], f["student_backward"]))
+        return (compute_flops(self.work, f["teacher_forward"], f["student_forward"], f["student_backward"], f["loss"]),
+                kd_flops(self.work, f["teacher_forward"], f["student_forward"], f["student_backward"], f["loss"]))
 
     def _log_steps(self, sums: dict, count: int) -> None:
         if not self.writer or not count:
@@ -257,13 +274,15 @@ class Trainer:
                 batch = next(batches, None)
             if batch is None:
                 break
-            images, labels = (t.to(self.device, non_blocking=True) for t in batch)
-            before_step = (self.method.state_dict(), rng_state())
+            images, labels, indices = (t.to(self.device, non_blocking=True) for t in batch)
+            before_step = (self.method.state_before_step(), rng_state())
+            context = StepContext(epoch=p.epoch, epochs=args.epochs, step=self.work.steps,
+                                  total_steps=self.total_steps)
             try:
-                out = self.method.step(images, labels)
+                out = self.method.step(images, labels, indices, context)
             except TeacherUnavailable as e:
                 # Save the state before this step, so a resumed run redoes it with the same draws.
-                self.method.load_state_dict(before_step[0])
+                self.method.rewind(before_step[0])
                 set_rng_state(before_step[1])
                 self.save()
                 raise TeacherUnavailable(f"{e}; progress saved, continue with --resume {self.out}") from None
@@ -344,7 +363,7 @@ class Trainer:
                 parts = self.train_one_epoch()
                 if parts["steps"] or self.progress.step_in_epoch:
                     self.end_epoch(parts, time.perf_counter() - epoch_start)
-            server_end = self.teacher.server_stats() if self.teacher else None
+            server_end = self.teacher.try_server_stats() if self.teacher else None
         finally:
             if self.teacher:
                 self.teacher.close()
@@ -359,7 +378,7 @@ class Trainer:
                                 best_top1=p.best_top1, epochs=round(self.epochs_trained(), 4), teacher=self.teacher,
                                 server_start=self.server_start, server_end=server_end, flops=self.flops,
                                 cost=cost, kd_cost=kd_cost, wall_seconds=self._wall(),
-                                time_split=self.timer.as_dict())
+                                time_split=self.timer.as_dict(), k=self.method.images_per_batch)
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(format_summary(summary))
         return summary

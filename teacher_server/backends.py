@@ -37,15 +37,17 @@ BACKENDS: dict[str, Backend] = {
 
 
 def add_backend_arguments(p: argparse.ArgumentParser) -> None:
-    """``--backend`` and the flags only Triton reads."""
+    """``--backend``, the dynamic-batching flag both backends read, and the flags only Triton reads."""
     p.add_argument("--backend", choices=sorted(BACKENDS), default="grpc",
                    help="; ".join(f"{name}: {b.about}" for name, b in BACKENDS.items()))
+    b = p.add_argument_group("dynamic batching (both backends; --max-batch bounds a gathered batch too)")
+    b.add_argument("--queue-delay-us", type=int, default=100,
+                   help="longest wait (microseconds), from a request's arrival, for more requests to join its "
+                        "batch; 0: no waiting, run whatever is queued when the model is free")
     t = p.add_argument_group("Triton (--backend triton; --port is its gRPC port)")
     t.add_argument("--http-port", type=int, default=8000, help="Triton's HTTP port (0: any free port)")
     t.add_argument("--model-name", default="teacher", help="the model's name on Triton")
     t.add_argument("--instances", type=int, default=1, help="model instances, each with its own copy of the model")
-    t.add_argument("--queue-delay-us", type=int, default=100,
-                   help="dynamic batching: longest wait (microseconds) for more requests to join a batch")
     t.add_argument("--input-dtype", choices=("float16", "float32"), default="float16",
                    help="dtype of the 'images' input (clients send exactly this)")
     t.add_argument("--triton-token-file",

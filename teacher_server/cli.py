@@ -13,11 +13,17 @@ log = logging.getLogger("teacher_server")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m teacher_server", description=__doc__)
     src = p.add_argument_group("teacher")
-    src.add_argument("--checkpoint", help="a checkpoint written by the student trainer (--method ce)")
-    src.add_argument("--arch", help="serve a randomly initialised ARCH instead (smoke tests)")
-    src.add_argument("--num-classes", type=int, default=10)
-    src.add_argument("--input-shape", type=parse_shape, default=(3, 32, 32), metavar="C,H,W")
-    src.add_argument("--seed", type=int, default=0)
+    src.add_argument("--checkpoint", help="a checkpoint written by the student trainer (--method ce), or "
+                     "another project's state dict (bare, or under 'model', 'state_dict' or 'net'; "
+                     "give --arch and --num-classes with it); read weights-only")
+    src.add_argument("--arch", help="with --checkpoint: the network of a state dict from another project "
+                     "(optional for ours, checked against the file); alone: serve a randomly initialised "
+                     "ARCH (smoke tests)")
+    src.add_argument("--num-classes", type=int, default=None,
+                     help="classes (needed for another project's file; default 10 for a random teacher)")
+    src.add_argument("--input-shape", type=parse_shape, default=None, metavar="C,H,W",
+                     help="image shape (default: the checkpoint's if ours, else 3,32,32)")
+    src.add_argument("--seed", type=int, default=0, help="initialisation seed of a random teacher")
     run = p.add_argument_group("serving")
     run.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     run.add_argument("--port", type=int, default=None,
@@ -46,8 +52,9 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     with one_line_errors("teacher_server"):
-        if bool(args.checkpoint) == bool(args.arch):
-            raise ValueError("give exactly one of --checkpoint PATH or --arch NAME")
+        if not args.checkpoint and not args.arch:
+            raise ValueError("give exactly one of --checkpoint PATH or --arch NAME (alone: a random teacher; "
+                             "with --checkpoint: the network of another project's state dict)")
         if args.max_batch < 1:
             raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}")
         from teacher_server.model_runner import load_teacher

@@ -4,11 +4,13 @@
     DIR/MODEL/1/model.pt        TorchScript, for Triton's LibTorch backend    (--format torchscript)
     DIR/MODEL/1/model.onnx      ONNX, for Triton's ONNX Runtime backend       (--format onnx)
 
-The model takes the image batch and returns logits and every named feature map,
+The model takes the image batch and returns logits, every named feature map and
+each reduction of each (``stage3.attention``, ``stage3.pool``: ``common.reductions``),
 the same outputs as ``--backend triton``; a ``triton://`` client reads either.
 LibTorch tensors have no names, so there they follow its ``NAME__INDEX``
-convention (``images__0``, ``logits__0``, ``stem__1`` ...), which the client
-maps back. After writing, the file is loaded again (torch / onnxruntime on the
+convention (``images__0``, ``logits__0``, ``logits.pool__1``, ``stem__2`` ...),
+which the client maps back (LibTorch splits at the first ``__``; a ``.`` in
+the name is fine). After writing, the file is loaded again (torch / onnxruntime on the
 CPU) and its logits compared with the eager model's.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from common import reductions
 from common.cli_errors import one_line_errors, parse_shape
 from common.features import capture_features
 from teacher_server.model_runner import TeacherModel, load_teacher
@@ -37,22 +40,26 @@ ONNX_OPSET = 17
 
 
 class TeacherWithFeatures(nn.Module):
-    """The teacher as exporters want it: one tensor in, a flat tuple ``(logits, *features)`` out.
+    """The teacher as exporters want it: one tensor in, a flat tuple out, one tensor per key.
 
-    Features are taken by the same forward hooks as in serving (``common.features``);
-    tracing records the hooked modules' outputs as ordinary graph values. Images
-    are cast to float32 first, so a float16 input halves the bytes on the wire only.
+    ``keys`` are output keys (``logits``, ``stage3``, ``stage3.attention``, ...).
+    Features are taken by the same forward hooks as in serving (``common.features``)
+    and reduced by the same functions (``common.reductions``); tracing records
+    them as ordinary graph values. Images are cast to float32 first, so a float16
+    input halves the bytes on the wire only.
     """
 
-    def __init__(self, model: nn.Module, feature_names: list[str]):
+    def __init__(self, model: nn.Module, keys: list[str]):
         super().__init__()
         self.model = model
-        self.feature_names = list(feature_names)
+        self.keys = [reductions.parse_key(k) for k in keys]
+        self.feature_names = list(dict.fromkeys(name for name, _ in self.keys if name != "logits"))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         with capture_features(self.model, self.feature_names) as feats:
             logits = self.model(images.float())
-        return (logits, *(feats[n] for n in self.feature_names))
+        outputs = {"logits": logits, **feats}
+        return tuple(reductions.reduce(reduction, outputs[name]) for name, reduction in self.keys)
 
 
 @dataclass(frozen=True)
@@ -123,10 +130,9 @@ def export(teacher: TeacherModel, out: str | Path, fmt: str, *, model_name: str 
         raise ValueError("--max-batch and --instances must be at least 1, --queue-delay-us at least 0")
     f = FORMATS[fmt]
     model = teacher.model.float().cpu().eval()
-    wrapper = TeacherWithFeatures(model, teacher.feature_names).eval()
+    shapes = teacher.output_keys  # every key the teacher offers -> per-image shape, measured at load
+    wrapper = TeacherWithFeatures(model, list(shapes)).eval()
     example = torch.zeros(2, *teacher.input_shape, dtype=TORCH_DTYPES[input_dtype])
-    with torch.no_grad():
-        shapes = dict(zip(["logits", *teacher.feature_names], (tuple(t.shape[1:]) for t in wrapper(example))))
     folder = Path(out) / model_name
     (folder / "1").mkdir(parents=True, exist_ok=True)
     input_name, output_names = f.tensor_names(list(shapes))
@@ -172,10 +178,14 @@ def verify(teacher: TeacherModel, folder: Path, input_dtype: str, batch: int = 3
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m teacher_server.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", help="a checkpoint written by the student trainer")
-    p.add_argument("--arch", help="export a randomly initialised ARCH instead")
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--input-shape", type=parse_shape, default=(3, 32, 32), metavar="C,H,W")
+    p.add_argument("--checkpoint", help="a checkpoint written by the student trainer, or another project's "
+                   "state dict (with --arch and --num-classes); read weights-only")
+    p.add_argument("--arch", help="with --checkpoint: the network of another project's state dict; "
+                   "alone: export a randomly initialised ARCH")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classes (needed for another project's file; default 10 for a random model)")
+    p.add_argument("--input-shape", type=parse_shape, default=None, metavar="C,H,W",
+                   help="image shape (default: the checkpoint's if ours, else 3,32,32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", required=True, choices=sorted(FORMATS))
     p.add_argument("--out", required=True, help="the model repository folder (created)")
@@ -193,8 +203,9 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s %(levelname)s %(message)s")
     with one_line_errors("teacher_server.export"):
-        if bool(args.checkpoint) == bool(args.arch):
-            raise ValueError("give exactly one of --checkpoint PATH or --arch NAME")
+        if not args.checkpoint and not args.arch:
+            raise ValueError("give --checkpoint PATH (with --arch and --num-classes for another project's "
+                             "state dict), or --arch NAME alone for a randomly initialised model")
         teacher = load_teacher(args.checkpoint, arch=args.arch, num_classes=args.num_classes,
                                input_shape=args.input_shape, seed=args.seed)
         folder = export(teacher, args.out, args.format, model_name=args.model_name, max_batch=args.max_batch,

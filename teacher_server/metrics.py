@@ -19,7 +19,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 PREFIX = "unixkd_teacher"
 CLIENT_ID_HEADER = "x-client-id"
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:@-]{1,64}")
+CLIENT_ID_RULE = "1 to 64 characters of A-Z a-z 0-9 . _ : @ -"
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def valid_client_id(client_id: str | None) -> bool:
+    return bool(client_id) and _CLIENT_ID.fullmatch(client_id) is not None
 
 
 def _batch_buckets(max_batch: int) -> tuple[float, ...]:
@@ -70,16 +75,25 @@ class TeacherMetrics:
         self.bytes_out = Counter(f"{PREFIX}_response_bytes", "Protobuf bytes of replies", client, registry=r)
         self.batch = Histogram(f"{PREFIX}_batch_size_images", "Images per answered request",
                                buckets=_batch_buckets(max_batch), registry=r)
-        self.forward = Histogram(f"{PREFIX}_forward_seconds", "Model forward (CUDA-synchronised)",
+        self.gathered = Histogram(f"{PREFIX}_gathered_batch_images",
+                                  "Images per forward: the batch gathered from concurrent requests",
+                                  buckets=_batch_buckets(max_batch), registry=r)
+        self.gathered_requests = Histogram(f"{PREFIX}_gathered_batch_requests", "Requests per forward",
+                                           buckets=_batch_buckets(max_batch), registry=r)
+        self.forward = Histogram(f"{PREFIX}_forward_seconds",
+                                 "Model forward of one gathered batch (CUDA-synchronised)",
                                  buckets=SECONDS_BUCKETS, registry=r)
+        self.forward_failures = Counter(f"{PREFIX}_forward_failures", "Forwards that raised (each fails "
+                                        "the requests of its batch with INTERNAL)", registry=r)
         self.queue = Histogram(f"{PREFIX}_queue_seconds",
-                               "From the RPC reaching its handler to the model lock being acquired "
-                               "(decode and checks included)", buckets=SECONDS_BUCKETS, registry=r)
+                               "From the RPC reaching its handler to its batch's forward starting "
+                               "(decode, checks and the batcher's queue)", buckets=SECONDS_BUCKETS, registry=r)
         self.request_seconds = Histogram(f"{PREFIX}_request_seconds", "Handler time of answered requests",
                                          buckets=SECONDS_BUCKETS, registry=r)
         self.inflight = Gauge(f"{PREFIX}_inflight_requests", "Infer calls being handled now", registry=r)
         self._busy = BusyWindow(busy_window)
-        Gauge(f"{PREFIX}_busy_ratio", f"Forward seconds per wall second over the last {busy_window:g} s",
+        Gauge(f"{PREFIX}_busy_ratio", f"Forward seconds per wall second over the last {busy_window:g} s "
+              "(seconds in the model's forward calls, failed ones included)",
               registry=r).set_function(self._busy.ratio)
         if device is not None and device.type == "cuda":
             Gauge(f"{PREFIX}_device_memory_used_bytes", "CUDA memory allocated by tensors",
@@ -115,17 +129,26 @@ class TeacherMetrics:
         finally:
             self.inflight.dec()
 
-    def answered(self, client: str, *, images: int, bytes_in: int, bytes_out: int, forward_seconds: float,
+    def answered(self, client: str, *, images: int, bytes_in: int, bytes_out: int,
                  queue_seconds: float, request_seconds: float) -> None:
         self.requests.labels(client).inc()
         self.images.labels(client).inc(images)
         self.bytes_in.labels(client).inc(bytes_in)
         self.bytes_out.labels(client).inc(bytes_out)
         self.batch.observe(images)
-        self.forward.observe(forward_seconds)
         self.queue.observe(queue_seconds)
         self.request_seconds.observe(request_seconds)
-        self._busy.add(forward_seconds)
+
+    def forwarded(self, *, images: int, requests: int, forward_seconds: float, busy_seconds: float,
+                  failed: bool) -> None:
+        """One forward of a gathered batch."""
+        self.gathered.observe(images)
+        self.gathered_requests.observe(requests)
+        if failed:
+            self.forward_failures.inc()
+        else:
+            self.forward.observe(forward_seconds)
+        self._busy.add(busy_seconds)
 
     def failed(self, client: str, code) -> None:
         self.failures.labels(client, code.name).inc()

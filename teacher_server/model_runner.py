@@ -4,11 +4,13 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 from torch import nn
 
-from common.checkpoint import load_checkpoint, model_from_checkpoint
+from common import reductions
+from common.foreign_checkpoints import DEFAULT_INPUT_SHAPE, model_from_file
 from common.features import feature_names, forward_with_features
 from common.flops import forward_flops_per_image
 from common.models import build_model
@@ -16,7 +18,13 @@ from common.models import build_model
 
 @dataclass
 class TeacherModel:
-    """A model ready to serve: eval mode, on its device, with its measured FLOPs."""
+    """A model ready to serve: eval mode, on its device, with its measured FLOPs.
+
+    ``output_shapes`` (logits, then every named feature -> per-image shape) is
+    measured once, by one probe forward when the object is made; everything
+    that needs shapes (message limits, Describe, Triton's config, the export)
+    reads it from here.
+    """
     model: nn.Module
     arch: str
     name: str
@@ -25,17 +33,46 @@ class TeacherModel:
     device: torch.device
     compute_dtype: torch.dtype
     flops_per_image: float
+    output_shapes: dict[str, tuple[int, ...]] | None = None
 
     def __post_init__(self):
+        # The one lock around the model. In the gRPC server only the batcher's thread calls forward, so it is
+        # never contended there; it keeps other callers sharing one model (the in-process client, tests) from
+        # running forwards at once, whose feature hooks would capture each other's tensors.
         self._lock = threading.Lock()
+        dotted = [n for n in self.feature_names if reductions.SEPARATOR in n or n == "logits"]
+        if dotted:
+            raise ValueError(f"feature names {dotted} cannot be served: '{reductions.SEPARATOR}' separates an "
+                             "output from its reduction in a key, and 'logits' is the logits")
+        if self.output_shapes is None:
+            self.output_shapes = self._probe_shapes()
+
+    def _probe_shapes(self) -> dict[str, tuple[int, ...]]:
+        names = ["logits", *self.feature_names]
+        result, _ = self.forward(torch.zeros(1, *self.input_shape), names)
+        return {name: tuple(result[name].shape[1:]) for name in names}
 
     @property
     def feature_names(self) -> list[str]:
         return feature_names(self.model)
 
-    def forward(self, images: torch.Tensor, outputs: list[str]) -> tuple[dict[str, torch.Tensor], float]:
-        """Run one batch; return the wanted outputs (on the CPU) and the forward seconds."""
-        features = [o for o in outputs if o != "logits"]
+    @property
+    def output_keys(self) -> dict[str, tuple[int, ...]]:
+        """Every key this teacher answers (outputs, and each reduction of each) -> per-image shape."""
+        return reductions.offered_keys(self.output_shapes)
+
+    def forward(self, images: torch.Tensor, keys: Iterable[str]) -> tuple[dict[str, torch.Tensor], float]:
+        """Run one batch; return the wanted keys (float32, on the CPU) and the forward seconds.
+
+        A key is an output name (``logits``, ``stage3``) or ``NAME.REDUCTION``
+        (``stage3.attention``): the model runs once, the features the keys need
+        are captured, and each key's reduction is applied on the device, before
+        the copy to the CPU. An unknown key raises ValueError.
+        """
+        # (the probe at load runs before there are shapes to check keys against)
+        parsed = {key: reductions.parse_key(key) if self.output_shapes is None
+                  else reductions.check_key(key, self.output_shapes) for key in keys}
+        features = list(dict.fromkeys(name for name, _ in parsed.values() if name != "logits"))
         with self._lock, torch.inference_mode():
             x = images.to(self.device, self.compute_dtype, non_blocking=True)
             start = time.perf_counter()
@@ -43,8 +80,10 @@ class TeacherModel:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             seconds = time.perf_counter() - start
-        result = {"logits": logits, **feats}
-        return {o: result[o].float().cpu() for o in outputs}, seconds
+            result = {"logits": logits, **feats}
+            out = {key: reductions.reduce(reduction, result[name].float())
+                   for key, (name, reduction) in parsed.items()}
+        return {key: t.cpu() for key, t in out.items()}, seconds
 
 
 def _prepare(model: nn.Module, device: str, half: bool) -> tuple[nn.Module, torch.device, torch.dtype]:
@@ -57,16 +96,23 @@ def _prepare(model: nn.Module, device: str, half: bool) -> tuple[nn.Module, torc
     return model.to(dev, dtype).eval(), dev, dtype
 
 
-def load_teacher(checkpoint: str | None = None, *, arch: str | None = None, num_classes: int = 10,
-                 input_shape: tuple[int, int, int] = (3, 32, 32), seed: int = 0,
+def load_teacher(checkpoint: str | None = None, *, arch: str | None = None, num_classes: int | None = None,
+                 input_shape: tuple[int, int, int] | None = None, seed: int = 0,
                  device: str = "cpu", half: bool = False) -> TeacherModel:
-    """From a checkpoint, or (``arch`` given) a randomly initialised model for smoke tests."""
+    """From a checkpoint, or (``arch`` alone) a randomly initialised model for smoke tests.
+
+    The checkpoint is ours (``arch``, ``num_classes``, ``input_shape`` optional, and
+    checked against the file if given) or another project's state dict (bare, or
+    under ``model`` / ``state_dict`` / ``net``: ``arch`` and ``num_classes`` needed);
+    see ``common.foreign_checkpoints``. Either is read weights-only.
+    """
     if checkpoint:
-        ckpt = load_checkpoint(checkpoint)
-        model = model_from_checkpoint(ckpt)
-        arch, num_classes, input_shape = ckpt["arch"], ckpt["num_classes"], tuple(ckpt["input_shape"])
-        name = ckpt.get("meta", {}).get("name") or f"{arch}-{ckpt.get('meta', {}).get('dataset', 'trained')}"
+        loaded = model_from_file(checkpoint, arch=arch, num_classes=num_classes, input_shape=input_shape)
+        model, arch, num_classes, input_shape = loaded.model, loaded.arch, loaded.num_classes, loaded.input_shape
+        name = loaded.name
     elif arch:
+        num_classes = 10 if num_classes is None else num_classes
+        input_shape = tuple(input_shape or DEFAULT_INPUT_SHAPE)
         torch.manual_seed(seed)
         model = build_model(arch, num_classes=num_classes, in_channels=input_shape[0])
         name = f"{arch}-random-seed{seed}"

@@ -4,6 +4,10 @@ Life of a server: the model is loaded and has run a probe forward before the
 port opens; health goes NOT_SERVING -> SERVING once it is listening, and back
 to NOT_SERVING when ``drain`` starts (SIGTERM in the CLI): new calls are
 refused, calls in flight get ``grace`` seconds to finish.
+
+Concurrent Infer calls are gathered into one forward by the servicer's dynamic
+batcher (``--max-batch`` images at most, waiting at most ``--queue-delay-us``
+for more); ``server.stop`` stops it once the gRPC server has stopped.
 """
 from __future__ import annotations
 
@@ -40,13 +44,18 @@ def is_loopback(host: str) -> bool:
 def build_server(teacher: TeacherModel, *, host: str = "127.0.0.1", port: int = 50051,
                  max_batch: int = 256, workers: int = 8, check_finite: bool = True,
                  token: str | None = None, tls: grpc.ServerCredentials | None = None,
-                 metrics_port: int | None = None, metrics_host: str = "127.0.0.1"):
+                 metrics_port: int | None = None, metrics_host: str = "127.0.0.1", queue_delay_us: int = 100):
     """Return ``(server, servicer, bound_port)``; the server is started and SERVING.
 
     ``port=0`` binds a free port, which is what tests want. ``token`` makes every
     Teacher call need ``authorization: Bearer TOKEN``; ``tls`` serves over TLS;
     ``metrics_port`` (0 = any free port) serves Prometheus metrics over HTTP.
+    ``max_batch`` bounds a request and a gathered batch; ``queue_delay_us`` is the
+    longest a queued request waits for others to join its batch (0: none).
+    At most ``workers`` calls are handled (so can be gathered) at once.
     """
+    if queue_delay_us < 0:
+        raise ValueError(f"--queue-delay-us must be >= 0, got {queue_delay_us}")
     limit = max_message_bytes(teacher, max_batch)
     # so_reuseport off: a second server on a busy port must fail, not silently share it.
     options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
@@ -58,7 +67,7 @@ def build_server(teacher: TeacherModel, *, host: str = "127.0.0.1", port: int = 
                              model={"model": teacher.name, "arch": teacher.arch, "device": str(teacher.device),
                                     "compute_dtype": str(teacher.compute_dtype).removeprefix("torch.")})
     servicer = TeacherServicer(teacher, max_batch=max_batch, max_message_bytes=limit,
-                               check_finite=check_finite, metrics=metrics)
+                               check_finite=check_finite, metrics=metrics, queue_delay_us=queue_delay_us)
     pb_grpc.add_TeacherServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -82,15 +91,35 @@ def build_server(teacher: TeacherModel, *, host: str = "127.0.0.1", port: int = 
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     server.health = health_servicer
     server.metrics = metrics
+    server.stop = _stopping_the_batcher_too(server.stop, servicer)
     return server, servicer, bound
+
+
+def _stopping_the_batcher_too(grpc_stop, servicer: TeacherServicer):
+    """``server.stop(grace)`` that also stops the batcher once the gRPC server has stopped (calls in
+    flight answered within ``grace``); the event it returns is set when both have."""
+
+    def stop(grace):
+        grpc_done = grpc_stop(grace)
+        done = threading.Event()
+
+        def finish():
+            grpc_done.wait()
+            servicer.close()  # anything still queued fails (its call is gone anyway); the running batch ends
+            done.set()
+
+        threading.Thread(target=finish, name="teacher-stop", daemon=True).start()
+        return done
+
+    return stop
 
 
 def drain(server: grpc.Server, servicer: TeacherServicer, grace: float) -> dict:
     """Stop taking calls, let those in flight finish within ``grace`` seconds; return the final counters."""
     server.health.enter_graceful_shutdown()  # NOT_SERVING, and it stays so
-    server.stop(grace=grace).wait()
+    server.stop(grace=grace).wait()  # the batcher too, once the calls have finished
     server.metrics.close()
-    return servicer.counters.snapshot()
+    return {**servicer.counters.snapshot(), "clients": servicer.counters.clients()}
 
 
 def _write_atomically(path: str | Path, text: str) -> None:
@@ -123,10 +152,12 @@ def serve_grpc(teacher: TeacherModel, args) -> None:
     server, servicer, port = build_server(
         teacher, host=args.host, port=args.port, max_batch=args.max_batch, workers=args.workers,
         check_finite=not args.allow_nonfinite, token=token, tls=tls,
-        metrics_port=args.metrics_port, metrics_host=args.metrics_host)
-    log.info("serving %s (%s, input %s, %d classes, %.3g MFLOPs/image) on %s:%d%s%s%s",
+        metrics_port=args.metrics_port, metrics_host=args.metrics_host, queue_delay_us=args.queue_delay_us)
+    log.info("serving %s (%s, input %s, %d classes, %.3g MFLOPs/image) on %s:%d, batches up to %d images "
+             "gathered within %d us%s%s%s",
              teacher.name, teacher.arch, "x".join(map(str, teacher.input_shape)), teacher.num_classes,
-             teacher.flops_per_image / 1e6, args.host, port, " with TLS" if tls else "",
+             teacher.flops_per_image / 1e6, args.host, port, args.max_batch, args.queue_delay_us,
+             " with TLS" if tls else "",
              ", token required" if token else "",
              f"; metrics on http://{args.metrics_host}:{server.metrics.port}/metrics"
              if server.metrics.port else "")

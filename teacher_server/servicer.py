@@ -1,30 +1,33 @@
-"""The Teacher gRPC service: checks each request, runs the model, counts what it served.
+"""The Teacher gRPC service: checks each request, batches it with others, counts what it served.
 
-Every Infer is checked before it reaches the model; a bad one gets
-INVALID_ARGUMENT (RESOURCE_EXHAUSTED for a batch over the limit) with a message
-saying what was expected and what came, and a model error gets INTERNAL with
-the request id logged. Neither stops the server.
+Every Infer is checked before it is queued; a bad one gets INVALID_ARGUMENT
+(RESOURCE_EXHAUSTED for a batch over the limit) with a message saying what was
+expected and what came, and never joins a batch. Good requests go to the
+dynamic batcher (``teacher_server.batcher``), which runs concurrent requests as
+one forward; a model error fails the requests of that batch with INTERNAL, with
+their request ids logged. Neither stops the server.
 """
 from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 
 import grpc
 import torch
 
-from common import codec
+from common import codec, reductions
 from protos import teacher_pb2 as pb
 from protos import teacher_pb2_grpc as pb_grpc
-from teacher_server.counters import ServerCounters
-from teacher_server.metrics import CLIENT_ID_HEADER, TeacherMetrics
+from teacher_server.batcher import Answer, Batcher, BatchDone, BatcherClosed, Cancelled, ModelError
+from teacher_server.counters import ServerCounters, TooManyClients
+from teacher_server.metrics import CLIENT_ID_HEADER, CLIENT_ID_RULE, TeacherMetrics, valid_client_id
 from teacher_server.model_runner import TeacherModel
 
 log = logging.getLogger("teacher_server")
 
 MAX_REQUEST_ID = 128
+MAX_OUTPUT_KEY = 128
 
 
 class BadRequest(Exception):
@@ -53,16 +56,26 @@ def _metadata(context: grpc.ServicerContext, key: str) -> str | None:
 class TeacherServicer(pb_grpc.TeacherServicer):
     def __init__(self, teacher: TeacherModel, *, max_batch: int, max_message_bytes: int,
                  check_finite: bool = True, counters: ServerCounters | None = None,
-                 metrics: TeacherMetrics | None = None):
+                 metrics: TeacherMetrics | None = None, queue_delay_us: int = 100):
         self.teacher = teacher
         self.max_batch = max_batch
         self.max_message_bytes = max_message_bytes
         self.check_finite = check_finite
         self.counters = counters or ServerCounters()
         self.metrics = metrics or TeacherMetrics(max_batch=max_batch, device=teacher.device)
-        self.outputs = ["logits", *teacher.feature_names]
-        # One forward at a time; queue time is measured up to acquiring this lock.
-        self._model_lock = threading.Lock()
+        # One worker thread runs every forward (the only caller of teacher.forward here), on batches of up
+        # to max_batch images gathered from concurrent requests.
+        self.batcher = Batcher(teacher.forward, max_batch=max_batch, queue_delay=queue_delay_us / 1e6,
+                               on_batch=self._forwarded)
+
+    def _forwarded(self, done: BatchDone) -> None:
+        self.counters.record_forward(images=done.images, busy_seconds=done.busy_seconds)
+        self.metrics.forwarded(images=done.images, requests=done.requests, forward_seconds=done.forward_seconds,
+                               busy_seconds=done.busy_seconds, failed=done.failed)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the batcher: the running batch finishes, requests still queued fail (UNAVAILABLE)."""
+        self.batcher.close(timeout)
 
     def validate(self, request: pb.InferRequest) -> tuple[torch.Tensor, list[str], int]:
         """Decode and check a request; BadRequest says what was expected and what came."""
@@ -85,9 +98,17 @@ class TeacherServicer(pb_grpc.TeacherServicer):
             raise BadRequest(grpc.StatusCode.RESOURCE_EXHAUSTED,
                              f"batch of {n} images is over this server's max batch {self.max_batch}")
         outputs = list(request.outputs) or ["logits"]
-        unknown = [o for o in outputs if o not in self.outputs]
-        if unknown or len(set(outputs)) != len(outputs):
-            raise _invalid(f"outputs must be distinct names from {self.outputs}, got {_short(outputs)}")
+        if len(set(outputs)) != len(outputs):
+            raise _invalid(f"outputs must be distinct keys, got {_short(outputs)}")
+        for key in outputs:
+            if len(key) > MAX_OUTPUT_KEY:
+                raise _invalid(f"outputs must be keys of at most {MAX_OUTPUT_KEY} characters, got one of {len(key)}")
+            try:
+                reductions.check_key(key, self.teacher.output_shapes)
+            except ValueError as e:
+                detail = str(e) if len(str(e)) <= 320 else str(e)[:320] + "..."
+                raise _invalid(f"outputs must be keys NAME or NAME.REDUCTION that this teacher offers; {detail}") \
+                    from None
         out_dtype = request.output_dtype or img.dtype
         if out_dtype not in codec.ITEMSIZE:
             raise _invalid(f"unknown output dtype code {out_dtype}; expected one of {sorted(codec.WIRE_DTYPES)}")
@@ -99,43 +120,61 @@ class TeacherServicer(pb_grpc.TeacherServicer):
             raise _invalid("images hold NaN or infinite values (all values must be finite)")
         return images, outputs, out_dtype
 
+    def _answer(self, request: pb.InferRequest, images: torch.Tensor, outputs: list[str],
+                context: grpc.ServicerContext) -> Answer:
+        """Queue the request and wait for its batch; errors become the call's status (raises BadRequest)."""
+        try:
+            future = self.batcher.submit(images, outputs, alive=context.is_active, tag=request.request_id)
+            return future.result()
+        except BatcherClosed:
+            raise BadRequest(grpc.StatusCode.UNAVAILABLE, "the server is shutting down") from None
+        except Cancelled:
+            log.warning("request %r: the caller left while it was queued (deadline or cancel); not run",
+                        request.request_id)
+            raise BadRequest(grpc.StatusCode.CANCELLED, "the caller left before the request ran") from None
+        except ModelError as e:  # the batcher logged the traceback once for the whole batch
+            log.error("model error on request %r: %s", request.request_id, e)
+            raise BadRequest(grpc.StatusCode.INTERNAL, f"model error on request {request.request_id!r} "
+                                                       "(the server log has the traceback)") from None
+
     def Infer(self, request: pb.InferRequest, context: grpc.ServicerContext) -> pb.InferResponse:
         arrived = time.perf_counter()
-        client = self.metrics.client_label(_metadata(context, CLIENT_ID_HEADER))
+        client_id = _metadata(context, CLIENT_ID_HEADER)
+        client = self.metrics.client_label(client_id)  # bounded label for the metrics
+        counted = client_id if valid_client_id(client_id) else None  # the key of the per-client Stats
         with self.metrics.in_flight():
             try:
                 images, outputs, out_dtype = self.validate(request)
+                checked = time.perf_counter()
+                answer = self._answer(request, images, outputs, context)
             except BadRequest as e:
-                self._failed(client, e.code)
+                self._failed(client, counted, e.code)
                 context.abort(e.code, e.args[0])
             try:
-                with self._model_lock:
-                    queued = time.perf_counter() - arrived
-                    result, seconds = self.teacher.forward(images, outputs)
-                response = pb.InferResponse(request_id=request.request_id, compute_seconds=seconds)
-                for name, tensor in result.items():
+                response = pb.InferResponse(request_id=request.request_id, compute_seconds=answer.forward_seconds)
+                for name, tensor in answer.outputs.items():
                     response.outputs[name].CopyFrom(codec.encode(tensor, out_dtype))
             except Exception:
-                self._failed(client, grpc.StatusCode.INTERNAL)
-                log.exception("model error on request %r", request.request_id)
+                self._failed(client, counted, grpc.StatusCode.INTERNAL)
+                log.exception("error encoding the reply to request %r", request.request_id)
                 context.abort(grpc.StatusCode.INTERNAL, f"model error on request {request.request_id!r} "
                                                         "(the server log has the traceback)")
             if not context.is_active():  # deadline passed or client gone: the reply goes nowhere
-                self._failed(client, grpc.StatusCode.CANCELLED)
+                self._failed(client, counted, grpc.StatusCode.CANCELLED)
                 log.warning("request %r: the caller left before the reply (deadline or cancel); "
                             "not counted as served", request.request_id)
                 context.abort(grpc.StatusCode.CANCELLED, "the caller left before the reply")
             n = images.shape[0]
             bytes_in, bytes_out = request.ByteSize(), response.ByteSize()
-            self.counters.record(images=n, bytes_in=bytes_in, bytes_out=bytes_out,
-                                 seconds=seconds, flops=n * self.teacher.flops_per_image)
+            self.counters.record(images=n, bytes_in=bytes_in, bytes_out=bytes_out, seconds=answer.share_seconds,
+                                 flops=n * self.teacher.flops_per_image, client=counted)
             self.metrics.answered(client, images=n, bytes_in=bytes_in, bytes_out=bytes_out,
-                                  forward_seconds=seconds, queue_seconds=queued,
+                                  queue_seconds=checked - arrived + answer.queue_seconds,
                                   request_seconds=time.perf_counter() - arrived)
             return response
 
-    def _failed(self, client: str, code: grpc.StatusCode) -> None:
-        self.counters.record_failure()
+    def _failed(self, client: str, counted: str | None, code: grpc.StatusCode) -> None:
+        self.counters.record_failure(counted)
         self.metrics.failed(client, code)
 
     def Describe(self, request, context) -> pb.DescribeResponse:
@@ -144,16 +183,30 @@ class TeacherServicer(pb_grpc.TeacherServicer):
             model_name=t.name, arch=t.arch, input_shape=list(t.input_shape), num_classes=t.num_classes,
             feature_names=t.feature_names, flops_per_image=t.flops_per_image,
             max_batch_size=self.max_batch, max_message_bytes=self.max_message_bytes,
-            device=str(t.device), compute_dtype=str(t.compute_dtype).removeprefix("torch."))
+            device=str(t.device), compute_dtype=str(t.compute_dtype).removeprefix("torch."),
+            outputs=[pb.OutputInfo(name=n, shape=list(shape)) for n, shape in t.output_shapes.items()],
+            reductions=list(reductions.REDUCTIONS))
 
-    def Stats(self, request, context) -> pb.StatsResponse:
-        return pb.StatsResponse(**self.counters.snapshot())
+    def Stats(self, request: pb.StatsRequest, context) -> pb.StatsResponse:
+        client = request.client_id or None
+        if client is not None:
+            if not valid_client_id(client):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"client_id must be {CLIENT_ID_RULE}, got {_short(client[:80])}")
+            try:
+                self.counters.track(client)  # counted apart from now on, if it is not yet
+            except TooManyClients as e:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        response = pb.StatsResponse(**self.counters.snapshot(client), client_id=client or "")
+        if request.per_client:
+            response.clients.extend(pb.ClientStats(client_id=name, **counts)
+                                    for name, counts in sorted(self.counters.clients().items()))
+        return response
 
 
 def max_message_bytes(teacher: TeacherModel, max_batch: int) -> int:
-    """The largest request or reply at max batch: float32 images in, every output out."""
+    """The largest request or reply at max batch: float32 images in, every key out (each output in full
+    and each reduction of it, as one request may ask for all), plus 1 MiB for the framing."""
     per_image_in = math.prod(teacher.input_shape) * 4
-    probe = torch.zeros(1, *teacher.input_shape)
-    result, _ = teacher.forward(probe, ["logits", *teacher.feature_names])
-    per_image_out = sum(t[0].numel() for t in result.values()) * 4
+    per_image_out = sum(math.prod(shape) for shape in teacher.output_keys.values()) * 4
     return max(per_image_in, per_image_out) * max_batch + (1 << 20)

@@ -6,10 +6,14 @@ HTTP, metrics), dynamic batching and statistics; the callable runs
 ``TeacherModel.forward`` once per batch Triton forms.
 
 The model ``teacher`` (``--model-name``), version 1, takes ``images``
-[-1, C, H, W] in FP16 or FP32 (``--input-dtype``) and returns ``logits``
-[-1, classes] and every named feature map, FP32. The teacher's own facts that
-Triton's model config has no field for (arch, FLOPs per image) ride in the
-config's ``parameters`` so a client reads them with the config.
+[-1, C, H, W] in FP16 or FP32 (``--input-dtype``) and returns, FP32, one
+output per key the teacher offers (``common.reductions``): ``logits``
+[-1, classes], every named feature map in full (``stage3``), and each
+reduction of each (``stage3.attention`` [-1, H, W], ``stage3.pool`` [-1, C]),
+reduced on the server; Triton computes only the outputs a request names. The
+teacher's own facts that Triton's model config has no field for (arch, FLOPs
+per image, the reductions offered) ride in the config's ``parameters`` so a
+client reads them with the config.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import reductions
 from teacher_server.model_runner import TeacherModel
 
 log = logging.getLogger("teacher_server")
@@ -84,18 +89,22 @@ def check_port_free(host: str, port: int, flag: str) -> None:
 
 
 def output_shapes(teacher: TeacherModel) -> dict[str, tuple[int, ...]]:
-    """Per-image shape of each output, from one probe forward: logits first, then the features."""
-    names = ["logits", *teacher.feature_names]
-    result, _ = teacher.forward(torch.zeros(1, *teacher.input_shape), names)
-    return {name: tuple(result[name].shape[1:]) for name in names}
+    """Per-image shape of each Triton output: every key the teacher offers (logits first, then each
+    feature, each followed by its reductions), from the shapes measured once at load."""
+    return teacher.output_keys
 
 
 def teacher_parameters(teacher: TeacherModel) -> dict[str, str]:
-    """What a client needs beyond tensor names and shapes; string values, as Triton's parameters are."""
+    """What a client needs beyond tensor names and shapes; string values, as Triton's parameters are.
+
+    ``reductions`` lists those offered (comma-separated); an output named
+    ``NAME.REDUCTION`` is ``NAME`` reduced by it.
+    """
     return {"teacher_name": teacher.name, "arch": teacher.arch,
             "flops_per_image": repr(float(teacher.flops_per_image)),
             "input_shape": ",".join(map(str, teacher.input_shape)),
-            "num_classes": str(teacher.num_classes)}
+            "num_classes": str(teacher.num_classes),
+            "reductions": ",".join(reductions.REDUCTIONS)}
 
 
 class BatchInfer:

@@ -7,14 +7,20 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from common.checkpoint import make_checkpoint, save_checkpoint
+from common.reductions import parse_key, reduce
 from teacher_server.export import main as export_main
 from teacher_server.model_runner import load_teacher
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
 FEATURES = ["stem", "stage1", "stage2", "stage3", "pool"]
-SHAPES = {"logits": [10], "stem": [16, 28, 28], "stage1": [16, 28, 28], "stage2": [32, 14, 14],
-          "stage3": [64, 7, 7], "pool": [64]}
+# Every output key in the exported model's order: each output in full, then its reductions.
+SHAPES = {"logits": [10], "logits.pool": [10],
+          "stem": [16, 28, 28], "stem.attention": [28, 28], "stem.pool": [16],
+          "stage1": [16, 28, 28], "stage1.attention": [28, 28], "stage1.pool": [16],
+          "stage2": [32, 14, 14], "stage2.attention": [14, 14], "stage2.pool": [32],
+          "stage3": [64, 7, 7], "stage3.attention": [7, 7], "stage3.pool": [64],
+          "pool": [64], "pool.pool": [64]}
 
 
 @pytest.fixture(scope="module")
@@ -90,16 +96,20 @@ def test_exported_model_gives_the_eager_logits_and_features(repository, teacher,
     images = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(batch)).half()
     expected, _ = teacher.forward(images, ["logits", *FEATURES])
     got = _run(fmt, folder, images)
-    for name, array in zip(["logits", *FEATURES], got):
-        assert array.shape == (batch, *SHAPES[name])
-        np.testing.assert_allclose(array, expected[name].numpy(), atol=1e-5, rtol=1e-4, err_msg=name)
+    assert len(got) == len(SHAPES)
+    for key, array in zip(SHAPES, got):
+        assert array.shape == (batch, *SHAPES[key])
+        name, reduction = parse_key(key)
+        # the reduction the exported model computed = the client's own reduction of the eager feature
+        want = reduce(reduction, expected[name]).numpy()
+        np.testing.assert_allclose(array, want, atol=1e-5, rtol=1e-4, err_msg=key)
 
 
 def test_the_triton_client_maps_libtorch_names_back():
     from student_trainer.teachers.triton_client import plain_name
 
-    assert [plain_name(n) for n in ("logits__0", "stage1__2", "images", "pool")] == \
-        ["logits", "stage1", "images", "pool"]
+    assert [plain_name(n) for n in ("logits__0", "stage1__2", "images", "pool", "stage3.attention__12")] == \
+        ["logits", "stage1", "images", "pool", "stage3.attention"]
 
 
 @pytest.mark.parametrize("argv,fragment", [

@@ -24,7 +24,7 @@ def _flags(url, out, *extra):
 
 
 def _weights(run_dir):
-    return torch.load(Path(run_dir) / "last.pt", weights_only=False)
+    return torch.load(Path(run_dir) / "last.pt", weights_only=True)  # what we write must load weights-only
 
 
 def _assert_same_run(a_dir, b_dir):
@@ -68,7 +68,7 @@ def test_kill_mid_epoch_and_resume_is_bit_identical(grpc_teacher, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    saved = torch.load(killed_dir / "last.pt", weights_only=False)
+    saved = torch.load(killed_dir / "last.pt", weights_only=True)
     assert saved["progress"]["step_in_epoch"] > 0 and not (killed_dir / "summary.json").exists()
 
     resumed = _trainer(_flags(url, killed_dir, "--checkpoint-every", "3", "--resume", str(killed_dir)))

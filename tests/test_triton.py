@@ -96,12 +96,16 @@ def test_server_reports_model_version_readiness_and_liveness(triton_server):
     meta = client.get_model_metadata("teacher")
     assert meta.name == "teacher" and list(meta.versions) == ["1"]
     assert [(i.name, i.datatype, list(i.shape)) for i in meta.inputs] == [("images", "FP16", [-1, 3, 32, 32])]
-    assert [o.name for o in meta.outputs] == ["logits", "stem", "stage1", "stage2", "stage3", "pool"]
+    assert [o.name for o in meta.outputs] == [
+        "logits", "logits.pool", "stem", "stem.attention", "stem.pool", "stage1", "stage1.attention", "stage1.pool",
+        "stage2", "stage2.attention", "stage2.pool", "stage3", "stage3.attention", "stage3.pool", "pool", "pool.pool"]
+    assert {o.name: list(o.shape) for o in meta.outputs}["stage2.attention"] == [-1, 16, 16]
     config = client.get_model_config("teacher", as_json=True)["config"]
     assert config["max_batch_size"] == MAX_BATCH
     assert config["dynamic_batching"]["max_queue_delay_microseconds"] == "500"
     assert [g["count"] for g in config["instance_group"]] == [2]
     assert config["parameters"]["arch"]["string_value"] == "resnet8"
+    assert config["parameters"]["reductions"]["string_value"] == "none,attention,pool"
     client.close()
     http = f"http://127.0.0.1:{triton_server['ports']['http']}"
     for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/teacher/versions/1/ready"):
@@ -121,6 +125,58 @@ def test_logits_and_features_equal_the_in_process_forward(triton_server, random_
     for name in names:
         assert got[name].dtype == torch.float32 and got[name].shape == expected[name].shape
         assert torch.allclose(got[name], expected[name], atol=1e-5, rtol=1e-5), name
+
+
+def test_reduced_outputs_equal_the_same_reductions_of_the_in_process_features(triton_server, random_teacher):
+    from common.reductions import parse_key, reduce
+
+    x = _images(5, seed=2).half()
+    full, _ = random_teacher.forward(x, ["logits", *random_teacher.feature_names])
+    keys = ["stage1.attention", "stage2.attention", "stage3.attention", "stage3.pool", "stage1", "pool.pool",
+            "logits"]
+    with connect(triton_server["url"]) as client:
+        info = client.describe()
+        got = client.infer(x, outputs=keys)
+    assert info.output_shapes == {"logits": (10,), "stem": (16, 32, 32), "stage1": (16, 32, 32),
+                                  "stage2": (32, 16, 16), "stage3": (64, 8, 8), "pool": (64,)}
+    assert info.reductions == ["none", "attention", "pool"]
+    assert info.feature_names == random_teacher.feature_names
+    for key in keys:
+        name, reduction = parse_key(key)
+        want = reduce(reduction, full[name])  # the client's own reduction of the in-process feature
+        assert got[key].shape == want.shape and got[key].dtype == torch.float32, key
+        assert torch.allclose(got[key], want, atol=1e-5, rtol=1e-5), key
+
+
+def test_a_key_triton_does_not_offer_is_refused_and_the_server_keeps_serving(triton_server, random_teacher):
+    import numpy as np
+    import tritonclient.grpc as tc
+    from tritonclient.utils import InferenceServerException
+
+    client = tc.InferenceServerClient(f"127.0.0.1:{triton_server['ports']['grpc']}")
+    x = _images(2).half()
+    images = tc.InferInput("images", list(x.shape), "FP16")
+    images.set_data_from_numpy(x.numpy())
+    for bad in ("pool.attention", "nope.pool", "stage3.max"):
+        with pytest.raises(InferenceServerException) as err:
+            client.infer("teacher", [images], outputs=[tc.InferRequestedOutput(bad)])
+        assert err.value.status() == "StatusCode.INVALID_ARGUMENT", err.value
+        assert bad in err.value.message()
+    ok = client.infer("teacher", [images], outputs=[tc.InferRequestedOutput("stage3.attention")])
+    want, _ = random_teacher.forward(x, ["stage3.attention"])
+    np.testing.assert_allclose(ok.as_numpy("stage3.attention"), want["stage3.attention"].numpy(), atol=1e-5)
+    client.close()
+
+
+def test_reduced_outputs_cost_fewer_bytes_on_triton(triton_server):
+    received = {}
+    with connect(triton_server["url"]) as client:
+        for key in ("stage1", "stage1.attention", "stage1.pool"):
+            before = client.counters.bytes_received
+            client.infer(_images(8), outputs=[key])
+            received[key] = client.counters.bytes_received - before
+    for key, values in (("stage1", 8 * 16 * 32 * 32), ("stage1.attention", 8 * 32 * 32), ("stage1.pool", 8 * 16)):
+        assert values * 4 < received[key] < values * 4 + 200, key
 
 
 def test_triton_statistics_count_exactly_what_the_client_sent(triton_server):

@@ -69,7 +69,9 @@ class DistillBatch:
 class ModelShapes:
     """Per-image shapes (no batch dimension) a loss needs to build its own modules."""
     student: dict[str, tuple[int, ...]]   # student feature name (and 'logits') -> shape
-    teacher: dict[str, tuple[int, ...]]   # teacher output key -> shape as sent (after reduction)
+    # every key the teacher offers (common.reductions.offered_keys): each full output under its
+    # plain name (``stage3``), and each reduction of it (``stage3.attention``) with its shape as sent
+    teacher: dict[str, tuple[int, ...]]
     num_classes: int
     dataset_size: int
 
@@ -82,6 +84,7 @@ class DistillLoss(nn.Module):
     """
     name: ClassVar[str] = ""
     about: ClassVar[str] = ""
+    needs_teacher: ClassVar[bool] = True   # False: the loss asks the teacher nothing (no --teacher-url)
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:

@@ -3,17 +3,35 @@
 ``grpc://HOST:PORT``      our own gRPC teacher service (``grpcs://`` over TLS)
 ``triton://HOST:PORT/MODEL``  a model on NVIDIA Triton, over its gRPC API (``?metrics_port=N``, default 8002)
 ``local:PATH``            the checkpoint at PATH, run in this process
+
+Every kind keeps one contract (``base.TeacherClient``): ``submit`` / ``infer``,
+and for the remote kinds one deadline-and-retry loop ending in
+``TeacherUnavailable``. ``USES`` says which of the trainer's teacher flags each
+kind uses; a flag given for a kind that does not use it is an error.
 """
 from __future__ import annotations
 
 from typing import Callable
 from urllib.parse import urlsplit
 
-from student_trainer.teachers.base import ClientCounters, ServerStats, TeacherClient, TeacherInfo, TeacherUnavailable
+from student_trainer.teachers.base import (ClientCounters, ServerStats, TeacherClient, TeacherInfo, TeacherRefused,
+                                           TeacherUnavailable)
+
+# The trainer's teacher-connection flags: connect's option -> (the flag, its dest in the parsed args).
+FLAGS = {"max_wait": ("--teacher-max-wait", "teacher_max_wait"), "tls_ca": ("--tls-ca", "tls_ca"),
+         "token_file": ("--token-file", "token_file"), "client_id": ("--client-id", "client_id")}
+# Which of them each kind uses. Triton has no TLS in this client (triton:// is plaintext gRPC) and
+# keeps no per-client counts, so --client-id (a label in our server's metrics) would do nothing there;
+# its --token-file is Triton's access token for the statistics endpoint. An in-process teacher has
+# no connection at all.
+USES = {"grpc": {"max_wait", "token_file", "client_id"},
+        "grpcs": {"max_wait", "tls_ca", "token_file", "client_id"},
+        "triton": {"max_wait", "token_file"},
+        "local": set()}
 
 
 def _grpc(url, *, wire_dtype="float16", timeout=60.0, connect_timeout=30.0, max_wait=600.0, tls_ca=None,
-          token_file=None, client_id=None, **_unused) -> TeacherClient:
+          token_file=None, client_id=None) -> TeacherClient:
     from common.tokens import read_token
     from student_trainer.teachers.grpc_client import GrpcTeacherClient
 
@@ -33,8 +51,8 @@ def _grpc(url, *, wire_dtype="float16", timeout=60.0, connect_timeout=30.0, max_
                              client_id=client_id)
 
 
-def _triton(url, *, wire_dtype="float16", timeout=60.0, connect_timeout=30.0, token_file=None,
-            **_unused) -> TeacherClient:
+def _triton(url, *, wire_dtype="float16", timeout=60.0, connect_timeout=30.0, max_wait=600.0,
+            token_file=None) -> TeacherClient:
     """``token_file``: Triton's access token, which its statistics endpoint asks for (else metrics are read)."""
     from urllib.parse import parse_qs
 
@@ -54,15 +72,16 @@ def _triton(url, *, wire_dtype="float16", timeout=60.0, connect_timeout=30.0, to
         raise ValueError(f"teacher URL {url!r} should look like triton://127.0.0.1:8001/teacher "
                          "(optionally ?metrics_port=8002)")
     return TritonTeacherClient(parts.netloc, model, wire_dtype=wire_dtype, timeout=timeout,
-                               connect_timeout=connect_timeout, metrics_port=metrics_port,
+                               connect_timeout=connect_timeout, metrics_port=metrics_port, max_wait=max_wait,
                                token=read_token(token_file) if token_file else None)
 
 
 def _local(url, *, device="cpu", **_unused) -> TeacherClient:
-    from student_trainer.teachers.local import LocalTeacher
+    """``local:PATH``, or ``local:PATH?arch=A&num_classes=C&input_shape=C,H,W`` for another project's state dict."""
+    from student_trainer.teachers.local import LocalTeacher, parse_local_url
 
-    path = url.split(":", 1)[1]
-    return LocalTeacher(path, device=device)
+    path, options = parse_local_url(url)
+    return LocalTeacher(path, device=device, **options)
 
 
 CLIENTS: dict[str, Callable[..., TeacherClient]] = {"grpc": _grpc, "grpcs": _grpc, "triton": _triton,
@@ -70,19 +89,44 @@ CLIENTS: dict[str, Callable[..., TeacherClient]] = {"grpc": _grpc, "grpcs": _grp
 
 
 def teacher_options(args) -> dict:
-    """The trainer's teacher-connection flags (retry budget, TLS, token, client id) as ``connect`` options."""
-    return {"max_wait": getattr(args, "teacher_max_wait", 600.0), "tls_ca": getattr(args, "tls_ca", None),
-            "token_file": getattr(args, "token_file", None), "client_id": getattr(args, "client_id", None)}
+    """The teacher-connection flags the user gave (retry budget, TLS, token, client id) as ``connect`` options.
+
+    A flag left at its default is not passed, so ``connect`` refuses only flags that were asked for.
+    """
+    from student_trainer.cli import build_parser
+
+    parser = build_parser()
+    given = {}
+    for option, (_, dest) in FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None and value != parser.get_default(dest):
+            given[option] = value
+    return given
+
+
+def _kind(scheme: str) -> str:
+    return "local:" if scheme == "local" else f"{scheme}://"
 
 
 def connect(url: str, **opts) -> TeacherClient:
-    """Open the teacher at ``url``; options a client kind does not use are ignored."""
+    """Open the teacher at ``url``.
+
+    One of ``FLAGS``' options that this kind does not use (``USES``) is an error,
+    unless it is None (not given). ``device`` is where this process computes: an
+    in-process teacher runs there, a remote one is not told.
+    """
     scheme = url.split(":", 1)[0] if ":" in url else ""
     if scheme not in CLIENTS:
         raise ValueError(f"teacher URL {url!r} has no known scheme; use one of "
-                         f"{', '.join(s + '://' if s != 'local' else 'local:PATH' for s in CLIENTS)}")
+                         f"{', '.join(_kind(s) if s != 'local' else 'local:PATH' for s in CLIENTS)}")
+    opts = {k: v for k, v in opts.items() if v is not None}
+    for option in opts:
+        if option in FLAGS and option not in USES.get(scheme, FLAGS):
+            raise ValueError(f"{FLAGS[option][0]} does not apply to {_kind(scheme)} teachers")
+    if scheme != "local":
+        opts.pop("device", None)
     return CLIENTS[scheme](url, **opts)
 
 
-__all__ = ["CLIENTS", "ClientCounters", "ServerStats", "TeacherClient", "TeacherInfo", "connect",
-           "teacher_options"]
+__all__ = ["CLIENTS", "FLAGS", "USES", "ClientCounters", "ServerStats", "TeacherClient", "TeacherInfo",
+           "TeacherRefused", "TeacherUnavailable", "connect", "teacher_options"]

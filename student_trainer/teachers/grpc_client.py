@@ -1,21 +1,20 @@
 """The client of our own gRPC teacher service (``grpc://HOST:PORT``, ``grpcs://`` over TLS).
 
-A teacher that goes away is waited for, not fatal: every call has a deadline,
-and ``UNAVAILABLE`` / ``DEADLINE_EXCEEDED`` are retried with exponential backoff
-and jitter until ``max_wait`` seconds have passed since the call began; then
+A teacher that goes away is waited for, not fatal (the retry loop of
+``base.TeacherClient``): every call has a deadline, and ``UNAVAILABLE`` /
+``DEADLINE_EXCEEDED`` are retried with exponential backoff and jitter until
+``max_wait`` seconds have passed since the call began; then
 ``TeacherUnavailable``. Infer is idempotent and a retry resends the same
 request (same ``request_id``), so when the teacher comes back the training step
 that was waiting gets its answer and goes on: no step is skipped or trained
-without the teacher.
+without the teacher. Up to ``max_in_flight`` calls share the channel at once.
 """
 from __future__ import annotations
 
 import ipaddress
 import logging
-import random
 import time
 import uuid
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -25,28 +24,13 @@ import torch
 from common import codec
 from protos import teacher_pb2 as pb
 from protos import teacher_pb2_grpc as pb_grpc
-from student_trainer.teachers.base import ServerStats, TeacherClient, TeacherInfo, TeacherUnavailable
+from student_trainer.teachers.base import (RETRYABLE, RetryPolicy, ServerStats, TeacherClient, TeacherInfo,
+                                           TeacherUnavailable)
 
 log = logging.getLogger("student_trainer.teacher")
 
 CLIENT_ID_HEADER = "x-client-id"
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-
-
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with jitter, bounded by a total wait per call."""
-    max_wait: float = 600.0
-    initial_backoff: float = 0.2
-    max_backoff: float = 5.0
-    multiplier: float = 2.0
-
-    def backoff(self, attempt: int, rng: random.Random) -> float:
-        """Seconds before retry ``attempt`` (0-based): half fixed, half random, so clients spread out."""
-        ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier ** attempt)
-        return ceiling * (0.5 + 0.5 * rng.random())
+__all__ = ["CLIENT_ID_HEADER", "RETRYABLE", "GrpcTeacherClient", "RetryPolicy", "TeacherUnavailable"]
 
 
 def _is_loopback(host: str) -> bool:
@@ -57,21 +41,20 @@ def _is_loopback(host: str) -> bool:
 
 
 class GrpcTeacherClient(TeacherClient):
+    max_in_flight = 4
+
     def __init__(self, address: str, *, wire_dtype: str = "float16", timeout: float = 60.0,
                  connect_timeout: float = 30.0, max_wait: float = 600.0, tls: bool = False,
                  tls_ca: str | None = None, token: str | None = None, client_id: str | None = None,
                  retry: RetryPolicy | None = None):
-        super().__init__()
+        super().__init__(retry or RetryPolicy(max_wait=max_wait))
         if timeout <= 0 or connect_timeout <= 0 or max_wait < 0:
             raise ValueError("teacher timeouts must be > 0 seconds and --teacher-max-wait >= 0")
         self.address = address
         self.url = f"{'grpcs' if tls else 'grpc'}://{address}"  # never carries the token
         self.wire_dtype = codec.dtype_code(wire_dtype)
         self.timeout = timeout
-        self.retry = retry or RetryPolicy(max_wait=max_wait)
         self.client_id = client_id or uuid.uuid4().hex
-        self.retries = 0  # retried calls in all, for logs and tests
-        self._rng = random.Random()
         self._metadata = ((CLIENT_ID_HEADER, self.client_id),)
         if token:
             self._metadata += (("authorization", f"Bearer {token}"),)
@@ -89,7 +72,7 @@ class GrpcTeacherClient(TeacherClient):
             self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(ca), options=options)
         else:
             if tls_ca:
-                raise ValueError("--tls-ca is for grpcs:// teacher URLs; this one is grpc://")
+                raise ValueError("--tls-ca does not apply to grpc:// teachers (only to grpcs://)")
             self.channel = grpc.insecure_channel(address, options=options)
         try:
             grpc.channel_ready_future(self.channel).result(timeout=connect_timeout)
@@ -102,41 +85,17 @@ class GrpcTeacherClient(TeacherClient):
         self._last_stats: tuple[float, float] | None = None  # (monotonic time, server uptime)
 
     def _call(self, rpc: str, request):
-        """One RPC with a deadline, retried on UNAVAILABLE / DEADLINE_EXCEEDED within the total wait."""
+        """One RPC with a deadline, retried by the base's loop while the teacher is away."""
         method = getattr(self.stub, rpc)
-        start = time.monotonic()
-        attempt = 0
-        while True:
-            try:
-                response = method(request, timeout=self.timeout, metadata=self._metadata)
-            except grpc.RpcError as e:
-                if e.code() not in RETRYABLE:
-                    raise
-                waited = time.monotonic() - start
-                left = self.retry.max_wait - waited
-                if left <= 0:
-                    raise TeacherUnavailable(
-                        f"teacher at {self.url} gave no answer to {rpc} for {waited:.0f} s (the limit, "
-                        f"--teacher-max-wait, is {self.retry.max_wait:g} s); last error "
-                        f"{e.code().name}: {e.details()}") from None
-                delay = min(self.retry.backoff(attempt, self._rng), left)
-                attempt += 1
-                self.retries += 1
-                log.warning("teacher at %s: %s on %s (%s); retry %d in %.1f s, %.0f of %g s waited",
-                            self.url, e.code().name, rpc, e.details(), attempt, delay, waited,
-                            self.retry.max_wait)
-                time.sleep(delay)
-                continue
-            if attempt:
-                log.warning("teacher at %s answered %s again after %d retries (%.1f s)", self.url, rpc, attempt,
-                            time.monotonic() - start)
-            return response
+        return self._retrying(rpc, lambda: method(request, timeout=self.timeout, metadata=self._metadata))
 
     @cached_property
     def info(self) -> TeacherInfo:
         d = self._call("Describe", pb.DescribeRequest())
         return TeacherInfo(d.model_name, d.arch, tuple(d.input_shape), d.num_classes,
-                           list(d.feature_names), d.flops_per_image, d.max_batch_size)
+                           list(d.feature_names), d.flops_per_image, d.max_batch_size,
+                           output_shapes={o.name: tuple(o.shape) for o in d.outputs},
+                           reductions=list(d.reductions))
 
     def describe(self) -> TeacherInfo:
         return self.info
@@ -149,9 +108,12 @@ class GrpcTeacherClient(TeacherClient):
         return result, request.ByteSize(), response.ByteSize()
 
     def server_stats(self) -> ServerStats:
-        s = self._call("Stats", pb.StatsRequest())
+        """The server's counts of this client's own calls (its x-client-id), so that two trainers sharing
+        one teacher each see their own; a server that does not count per client gives its totals."""
+        s = self._call("Stats", pb.StatsRequest(client_id=self.client_id))
         now = time.monotonic()
-        source = "grpc Stats"
+        source = ("grpc Stats (this client's)" if s.client_id == self.client_id
+                  else "grpc Stats (server-wide: this server does not count per client)")
         if self._last_stats is not None:
             then, uptime_then = self._last_stats
             if s.uptime_seconds + 1.0 < uptime_then + (now - then):
@@ -163,4 +125,5 @@ class GrpcTeacherClient(TeacherClient):
                            forward_seconds=s.forward_seconds, source=source)
 
     def close(self) -> None:
+        super().close()
         self.channel.close()

@@ -1,21 +1,58 @@
-"""A teacher in this process (``local:CHECKPOINT``): the same model, no wire, for comparisons."""
+"""A teacher in this process (``local:CHECKPOINT``): the same model, no wire, for comparisons.
+
+``local:PATH`` reads our own checkpoint; another project's state dict names its
+network in the query: ``local:PATH?arch=resnet56&num_classes=100&input_shape=3,32,32``
+(``input_shape`` defaults to 3,32,32), as ``--arch --num-classes --input-shape``
+do for ``python -m teacher_server``.
+"""
 from __future__ import annotations
+
+from urllib.parse import parse_qs
 
 import torch
 
+from common.reductions import REDUCTIONS
 from student_trainer.teachers.base import ServerStats, TeacherClient, TeacherInfo
 from teacher_server.counters import ServerCounters
 from teacher_server.model_runner import load_teacher
 
 
+def parse_local_url(url: str) -> tuple[str, dict]:
+    """``local:PATH[?arch=A&num_classes=C&input_shape=C,H,W]`` -> (PATH, load_teacher's options)."""
+    from common.cli_errors import parse_shape
+
+    path, _, query = url.split(":", 1)[1].partition("?")
+    if not path:
+        raise ValueError(f"teacher URL {url!r} names no checkpoint; use local:PATH")
+    try:
+        given = {key: values[-1] for key, values in parse_qs(query, strict_parsing=bool(query)).items()}
+    except ValueError:
+        given = {"?": query}
+    unknown = sorted(set(given) - {"arch", "num_classes", "input_shape"})
+    if unknown:
+        raise ValueError(f"teacher URL {url!r}: unknown option {unknown[0]!r}; a local: teacher takes "
+                         "?arch=NAME&num_classes=N&input_shape=C,H,W")
+    options = {"arch": given.get("arch"), "num_classes": None, "input_shape": None}
+    for key, convert in (("num_classes", int), ("input_shape", parse_shape)):
+        if key in given:
+            try:
+                options[key] = convert(given[key])
+            except Exception as e:  # ValueError, argparse.ArgumentTypeError
+                raise ValueError(f"teacher URL {url!r}: {key}: {e}") from None
+    return path, options
+
+
 class LocalTeacher(TeacherClient):
-    def __init__(self, checkpoint: str, *, device: str = "cpu", **_ignored):
+    def __init__(self, checkpoint: str, *, device: str = "cpu", arch: str | None = None,
+                 num_classes: int | None = None, input_shape: tuple[int, int, int] | None = None, **_ignored):
         super().__init__()
-        self.teacher = load_teacher(checkpoint, device=device)
+        self.teacher = load_teacher(checkpoint, arch=arch, num_classes=num_classes, input_shape=input_shape,
+                                    device=device)
         self.stats = ServerCounters()
         t = self.teacher
         self.info = TeacherInfo(t.name, t.arch, t.input_shape, t.num_classes, t.feature_names,
-                                t.flops_per_image, max_batch_size=1 << 30)
+                                t.flops_per_image, max_batch_size=1 << 30, output_shapes=dict(t.output_shapes),
+                                reductions=list(REDUCTIONS))
 
     def describe(self) -> TeacherInfo:
         return self.info
@@ -24,7 +61,8 @@ class LocalTeacher(TeacherClient):
         result, seconds = self.teacher.forward(images, outputs)
         self.stats.record(images=images.shape[0], bytes_in=0, bytes_out=0, seconds=seconds,
                           flops=images.shape[0] * self.teacher.flops_per_image)
-        return result, 0, 0
+        # Ordinary tensors, as a decoded reply is: inference-mode ones cannot enter autograd (FitNet, CRD).
+        return {k: v.clone() for k, v in result.items()}, 0, 0
 
     def server_stats(self) -> ServerStats:
         s = self.stats.snapshot()

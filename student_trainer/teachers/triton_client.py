@@ -14,12 +14,24 @@ LibTorch's ``NAME__INDEX`` tensor names are mapped back to ``NAME``.
 The server-side count comes from Triton's statistics endpoint when it answers
 (PyTriton restricts it to holders of an access token: the trainer's ``--token-file``),
 else from the Prometheus metrics (``nv_inference_count``) on ``metrics_port``
-(default 8002); whichever answers first is used for the whole run.
+(default 8002); whichever answers first is used for the whole run. Neither
+answering does not stop training (``try_server_stats``).
+
+Deadline, retry and ``TeacherUnavailable`` are the base's (the same contract as
+``grpc://``); what counts as "Triton is away" is in ``_classify``: gRPC
+``UNAVAILABLE`` / ``DEADLINE_EXCEEDED`` (but not a restricted endpoint, which
+Triton also answers with ``UNAVAILABLE``), a model Triton does not know or has
+no version of (Triton restarting or reloading it: the model was ready when the
+client connected), and a metrics endpoint that refuses the connection. A
+restarted Triton's counts start again from 0: ``server_stats`` then says so in
+its ``source``.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
+import urllib.error
 import urllib.request
 import uuid
 from functools import cached_property
@@ -28,7 +40,10 @@ import grpc
 import numpy as np
 import torch
 
-from student_trainer.teachers.base import ServerStats, TeacherClient, TeacherInfo, TeacherUnavailable
+from common.reductions import NONE as NO_REDUCTION
+from common.reductions import parse_key
+from student_trainer.teachers.base import (RETRYABLE, Failure, RetryPolicy, ServerStats, TeacherClient, TeacherInfo,
+                                           TeacherUnavailable, one_line)
 
 TOKEN_HEADER = "triton-grpc-protocol-triton-access-token"
 WIRE = {"TYPE_FP16": ("FP16", np.float16, "float16"), "TYPE_FP32": ("FP32", np.float32, "float32")}
@@ -58,23 +73,39 @@ def settled(read, interval: float = 0.05, limit: float = 2.0) -> ServerStats:
     return last
 
 
+class NoSeries(LookupError):
+    """The metrics endpoint has no series for the model (yet: Triton is loading it)."""
+
+
 class TritonTeacherClient(TeacherClient):
+    max_in_flight = 4
+
     def __init__(self, address: str, model: str, *, wire_dtype: str = "float16", timeout: float = 60.0,
-                 connect_timeout: float = 30.0, token: str | None = None, metrics_port: int = 8002):
+                 connect_timeout: float = 30.0, token: str | None = None, metrics_port: int = 8002,
+                 max_wait: float = 600.0, retry: RetryPolicy | None = None):
         import tritonclient.grpc as tc
         from tritonclient.grpc import service_pb2_grpc
 
-        super().__init__()
+        super().__init__(retry or RetryPolicy(max_wait=max_wait))
+        if timeout <= 0 or connect_timeout <= 0 or max_wait < 0:
+            raise ValueError("teacher timeouts must be > 0 seconds and --teacher-max-wait >= 0")
         self.address, self.model, self.timeout = address, model, timeout
+        self.url = f"triton://{address}/{model}"
         self.host = address.rsplit(":", 1)[0]
         self.metrics_url = f"http://{self.host}:{metrics_port}/metrics"
         self.headers = {TOKEN_HEADER: token} if token else None
         self.client = tc.InferenceServerClient(address)
         self._wait_ready(connect_timeout)
-        options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+        # Reconnect attempts stay frequent, so a restarted Triton is found within seconds.
+        options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1),
+                   ("grpc.initial_reconnect_backoff_ms", int(self.retry.initial_backoff * 1000)),
+                   ("grpc.min_reconnect_backoff_ms", int(self.retry.initial_backoff * 1000)),
+                   ("grpc.max_reconnect_backoff_ms", int(self.retry.max_backoff * 1000))]
         self.channel = grpc.insecure_channel(address, options=options)
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         self._stats_source: str | None = None
+        self._stats_seen: tuple[int, int] | None = None  # (retries, images) at the previous read
+        self._outage = False  # Triton was unreachable between two reads of its counts
         if self.wire_name != wire_dtype:
             self.close()
             raise ValueError(f"the Triton teacher {model!r} takes {self.wire_name} images; use "
@@ -98,13 +129,33 @@ class TritonTeacherClient(TeacherClient):
                                          f"{connect_timeout:g} s: {last}")
             time.sleep(0.25)
 
+    def _classify(self, error: Exception) -> Failure | None:
+        from tritonclient.utils import InferenceServerException
+
+        if isinstance(error, InferenceServerException):
+            status = error.status() or ""
+            code = getattr(grpc.StatusCode, status.rsplit(".", 1)[-1], None) if status else None
+            details = error.message() or str(error)
+        elif isinstance(error, grpc.RpcError) and callable(getattr(error, "code", None)):
+            code, details = error.code(), error.details() or ""
+        elif isinstance(error, (NoSeries, ConnectionRefusedError, ConnectionResetError, TimeoutError)) or (
+                isinstance(error, urllib.error.URLError) and not isinstance(error, urllib.error.HTTPError)):
+            return Failure(True, None, one_line(error))
+        else:
+            return None
+        restricted = "restricted" in details  # PyTriton's token-protected endpoints answer UNAVAILABLE
+        reloading = code == grpc.StatusCode.NOT_FOUND and "unknown model" in details
+        return Failure((code in RETRYABLE and not restricted) or reloading, code, details)
+
     @cached_property
     def config(self) -> dict:
-        return self.client.get_model_config(self.model, as_json=True)["config"]
+        return self._retrying("get_model_config", lambda: self.client.get_model_config(
+            self.model, as_json=True, client_timeout=self.timeout))["config"]
 
     @cached_property
     def version(self) -> str:
-        versions = self.client.get_model_metadata(self.model).versions
+        versions = self._retrying("get_model_metadata", lambda: self.client.get_model_metadata(
+            self.model, client_timeout=self.timeout)).versions
         return max(versions, key=int) if versions else ""
 
     @property
@@ -131,14 +182,20 @@ class TritonTeacherClient(TeacherClient):
             raise ValueError(f"Triton model {self.model!r} has no 'logits' output (outputs: {list(self._outputs)})")
         if not self.config.get("max_batch_size"):
             raise ValueError(f"Triton model {self.model!r} does not batch (max_batch_size 0); a teacher must")
+        # Outputs named NAME.REDUCTION are NAME reduced on the server (the 'reductions' parameter
+        # lists those offered); the others are the full outputs.
+        offered = [r for r in params.get("reductions", "").split(",") if r]
+        full = {n: tuple(d) for n, d in self._output_dims.items()
+                if parse_key(n)[1] == NO_REDUCTION or parse_key(n)[1] not in offered}
         return TeacherInfo(
             model_name=params.get("teacher_name") or self.model,
             arch=params.get("arch", "unknown"),
             input_shape=tuple(int(d) for d in self._input["dims"]),
             num_classes=int(self._output_dims["logits"][-1]),
-            feature_names=[n for n in self._outputs if n != "logits"],
+            feature_names=[n for n in full if n != "logits"],
             flops_per_image=float(params.get("flops_per_image", 0.0)),
-            max_batch_size=int(self.config["max_batch_size"]))
+            max_batch_size=int(self.config["max_batch_size"]),
+            output_shapes=full, reductions=offered)
 
     def describe(self) -> TeacherInfo:
         return self.info
@@ -157,7 +214,8 @@ class TritonTeacherClient(TeacherClient):
         request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
         for o in outputs:
             request.outputs.add(name=self._outputs[o])
-        response = self.stub.ModelInfer(request, timeout=self.timeout)
+        # A retry resends this very request (same id).
+        response = self._retrying("ModelInfer", lambda: self.stub.ModelInfer(request, timeout=self.timeout))
         result = InferResult(response)
         # as_numpy views the reply's buffer (read-only); the copy to float32 owns its memory.
         tensors = {o: torch.from_numpy(np.array(result.as_numpy(self._outputs[o]), dtype=np.float32))
@@ -166,6 +224,16 @@ class TritonTeacherClient(TeacherClient):
 
     def server_stats(self) -> ServerStats:
         """Triton's own count for this model; the first source that answers is kept for the run."""
+        stats = self._retrying("statistics", self._read_stats)
+        if self._stats_seen is not None and (self.retries > self._stats_seen[0] or stats.images < self._stats_seen[1]):
+            self._outage = True
+        self._stats_seen = (self.retries, stats.images)
+        if self._outage:
+            stats = dataclasses.replace(stats, source=stats.source + " (Triton was unreachable during the run: "
+                                        "if it restarted, its counts cover only its current life)")
+        return stats
+
+    def _read_stats(self) -> ServerStats:
         sources = {"triton statistics": self._statistics, "triton metrics": self._metrics}
         if self._stats_source:
             return settled(sources[self._stats_source])
@@ -174,14 +242,18 @@ class TritonTeacherClient(TeacherClient):
             try:
                 read()
             except Exception as e:  # a restricted endpoint, or metrics not reachable
-                errors.append(f"{name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+                failure = self._classify(e)
+                if name == "triton statistics" and failure is not None and failure.retryable:
+                    raise  # Triton itself is away: the retry loop waits for it
+                errors.append(f"{name}: {one_line(e)}")
                 continue
             self._stats_source = name
             return settled(read)
         raise ConnectionError("cannot read Triton's counts: " + "; ".join(errors))
 
     def _statistics(self) -> ServerStats:
-        stats = self.client.get_inference_statistics(self.model, headers=self.headers, as_json=True)
+        stats = self.client.get_inference_statistics(self.model, headers=self.headers, as_json=True,
+                                                     client_timeout=self.timeout)
         rows = [m for m in stats.get("model_stats", []) if m.get("name") == self.model]
 
         def total(key: str, field: str) -> int:
@@ -200,13 +272,14 @@ class TritonTeacherClient(TeacherClient):
             return sum(float(v) for v in pattern.findall(text))
 
         if f'model="{self.model}"' not in text:
-            raise ValueError(f"no series for model {self.model!r} at {self.metrics_url}")
+            raise NoSeries(f"no series for model {self.model!r} at {self.metrics_url}")
         return ServerStats(images=int(total("nv_inference_count")),
                            requests=int(total("nv_inference_request_success")),
                            forward_seconds=total("nv_inference_compute_infer_duration_us") / 1e6,
                            source="triton metrics (nv_inference_count)")
 
     def close(self) -> None:
+        super().close()
         if hasattr(self, "channel"):
             self.channel.close()
         self.client.close()

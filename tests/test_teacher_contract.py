@@ -1,0 +1,80 @@
+"""One contract for every kind of teacher client: flags a kind does not use are refused in one line,
+final errors are one line and not retried, and server counts that cannot be read never stop a run."""
+import logging
+import time
+
+import pytest
+import torch
+
+from student_trainer.cli import build_parser
+from student_trainer.cli import main as train
+from student_trainer.teachers import FLAGS, USES, TeacherRefused, connect, teacher_options
+from student_trainer.teachers.base import RetryPolicy
+from teacher_server.server import build_server
+from tests.conftest import train_args
+
+URLS = {"grpc": "grpc://127.0.0.1:1", "grpcs": "grpcs://127.0.0.1:1", "triton": "triton://127.0.0.1:1/teacher",
+        "local": "local:/nonexistent/teacher.pt"}
+VALUES = {"max_wait": 30.0, "tls_ca": "/nonexistent/ca.pem", "token_file": "/nonexistent/token",
+          "client_id": "me"}
+
+
+@pytest.mark.parametrize("scheme,option", [(s, o) for s in sorted(URLS) for o in sorted(FLAGS) if o not in USES[s]])
+def test_a_flag_the_kind_does_not_use_is_refused_before_connecting(scheme, option):
+    start = time.monotonic()
+    with pytest.raises(ValueError) as err:
+        connect(URLS[scheme], **{option: VALUES[option]})
+    kind = "local:" if scheme == "local" else f"{scheme}://"
+    assert str(err.value) == f"{FLAGS[option][0]} does not apply to {kind} teachers"
+    assert time.monotonic() - start < 1  # nothing was dialled
+
+
+def test_which_kind_uses_which_flag():
+    assert USES["grpc"] == {"max_wait", "token_file", "client_id"}
+    assert USES["grpcs"] == USES["grpc"] | {"tls_ca"}
+    assert USES["triton"] == {"max_wait", "token_file"}
+    assert USES["local"] == set()
+
+
+def test_only_the_flags_the_user_gave_are_passed():
+    parse = build_parser().parse_args
+    assert teacher_options(parse([])) == {}
+    assert teacher_options(parse(["--teacher-max-wait", "600"])) == {}  # the default: not an ask
+    assert teacher_options(parse(["--teacher-max-wait", "5", "--client-id", "me", "--tls-ca", "ca.pem",
+                                  "--token-file", "t"])) == {"max_wait": 5.0, "client_id": "me",
+                                                             "tls_ca": "ca.pem", "token_file": "t"}
+
+
+def test_the_trainer_says_in_one_line_that_a_flag_does_not_apply(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train(train_args(tmp_path, "--method", "kd", "--train-size", "16", "--teacher-url",
+                         "triton://127.0.0.1:1/teacher", "--client-id", "me"))
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "student_trainer: error: --client-id does not apply to triton:// teachers"]
+
+
+def test_a_final_error_is_one_line_at_once_and_not_retried(grpc_teacher):
+    url, _ = grpc_teacher
+    with connect(url, wire_dtype="float32") as client:
+        start = time.monotonic()
+        with pytest.raises(TeacherRefused) as err:
+            client.infer(torch.full((2, 3, 32, 32), float("nan")))
+        assert time.monotonic() - start < 5 and client.retries == 0
+        assert client.counters.requests == 0
+    assert err.value.code().name == "INVALID_ARGUMENT" and "NaN" in err.value.details()
+    assert "\n" not in str(err.value) and str(err.value).startswith(f"teacher at {url} refused Infer: INVALID_ARGUMENT")
+
+
+def test_server_counts_that_cannot_be_read_are_null_with_the_reason_and_warned_once(random_teacher, caplog):
+    server, _, port = build_server(random_teacher, host="127.0.0.1", port=0, max_batch=64)
+    with connect(f"grpc://127.0.0.1:{port}") as client:
+        assert client.try_server_stats().available
+        server.stop(grace=None).wait()
+        client.retry = RetryPolicy(max_wait=0.5)
+        with caplog.at_level(logging.WARNING, logger="student_trainer.teacher"):
+            first, second = client.try_server_stats(), client.try_server_stats()
+    for stats in (first, second):
+        assert not stats.available and stats.images is None and stats.requests is None
+        assert stats.source.startswith(f"unavailable: teacher at grpc://127.0.0.1:{port} gave no answer to Stats")
+    assert len([r for r in caplog.records if "cannot read the counts" in r.getMessage()]) == 1

@@ -1,0 +1,28 @@
+"""Reduced outputs under Triton's names, without starting a server (the live checks, over a real
+tritonserver, are in tests/test_triton.py, which shares its one server): every key the teacher
+offers is a Triton output; LibTorch's ``NAME__INDEX`` names of the exported model split back to the
+keys by the rule the LibTorch backend applies (the text before the *first* ``__``, then digits: the
+tuple position), and the client's ``plain_name`` maps them back."""
+from common.reductions import offered_keys
+from student_trainer.teachers.triton_client import plain_name
+from teacher_server.export import FORMATS
+from teacher_server.triton_backend import output_shapes, teacher_parameters
+
+
+def test_pytriton_outputs_are_every_key_with_its_shape(random_teacher):
+    shapes = output_shapes(random_teacher)
+    assert shapes == offered_keys(random_teacher.output_shapes)
+    assert shapes["stage3.attention"] == (8, 8) and shapes["stage3.pool"] == (64,) and shapes["stage3"] == (64, 8, 8)
+    assert "pool.attention" not in shapes and "logits.attention" not in shapes
+    assert teacher_parameters(random_teacher)["reductions"] == "none,attention,pool"
+
+
+def test_libtorch_names_split_back_to_the_keys(random_teacher):
+    keys = list(random_teacher.output_keys)
+    input_name, names = FORMATS["torchscript"].tensor_names(keys)
+    assert input_name == "images__0"
+    for position, (key, name) in enumerate(zip(keys, names)):
+        at = name.find("__")  # LibTorch: the first "__" ends the name; all after it must be the index
+        assert name[:at] == key and name[at + 2:].isdigit() and int(name[at + 2:]) == position, name
+        assert plain_name(name) == key
+    assert FORMATS["onnx"].tensor_names(keys) == ("images", keys)  # ONNX keeps the keys as they are
