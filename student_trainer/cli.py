@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                         + "; ".join(f"{name}: {cls.about}" for name, cls in LOSSES.items()))
     m.add_argument("--feature-pairs", default=None, metavar="S:T,...",
                    help="student:teacher feature names, e.g. stage2:stage2,stage3:stage3 (default: per loss)")
+    m.add_argument("--prefetch", type=int, default=0, metavar="D",
+                   help="choose and send the next D batches while the student trains on this one (UNIX then "
+                        "scores them with weights up to D steps old; see README)")
     m.add_argument("--serial-teacher", action="store_true",
                    help="wait for the teacher before the student's forward (no overlap; same result, slower)")
     m.add_argument("--teacher-url", help="grpc://HOST:PORT, grpcs://HOST:PORT, triton://HOST:PORT/MODEL "
@@ -112,6 +115,11 @@ def validate(args) -> None:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     resolve_method(args)
+    if args.prefetch < 0:
+        raise ValueError(f"--prefetch must be >= 0, got {args.prefetch}")
+    if args.prefetch and args.serial_teacher:
+        raise ValueError("--prefetch overlaps the teacher with training; --serial-teacher turns overlap off: "
+                         "choose one")
     POLICIES[args.query].validate(args)
     for loss in loss_classes(args.loss):
         loss.validate(args)

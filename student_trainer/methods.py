@@ -13,6 +13,7 @@ result is bit-identical to asking first and computing after (``serial``).
 from __future__ import annotations
 
 import copy
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
@@ -24,7 +25,7 @@ from common.reductions import NONE, offered_keys
 from student_trainer.distill import build_loss
 from student_trainer.distill.base import DistillBatch, DistillLoss, ModelShapes, StepContext
 from student_trainer.losses import mixed_ce
-from student_trainer.query import QueryPolicy, build_policy
+from student_trainer.query import Query, QueryPolicy, build_policy
 from student_trainer.timing import NULL_TIMER, PhaseTimer
 
 # --method NAME -> (--query, --loss)
@@ -38,6 +39,43 @@ class StepOutput:
     student_forward: int = 0
     student_backward: int = 0
     teacher_images: int = 0
+
+
+def completed(value) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
+@dataclass
+class Prepared:
+    """A step whose images are chosen and sent: what is in flight between ``prepare`` and ``train_on``.
+
+    ``--prefetch D`` keeps D of these ahead of the one being trained; a checkpoint
+    stores them (with their answers when in) so a resumed run trains on exactly the
+    images and answers the uninterrupted one did.
+    """
+    query: Query
+    batch_images: int                 # images drawn from the data set for this step (N)
+    answer: Future | None = None      # None: the loss asks the teacher nothing
+
+    def wait(self) -> dict[str, torch.Tensor]:
+        return self.answer.result() if self.answer is not None else {}
+
+    def to_state(self) -> dict:
+        """Plain tensors and numbers (a weights-only checkpoint); the answer only if it arrived."""
+        done = self.answer is not None and self.answer.done() and self.answer.exception() is None
+        q = self.query
+        return {"images": q.images.cpu(), "labels_a": q.labels_a.cpu(), "labels_b": q.labels_b.cpu(),
+                "mix": q.mix.cpu(), "indices": q.indices.cpu(), "choosing_forward": q.choosing_forward,
+                "parts": dict(q.parts), "batch_images": self.batch_images,
+                "answer": {k: v.cpu() for k, v in self.answer.result().items()} if done else None}
+
+    @classmethod
+    def from_state(cls, state: dict, device) -> "Prepared":
+        q = Query(*(state[k].to(device) for k in ("images", "labels_a", "labels_b", "mix", "indices")),
+                  choosing_forward=state["choosing_forward"], parts=dict(state["parts"]))
+        return cls(q, state["batch_images"], completed(state["answer"]) if state["answer"] is not None else None)
 
 
 class Distiller(nn.Module):
@@ -57,30 +95,31 @@ class Distiller(nn.Module):
             return 0
         return self.policy.batch_size if self.policy.sends_all else self.policy.k
 
-    def _ask_teacher(self, images: torch.Tensor):
-        """Send the images now; return a function that waits for the answer (on the images' device)."""
+    def prepare(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> Prepared:
+        """Choose the step's images and send them to the teacher; the answer is waited for in ``train_on``."""
+        q = self.policy.select(self.student[0], images, labels, indices, self.timer)
+        return Prepared(q, images.shape[0], self._ask(q.images))
+
+    def _ask(self, images: torch.Tensor):
         if not self.keys:
-            return lambda: {}
+            return None
         if self.serial:
             with self.timer.phase("teacher"):
-                answer = self.teacher.infer(images, self.keys)
-            return lambda: {k: v.to(images.device) for k, v in answer.items()}
-        future = self.teacher.submit(images, self.keys)
+                return completed(self.teacher.infer(images, self.keys))
+        return self.teacher.submit(images, self.keys)
 
-        def wait():
-            with self.timer.phase("teacher"):
-                answer = future.result()
-            return {k: v.to(images.device) for k, v in answer.items()}
-        return wait
+    def resend(self, prepared: Prepared) -> None:
+        """Ask again for an answer a saved run never got (the teacher was gone, or the run stopped)."""
+        if prepared.answer is None and self.keys:
+            prepared.answer = self._ask(prepared.query.images)
 
-    def step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
-             context: StepContext = StepContext()) -> StepOutput:
-        student = self.student[0]
-        q = self.policy.select(student, images, labels, indices, self.timer)
-        answer = self._ask_teacher(q.images)
+    def train_on(self, prepared: Prepared, context: StepContext = StepContext()) -> StepOutput:
+        """The student's forward (while the teacher works), then the wait, then the loss."""
+        student, q = self.student[0], prepared.query
         with self.timer.phase("student"), capture_features(student, self.features) as feats:
             logits = student(q.images)
-        teacher = answer()
+        with self.timer.phase("teacher"):
+            teacher = {k: v.to(logits.device) for k, v in prepared.wait().items()}
         with self.timer.phase("student"):
             l_ce = mixed_ce(logits, q.labels_a, q.labels_b, q.mix)
             terms = self.loss(DistillBatch(logits, teacher, dict(feats), q.labels_a, q.labels_b, q.mix, q.indices,
@@ -90,20 +129,19 @@ class Distiller(nn.Module):
         parts = {"loss_ce": l_ce.item(), **{name: t.item() for name, t in terms.items()}, **q.parts}
         return StepOutput(total, parts, q.choosing_forward + k, k, k if self.keys else 0)
 
-    def state_before_step(self) -> dict:
-        """What a step changes before the teacher's answer is in: the policy's draws, the student's BN statistics.
+    def step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
+             context: StepContext = StepContext()) -> StepOutput:
+        return self.train_on(self.prepare(images, labels, indices), context)
 
-        The student's forward runs while the teacher works, so a teacher that never
-        answers leaves it one forward ahead; ``rewind`` undoes that for a clean save.
-        """
-        return {"policy": self.policy.state_dict(),
-                "buffers": {n: b.clone() for n, b in self.student[0].named_buffers()}}
+    def student_buffers(self) -> dict[str, torch.Tensor]:
+        """The student's BN statistics: its forward runs before the teacher's answer is in, so a
+        teacher that never answers leaves them one forward ahead of a clean save."""
+        return {n: b.clone() for n, b in self.student[0].named_buffers()}
 
-    def rewind(self, state: dict) -> None:
-        self.policy.load_state_dict(state["policy"])
+    def restore_student_buffers(self, saved: dict[str, torch.Tensor]) -> None:
         buffers = dict(self.student[0].named_buffers())
         with torch.no_grad():
-            for name, value in state["buffers"].items():
+            for name, value in saved.items():
                 buffers[name].copy_(value)
 
     def method_state(self) -> dict:

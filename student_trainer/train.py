@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import deque
+from concurrent import futures
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -30,7 +32,7 @@ from student_trainer.accounting import WorkCounters, compute_flops, kd_flops
 from student_trainer.data_order import EpochSampler, SeededItems
 from student_trainer.distill import loss_needs_teacher
 from student_trainer.distill.base import StepContext
-from student_trainer.methods import build_distiller
+from student_trainer.methods import Prepared, build_distiller
 from student_trainer.summary import build_summary, format_summary
 from student_trainer.teachers import ClientCounters, ServerStats, TeacherUnavailable, connect, teacher_options
 from student_trainer.timing import PhaseTimer
@@ -158,6 +160,7 @@ class Trainer:
                       "loss": self.method.flops_per_image}
         self.work = WorkCounters()
         self.progress = Progress()
+        self.inflight: deque[Prepared] = deque()  # steps chosen and sent, not yet trained (--prefetch)
         self.server_start = self.teacher.try_server_stats() if self.teacher else None
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = min(self.steps_per_epoch * args.epochs, args.max_steps or float("inf"))
@@ -177,6 +180,7 @@ class Trainer:
             input_shape=self.spec.input_shape, meta=meta,
             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             method_state=self.method.method_state(), rng=rng_state(), progress=asdict(self.progress),
+            inflight=[prepared.to_state() for prepared in self.inflight],
             counters=self.work.as_dict(), timing=self.timer.as_dict(),
             client_counters=self.teacher.counters.as_dict() if self.teacher else None,
             server_start=asdict(self.server_start) if self.server_start else None,
@@ -184,6 +188,9 @@ class Trainer:
 
     def save(self, *, best: bool = False) -> None:
         with self.timer.phase("checkpoint"):
+            # Let the steps in flight settle (answered or failed), so the saved counters and the saved
+            # answers agree: each answer is in the checkpoint exactly when it was counted.
+            futures.wait([prepared.answer for prepared in self.inflight if prepared.answer is not None])
             self.progress.wall_seconds = self._wall()
             ckpt = self.checkpoint()
             save_checkpoint(ckpt, self.out / "last.pt")
@@ -211,6 +218,12 @@ class Trainer:
         if ckpt.get("server_start"):
             self.server_start = ServerStats(**ckpt["server_start"])
         set_rng_state(ckpt["rng"])
+        self.inflight = deque(Prepared.from_state(state, self.device) for state in ckpt.get("inflight", []))
+        if len(self.inflight) > self.args.prefetch + 1:
+            raise CheckpointError(f"{path} has {len(self.inflight)} steps in flight; resume it with "
+                                  f"--prefetch {len(self.inflight) - 1} or more")
+        for prepared in self.inflight:
+            self.method.resend(prepared)
         self._truncate_metrics(self.progress.epochs_done)
         log.info("resumed %s at epoch %d, step %d of it (%d steps in all)", path, self.progress.epoch,
                  self.progress.step_in_epoch, self.work.steps)
@@ -261,7 +274,8 @@ class Trainer:
         """Train the epoch in progress from its saved position; return its mean loss parts."""
         args, p = self.args, self.progress
         self.student.train()
-        self.sampler.set_epoch(p.epoch, start=p.step_in_epoch * args.batch_size)
+        # Batches already in flight (restored from a checkpoint) were drawn: the data order goes on after them.
+        self.sampler.set_epoch(p.epoch, start=(p.step_in_epoch + len(self.inflight)) * args.batch_size)
         sums: dict[str, float] = {}
         window: dict[str, float] = {}
         steps = window_steps = 0
@@ -270,27 +284,26 @@ class Trainer:
                    disable=True if args.no_progress else None, dynamic_ncols=True)
         batches = iter(self.train_loader)
         while args.max_steps is None or self.work.steps < args.max_steps:
-            with self.timer.phase("data"):
-                batch = next(batches, None)
-            if batch is None:
+            self._fill_pipeline(batches)
+            if not self.inflight:
                 break
-            images, labels, indices = (t.to(self.device, non_blocking=True) for t in batch)
-            before_step = (self.method.state_before_step(), rng_state())
+            before = self.method.student_buffers()
             context = StepContext(epoch=p.epoch, epochs=args.epochs, step=self.work.steps,
                                   total_steps=self.total_steps)
             try:
-                out = self.method.step(images, labels, indices, context)
+                out = self.method.train_on(self.inflight[0], context)
             except TeacherUnavailable as e:
-                # Save the state before this step, so a resumed run redoes it with the same draws.
-                self.method.rewind(before_step[0])
-                set_rng_state(before_step[1])
+                # Save the steps in flight (their images, and answers where they came), so a
+                # resumed run sends them again and trains exactly as an uninterrupted one.
+                self.method.restore_student_buffers(before)
                 self.save()
                 raise TeacherUnavailable(f"{e}; progress saved, continue with --resume {self.out}") from None
+            prepared = self.inflight.popleft()
             with self.timer.phase("student"):
                 self.optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
                 self.optimizer.step()
-            self.work.add(images.shape[0], out)
+            self.work.add(prepared.batch_images, out)
             p.step_in_epoch += 1
             steps += 1
             window_steps += 1
@@ -311,6 +324,23 @@ class Trainer:
         bar.close()
         self._log_steps(window, window_steps)
         return {name: value / max(steps, 1) for name, value in sums.items()} | {"steps": steps}
+
+    def _fill_pipeline(self, batches) -> None:
+        """Draw, choose and send until ``--prefetch`` steps are in flight beyond the one to train now.
+
+        With D > 0 the teacher answers about the next batches while the student trains
+        on this one; their images were chosen (UNIX's uncertainty pass) with weights up to
+        D steps older. Never past the epoch's end or ``--max-steps``.
+        """
+        args = self.args
+        left = float("inf") if args.max_steps is None else args.max_steps - self.work.steps
+        while len(self.inflight) <= args.prefetch and len(self.inflight) < left:
+            with self.timer.phase("data"):
+                batch = next(batches, None)
+            if batch is None:
+                return
+            images, labels, indices = (t.to(self.device, non_blocking=True) for t in batch)
+            self.inflight.append(self.method.prepare(images, labels, indices))
 
     def end_epoch(self, parts: dict, epoch_seconds: float) -> None:
         """Evaluate; a complete epoch also steps the schedule and moves on to the next one.

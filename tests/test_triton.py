@@ -214,6 +214,15 @@ def test_training_run_counts_what_triton_counts(triton_server, tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["server_stats_source"] == s["server_stats_source"]
 
 
+def test_prefetch_and_a_feature_loss_count_what_triton_counts(triton_server, tmp_path):
+    """The next batch's request is in flight while a step trains; every image is still counted once."""
+    s = train(train_args(tmp_path, "--query", "unix", "--loss", "kd+at", "--prefetch", "1",
+                         "--teacher-url", triton_server["url"], "--token-file", triton_server["token_file"],
+                         "--batch-size", "16", "--k", "12", "--b", "8", "--train-size", "72"))
+    assert s["steps"] == 5 and s["teacher_images"] == 4 * 12 + 6 == s["server_images_delta"]
+    assert s["teacher_requests"] == s["server_requests_delta"] == 5
+
+
 def test_nan_images_are_refused_and_the_server_keeps_serving(triton_server, random_teacher):
     import grpc
 
