@@ -165,66 +165,6 @@ def student_shapes(student: nn.Module, input_shape: tuple[int, ...], device) -> 
     return {"logits": tuple(logits.shape[1:]), **{n: tuple(f.shape[1:]) for n, f in feats.items()}}
 
 
-def teacher_shapes(info) -> dict[str, tuple[int, ...]]:
-    """Per-image shape of every output key the teacher can send: each output, and each reduction of it."""
-    shapes = {}
-    for name, shape in info.output_shapes.items():
-        for reduction in info.reductions or [NO_REDUCTION]:
-            try:
-                shapes[TeacherOutput(name, reduction).key] = tuple(reduced_shape(reduction, tuple(shape)))
-            except ValueError:  # e.g. attention of a 2-D embedding
-                pass
-    return shapes
-
-
-def loss_flops_per_image(loss: DistillLoss, shapes: ModelShapes, device, batch: int = 4) -> float:
-    """The loss's own FLOPs per trained image, forward and backward, measured on a copy with random inputs."""
-    probe = copy.deepcopy(loss).train()  # a copy: CRD's bank and generator must not move
-    gen = torch.Generator().manual_seed(0)
-
-    def rand(shape, grad=False):
-        return torch.randn(batch, *shape, generator=gen).to(device).requires_grad_(grad)
-
-    labels = torch.zeros(batch, dtype=torch.long, device=device)
-    inputs = DistillBatch(rand(shapes.student["logits"], True), {o.key: rand(shapes.teacher[o.key])
-                                                                for o in probe.teacher_outputs()},
-                          {f: rand(shapes.student[f], True) for f in probe.student_features()}, labels, labels,
-                          torch.zeros(batch, device=device), torch.arange(batch, device=device))
-
-    def step():
-        total = sum(probe(inputs).values(), torch.zeros((), device=device))
-        if total.requires_grad:
-            total.backward()
-    return count_flops(step) / batch
-
-
-def build_distiller(args, student: nn.Module, teacher, *, input_shape, num_classes: int, dataset_size: int,
-                    device, timer: PhaseTimer = NULL_TIMER) -> Distiller:
-    """The policy and loss the flags name, built for these models' shapes and feature pairs."""
-    loss_cls = loss_class(args.loss)
-    s_shapes = student_shapes(student, input_shape, device)
-    t_shapes = teacher_shapes(teacher.describe()) if teacher is not None else {}
-    pairs = resolve_pairs(loss_cls, args.feature_pairs, s_shapes, t_shapes)
-    loss = build_loss(args.loss, args, ModelShapes(s_shapes, t_shapes, num_classes, dataset_size), pairs)
-    ce_weight = args.ce_weight if args.ce_weight is not None else (0.0 if loss.teacher_outputs() else 1.0)
-    distiller = Distiller(student, teacher, build_policy(args), loss, ce_weight=ce_weight, timer=timer,
-                          serial=args.serial_teacher).to(device)
-    distiller.flops_per_image = loss_flops_per_image(distiller.loss, shapes, device)
-    return distiller
-
-
-def student_shapes(student: nn.Module, input_shape: tuple[int, ...], device) -> dict[str, tuple[int, ...]]:
-    """Per-image shape of the student's logits and of every named feature (one eval-mode probe)."""
-    was_training = student.training
-    student.eval()
-    try:
-        with torch.no_grad(), capture_features(student, feature_names(student)) as feats:
-            logits = student(torch.zeros(2, *input_shape, device=device))
-    finally:
-        student.train(was_training)
-    return {"logits": tuple(logits.shape[1:]), **{n: tuple(f.shape[1:]) for n, f in feats.items()}}
-
-
 def loss_flops_per_image(loss: DistillLoss, shapes: ModelShapes, device, batch: int = 4) -> float:
     """The loss's own FLOPs per trained image, forward and backward, measured on a copy with random inputs."""
     probe = copy.deepcopy(loss).train()  # a copy: CRD's bank and generator must not move

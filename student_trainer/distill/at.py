@@ -33,6 +33,7 @@ class AT(FeatureLoss):
     ``stageN`` both models have (RepDistiller ``feat[1:-1]``).
     """
     name = "at"
+    teacher_reduction = REDUCTION
     about = "attention transfer (Zagoruyko & Komodakis 2017) on stage features"
 
     def __init__(self, pairs, weight: float = 1000.0):
@@ -57,9 +58,6 @@ class AT(FeatureLoss):
         if len(s_shape) != 3 or len(t_shape) != 3:
             return "attention transfer needs C x H x W feature maps on both sides"
         return spatial_problem(s_shape[1:], t_shape[1:])
-
-    def teacher_outputs(self):
-        return list(dict.fromkeys(TeacherOutput(t, REDUCTION) for _, t in self.pairs))
 
     def forward(self, batch: DistillBatch):
         total = 0.0

@@ -6,8 +6,8 @@ import math
 import torch
 from torch import nn
 
-from .base import NO_REDUCTION, DistillBatch, TeacherOutput
-from .pairs import FeatureLoss
+from .base import DistillBatch
+from .pairs import EmbeddingLoss
 
 NEGATIVES = ("other-class", "uniform")
 NCE_EPS = 1e-7
@@ -35,7 +35,7 @@ def _nce(p: torch.Tensor, n_data: int) -> torch.Tensor:
     return -(log_d1.sum() + log_d0.sum()) / p.shape[0]
 
 
-class CRD(FeatureLoss):
+class CRD(EmbeddingLoss):
     """Contrastive representation distillation: ``w * (L_nce(student anchors) + L_nce(teacher anchors))``.
 
     Tian, Krishnan & Isola, "Contrastive Representation Distillation" (ICLR 2020),
@@ -116,13 +116,6 @@ class CRD(FeatureLoss):
         return cls(pairs, shapes.student, shapes.teacher, shapes.dataset_size, seed=args.seed,
                    weight=args.crd_weight, feat_dim=args.crd_feat_dim, nce_k=args.crd_nce_k,
                    nce_t=args.crd_nce_t, nce_m=args.crd_nce_m, negatives=args.crd_negatives)
-
-    @classmethod
-    def default_pairs(cls, student_names, teacher_names):
-        return [("pool", "pool")] if "pool" in student_names and "pool" in teacher_names else []
-
-    def teacher_outputs(self):
-        return [TeacherOutput(self.pairs[0][1], NO_REDUCTION)]
 
     # -- the generator travels with the state_dict
     def get_extra_state(self):

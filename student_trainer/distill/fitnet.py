@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from .base import NO_REDUCTION, DistillBatch, TeacherOutput
+from .base import DistillBatch
 from .pairs import FeatureLoss, shared_stages
 
 
@@ -78,9 +78,6 @@ class FitNet(FeatureLoss):
             return ("the student map is smaller than the teacher's (and not exactly half), which "
                     "mdistiller's ConvReg cannot map")
         return None
-
-    def teacher_outputs(self):
-        return list(dict.fromkeys(TeacherOutput(t, NO_REDUCTION) for _, t in self.pairs))
 
     def forward(self, batch: DistillBatch):
         total = 0.0

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from common import reductions
 
-from .base import DistillLoss, ModelShapes
+from .base import DistillLoss, ModelShapes, TeacherOutput
 
 Pair = tuple[str, str]
 _STAGE = re.compile(r"stage(\d+)$")
@@ -48,8 +48,22 @@ class FeatureLoss(DistillLoss):
         """Why this loss cannot use a pair of these per-image shapes (None: it can)."""
         return None
 
+    # what the server does to each paired teacher feature before sending it (AT: attention)
+    teacher_reduction: ClassVar[str] = reductions.NONE
+
+    def teacher_outputs(self) -> list[TeacherOutput]:
+        return list(dict.fromkeys(TeacherOutput(t, self.teacher_reduction) for _, t in self.pairs))
+
     def student_features(self) -> list[str]:
         return list(dict.fromkeys(s for s, _ in self.pairs))
+
+
+class EmbeddingLoss(FeatureLoss):
+    """A loss on the embedding before the classifier (``pool``): PKT, RKD, CRD."""
+
+    @classmethod
+    def default_pairs(cls, student_names, teacher_names):
+        return [("pool", "pool")] if "pool" in student_names and "pool" in teacher_names else []
 
 
 # ---------------------------------------------------------------- parsing and defaults

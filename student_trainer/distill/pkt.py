@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import NO_REDUCTION, DistillBatch, TeacherOutput
-from .pairs import FeatureLoss
+from .base import DistillBatch
+from .pairs import EmbeddingLoss
 
 EPS = 1e-7
 
@@ -17,7 +17,7 @@ def _conditional(f: torch.Tensor) -> torch.Tensor:
     return k / k.sum(dim=1, keepdim=True)
 
 
-class PKT(FeatureLoss):
+class PKT(EmbeddingLoss):
     """Probabilistic knowledge transfer: ``w * mean_{i,j} p_t(j|i) log((p_t + eps)/(p_s + eps))``.
 
     Passalis & Tefas, "Learning Deep Representations with Probabilistic Knowledge
@@ -44,13 +44,6 @@ class PKT(FeatureLoss):
     @classmethod
     def from_args(cls, args, shapes, pairs):
         return cls(pairs, weight=args.pkt_weight)
-
-    @classmethod
-    def default_pairs(cls, student_names, teacher_names):
-        return [("pool", "pool")] if "pool" in student_names and "pool" in teacher_names else []
-
-    def teacher_outputs(self):
-        return list(dict.fromkeys(TeacherOutput(t, NO_REDUCTION) for _, t in self.pairs))
 
     def forward(self, batch: DistillBatch):
         total = 0.0

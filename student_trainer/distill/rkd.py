@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import NO_REDUCTION, DistillBatch, TeacherOutput
-from .pairs import FeatureLoss
+from .base import DistillBatch
+from .pairs import EmbeddingLoss
 
 PDIST_EPS = 1e-12
 
@@ -28,7 +28,7 @@ def _angles(e: torch.Tensor) -> torch.Tensor:
     return torch.bmm(diff, diff.transpose(1, 2)).flatten()
 
 
-class RKD(FeatureLoss):
+class RKD(EmbeddingLoss):
     """Relational KD: ``w * (w_d * L_distance + w_a * L_angle)``.
 
     Park, Kim, Lu & Cho, "Relational Knowledge Distillation" (CVPR 2019).
@@ -59,13 +59,6 @@ class RKD(FeatureLoss):
     def from_args(cls, args, shapes, pairs):
         return cls(pairs, weight=args.rkd_weight, distance_weight=args.rkd_distance_weight,
                    angle_weight=args.rkd_angle_weight)
-
-    @classmethod
-    def default_pairs(cls, student_names, teacher_names):
-        return [("pool", "pool")] if "pool" in student_names and "pool" in teacher_names else []
-
-    def teacher_outputs(self):
-        return list(dict.fromkeys(TeacherOutput(t, NO_REDUCTION) for _, t in self.pairs))
 
     def forward(self, batch: DistillBatch):
         total = 0.0

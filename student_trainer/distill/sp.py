@@ -43,7 +43,7 @@ class SP(FeatureLoss):
         super().__init__(pairs)
         if reduction not in REDUCTIONS:
             raise ValueError(f"--sp-reduction {reduction!r}: choose one of {', '.join(REDUCTIONS)}")
-        self.weight, self.reduction = float(weight), reduction
+        self.weight, self.teacher_reduction = float(weight), reduction
 
     @classmethod
     def add_arguments(cls, group):
@@ -70,17 +70,14 @@ class SP(FeatureLoss):
         s, t = stage_names(student_names), stage_names(teacher_names)
         return [(s[-1], t[-1])] if s and t else []
 
-    def teacher_outputs(self):
-        return list(dict.fromkeys(TeacherOutput(t, self.reduction) for _, t in self.pairs))
-
     def forward(self, batch: DistillBatch):
         total = 0.0
         for s, t in self.pairs:
-            f_s = reduce_feature(self.reduction, batch.student_features[s].float())
-            f_t = batch.teacher[TeacherOutput(t, self.reduction).key].detach().float()
+            f_s = reduce_feature(self.teacher_reduction, batch.student_features[s].float())
+            f_t = batch.teacher[TeacherOutput(t, self.teacher_reduction).key].detach().float()
             n = f_s.shape[0]
             total = total + (_similarity(f_t) - _similarity(f_s)).pow(2).sum() / (n * n)
         return {"loss_sp": self.weight * total}
 
     def extra_repr(self):
-        return f"pairs={self.pairs}, weight={self.weight}, reduction={self.reduction}"
+        return f"pairs={self.pairs}, weight={self.weight}, reduction={self.teacher_reduction}"

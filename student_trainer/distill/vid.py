@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import NO_REDUCTION, DistillBatch, TeacherOutput
+from .base import DistillBatch
 from .pairs import FeatureLoss, pool_to_common, shared_stages, spatial_problem
 
 
@@ -88,9 +88,6 @@ class VID(FeatureLoss):
         if len(s_shape) == 3:
             return spatial_problem(s_shape[1:], t_shape[1:])
         return None
-
-    def teacher_outputs(self):
-        return list(dict.fromkeys(TeacherOutput(t, NO_REDUCTION) for _, t in self.pairs))
 
     def forward(self, batch: DistillBatch):
         total = 0.0
