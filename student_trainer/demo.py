@@ -63,7 +63,7 @@ def what_it_shows(kd: dict, unix: dict) -> str:
         f"({unix['compute_vs_kd']:.3f} of kd here): the cheaper the student next to the teacher, the lower it goes.",
         "- Wall time on one shared CPU is not the teacher box's GPU time: here teacher and student share 2 cores.",
         "- top-1 after one short epoch says nothing about final accuracy (it moves by points from seed to seed);",
-        "  the comparison at equal compute, with seeds and confidence intervals, is in docs/results.md "
+        "  the comparison over several seeds is in docs/results.md "
         "(make reproduce).",
     ])
 

@@ -148,8 +148,11 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=args.milestones,
                                                               gamma=args.lr_gamma)
         self.sampler = EpochSampler(len(spec.train), args.seed)
+        # Loader processes are started by a forkserver, not forked: by now the teacher client's gRPC
+        # threads are running, and forking a process with live gRPC threads is unsafe.
         loader_opts = dict(num_workers=args.workers, pin_memory=self.device.type == "cuda",
-                           persistent_workers=args.workers > 0)
+                           persistent_workers=args.workers > 0,
+                           multiprocessing_context="forkserver" if args.workers > 0 else None)
         self.train_loader = DataLoader(SeededItems(spec.train, args.seed), batch_size=args.batch_size,
                                        sampler=self.sampler, drop_last=args.drop_last, **loader_opts)
         self.test_loader = DataLoader(spec.test, batch_size=max(args.batch_size, 256), shuffle=False,
