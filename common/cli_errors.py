@@ -18,7 +18,8 @@ def one_line_errors(prog: str):
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
     except USER_ERRORS as e:
-        msg = e.args[0] if e.args else type(e).__name__
+        # OSError's args[0] is the errno: its str() is the readable line ("[Errno 2] No such file ...: 'x'")
+        msg = str(e) if isinstance(e, OSError) or not e.args else e.args[0]
         print(f"{prog}: error: {msg}", file=sys.stderr)
         sys.exit(2)
 

@@ -181,6 +181,7 @@ def verdict(groups: list[dict]) -> str:
 def run_experiment(config: dict, command: str) -> dict:
     out = Path(config.get("out", "runs/experiment"))
     results_dir = Path(config.get("results", out))
+    out.mkdir(parents=True, exist_ok=True)
     checkpoint, teacher_summary = train_teacher(config, out)
     base = to_flags(config["student"])
     groups, example_runs = [], []
