@@ -16,6 +16,7 @@ import json
 import logging
 import signal
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -145,9 +146,11 @@ def serve_grpc(teacher: TeacherModel, args) -> None:
     if args.grace < 0:
         raise ValueError(f"--grace must be >= 0 seconds, got {args.grace}")
     token = read_token(args.token_file) if args.token_file else None
-    stop = threading.Event()  # set by the first SIGTERM/SIGINT; installed before the port opens
+    # Filled by the first SIGTERM/SIGINT; installed before the port opens. A plain list, not an Event: a
+    # handler that takes a lock can deadlock with the main thread holding it when the signal lands.
+    stop: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, _frame: stop.set())
+        signal.signal(sig, lambda signum, _frame: stop.append(signum))
     tls = server_credentials(args.tls_cert, args.tls_key) if args.tls_cert else None
     server, servicer, port = build_server(
         teacher, host=args.host, port=args.port, max_batch=args.max_batch, workers=args.workers,
@@ -163,7 +166,10 @@ def serve_grpc(teacher: TeacherModel, args) -> None:
              if server.metrics.port else "")
     if args.port_file:
         _write_atomically(args.port_file, f"{port}\n")
-    stop.wait()
+    # Poll, never block: a signal the kernel hands to another thread (gRPC's, the batcher's) runs its Python
+    # handler only when the main thread next runs bytecode, which a blocking wait would put off for ever.
+    while not stop:
+        time.sleep(0.2)
     log.info("draining: no new calls; up to %g s for calls in flight", args.grace)
     final = drain(server, servicer, args.grace)
     log.info("stopped; final counters %s", json.dumps(final, sort_keys=True))

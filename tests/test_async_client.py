@@ -80,11 +80,16 @@ def test_waiting_counts_only_the_time_the_caller_was_blocked(grpc_teacher):
     url, servicer = grpc_teacher
     x = _images(256, 3)  # four chunks of 64: a tenth of a second or more of forward passes on the server
 
-    def forward_seconds() -> float:
+    def forward_seconds(images: int) -> float:
+        """The server's forward seconds once it has recorded ``images`` images (it records just after replying)."""
+        deadline = time.monotonic() + 10
+        while servicer.counters.snapshot()["images"] < images and time.monotonic() < deadline:
+            time.sleep(0.01)
         return servicer.counters.snapshot()["forward_seconds"]
 
     with connect(url) as client:
-        before = forward_seconds()
+        start_images = servicer.counters.snapshot()["images"]
+        before = forward_seconds(start_images)
         future = client.submit(x)
         deadline = time.monotonic() + 60
         while not future.done():  # the caller does other work meanwhile (here: nothing)
@@ -92,11 +97,11 @@ def test_waiting_counts_only_the_time_the_caller_was_blocked(grpc_teacher):
             time.sleep(0.01)
         assert client.counters.wait_seconds == 0.0  # not blocked yet
         assert future.result()["logits"].shape == (256, 10)
-        served = forward_seconds() - before
+        served = forward_seconds(start_images + 256) - before
         assert 0 <= client.counters.wait_seconds < served / 10  # blocked only to pick up an answer already there
-        waited, before = client.counters.wait_seconds, forward_seconds()
+        waited, before = client.counters.wait_seconds, forward_seconds(start_images + 256)
         client.infer(x)  # blocking: the caller waits through the teacher's work
-        served = forward_seconds() - before
+        served = forward_seconds(start_images + 512) - before
         assert client.counters.wait_seconds - waited > served / 2
 
 
