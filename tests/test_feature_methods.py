@@ -106,3 +106,22 @@ def test_a_wrong_method_flag_is_one_line(grpc_teacher, tmp_path, capsys, flags, 
         train(_flags(url, tmp_path, *flags, "--max-steps", "1"))
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and message in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+
+
+@pytest.fixture(scope="module")
+def local_teacher(tmp_path_factory):
+    """A checkpoint for a local: teacher (the same model in-process, no wire)."""
+    from common.checkpoint import make_checkpoint, save_checkpoint
+    from common.models import build_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("local") / "teacher.pt"
+    save_checkpoint(make_checkpoint(build_model("resnet8", 10), arch="resnet8", num_classes=10,
+                                    input_shape=(3, 32, 32)), path)
+    return f"local:{path}"
+
+
+@pytest.mark.parametrize("loss", FEATURE_AND_LOGIT_LOSSES)
+def test_every_loss_trains_with_an_in_process_teacher(local_teacher, tmp_path, loss):
+    s = train(_flags(local_teacher, tmp_path, "--loss", loss, "--query", "unix", "--max-steps", "2"))
+    assert s["steps"] == 2 and s["teacher_images"] == 24 and s["bytes_sent"] == 0

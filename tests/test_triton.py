@@ -223,6 +223,15 @@ def test_prefetch_and_a_feature_loss_count_what_triton_counts(triton_server, tmp
     assert s["teacher_requests"] == s["server_requests_delta"] == 5
 
 
+@pytest.mark.parametrize("loss", ["at", "sp", "fitnet", "pkt", "rkd", "vid", "crd", "dkd"])
+def test_every_feature_loss_trains_against_triton(triton_server, tmp_path, loss):
+    """Reduced features (stageN.attention) and full maps come back as Triton named outputs."""
+    s = train(train_args(tmp_path, "--query", "unix", "--loss", loss, "--teacher-url", triton_server["url"],
+                         "--token-file", triton_server["token_file"], "--batch-size", "16", "--k", "12",
+                         "--b", "8", "--train-size", "32", "--no-tensorboard"))
+    assert s["steps"] == 2 and s["teacher_images"] == 24 == s["server_images_delta"]
+
+
 def test_nan_images_are_refused_and_the_server_keeps_serving(triton_server, random_teacher):
     import grpc
 
