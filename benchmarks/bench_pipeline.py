@@ -78,7 +78,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,11 +87,12 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 from common.cli_errors import one_line_errors  # noqa: E402
 from teacher_server.launch import start_teacher, stop_teacher  # noqa: E402
 
+from pinning import THREAD_VARS, pinned  # noqa: E402  (beside this script)
+
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 SHIPPED_TEACHER = ROOT / "experiments/teachers/fashion-mnist-resnet20.pt"
 INPUT_SHAPE, NUM_CLASSES = (1, 28, 28), 10
 PHASES = ("teacher", "student", "uncertainty", "mixing", "data")
-THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -131,21 +132,6 @@ class Config:
     runs: dict[str, list[dict]] = field(default_factory=dict)
 
 
-@contextmanager
-def pinned(cores: set[int], threads: int):
-    """Run the block (and the children it starts) on ``cores`` with ``threads`` torch/OpenMP threads."""
-    old_cores, old_env = os.sched_getaffinity(0), {k: os.environ.get(k) for k in THREAD_VARS}
-    os.sched_setaffinity(0, cores)
-    os.environ.update({k: str(threads) for k in THREAD_VARS})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, old_cores)
-        for k, v in old_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def trainer_flags() -> str:

@@ -49,7 +49,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -60,26 +59,12 @@ from protos import teacher_pb2 as pb  # noqa: E402
 from protos import teacher_pb2_grpc as pb_grpc  # noqa: E402
 from teacher_server.launch import start_teacher, stop_teacher  # noqa: E402
 
+from pinning import pinned  # noqa: E402  (beside this script)
+
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 TOTALS = ("images", "requests", "forwards", "forward_images", "busy_seconds", "uptime_seconds")
 
 
-@contextmanager
-def pinned(cores: set[int], threads: int):
-    """Run the block (and the children it starts) on ``cores`` with ``threads`` torch/OpenMP threads."""
-    old_cores, old_env = os.sched_getaffinity(0), {k: os.environ.get(k) for k in ("OMP_NUM_THREADS",
-                                                                                   "MKL_NUM_THREADS")}
-    os.sched_setaffinity(0, cores)
-    os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, old_cores)
-        for k, v in old_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def student_command(args, port: int, method: str, client_id: str, out: Path, seed: int) -> list[str]:

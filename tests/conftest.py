@@ -3,6 +3,7 @@ import os
 
 import pytest
 import torch
+from torch import nn
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -29,3 +30,16 @@ def train_args(tmp_path, *extra):
     """Flags for a short trainer run on the built-in synthetic data."""
     return ["--dataset", "synthetic", "--arch", "resnet8", "--epochs", "1", "--workers", "0",
             "--no-progress", "--out", str(tmp_path), "--test-size", "64", *map(str, extra)]
+
+
+class FailsOnLargeValues(nn.Module):
+    """A real model with a bug that only some inputs reach (as an overflow or a shape bug would)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * 4 * 4, 2)
+
+    def forward(self, x):
+        if x.abs().max() > 100:
+            raise RuntimeError("numerical blow-up in fc")
+        return self.fc(x.flatten(1))

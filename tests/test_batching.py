@@ -23,7 +23,7 @@ from student_trainer.teachers import connect
 from teacher_server.batcher import Batcher, BatcherClosed
 from teacher_server.model_runner import TeacherModel
 from teacher_server.server import build_server
-from tests.conftest import train_args
+from tests.conftest import FailsOnLargeValues, train_args
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = dict(atol=1e-4, rtol=1e-4)  # float32 on the wire; only batch-size-dependent kernel rounding remains
@@ -61,17 +61,6 @@ class Slow(nn.Module):
     def forward(self, x):
         self.entered.set()
         time.sleep(self.seconds)
-        return self.fc(x.flatten(1))
-
-
-class FailsOnLargeValues(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(3 * 4 * 4, 2)
-
-    def forward(self, x):
-        if x.abs().max() > 100:
-            raise RuntimeError("numerical blow-up in fc")
         return self.fc(x.flatten(1))
 
 

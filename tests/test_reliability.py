@@ -15,7 +15,6 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from torch import nn
 
 from common import codec
 from common.checkpoint import load_checkpoint
@@ -27,7 +26,7 @@ from student_trainer.teachers.grpc_client import TeacherUnavailable
 from teacher_server.launch import start_teacher
 from teacher_server.model_runner import TeacherModel
 from teacher_server.server import build_server
-from tests.conftest import train_args
+from tests.conftest import FailsOnLargeValues, train_args
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
@@ -53,19 +52,6 @@ def stop_server(proc: subprocess.Popen, timeout: float = 60) -> int:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     return proc.wait(timeout=timeout)
-
-
-class FailsOnLargeValues(nn.Module):
-    """A real model with a bug that only some inputs reach (as an overflow or a shape bug would)."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(3 * 4 * 4, 2)
-
-    def forward(self, x):
-        if x.abs().max() > 100:
-            raise RuntimeError("numerical blow-up in fc")
-        return self.fc(x.flatten(1))
 
 
 def test_a_model_error_is_internal_with_the_request_id_and_the_server_goes_on(caplog):
