@@ -21,6 +21,7 @@ class TooManyClients(RuntimeError):
 
 @dataclass
 class ClientCounts:
+    """Per-request counts: kept for the server as a whole and for each client apart."""
     requests: int = 0
     images: int = 0
     bytes_in: int = 0
@@ -31,14 +32,8 @@ class ClientCounts:
 
 
 @dataclass
-class ServerCounters:
-    requests: int = 0
-    images: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    forward_seconds: float = 0.0
-    flops_served: float = 0.0
-    failed_requests: int = 0
+class ServerCounters(ClientCounts):
+    """The server's totals (the per-request counts it inherits), per-forward figures, and each client's counts."""
     forwards: int = 0
     forward_images: int = 0
     busy_seconds: float = 0.0
