@@ -6,7 +6,7 @@ import logging
 
 from common.cli_errors import one_line_errors, parse_shape
 from common.codec import WIRE_DTYPES
-from student_trainer.distill import LOSSES, add_loss_arguments, loss_classes
+from student_trainer.distill import LOSSES, add_loss_arguments, loss_classes, loss_needs_teacher
 from student_trainer.methods import SHORTHANDS
 from student_trainer.query import POLICIES
 
@@ -75,12 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--arch", default="resnet8")
     o.add_argument("--epochs", type=int, default=240)
     o.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in all")
+    o.add_argument("--budget", type=float, default=1.0, metavar="F",
+                   help="train F of the steps --epochs would take, with --milestones scaled by F: the same "
+                        "schedule shape on less compute (a compute-matched baseline)")
     o.add_argument("--batch-size", type=int, default=64)
     o.add_argument("--lr", type=float, default=0.05)
     o.add_argument("--momentum", type=float, default=0.9)
     o.add_argument("--nesterov", action="store_true")
     o.add_argument("--weight-decay", type=float, default=5e-4)
-    o.add_argument("--milestones", type=_milestones, default=[150, 180, 210], help="epochs, comma-separated")
+    o.add_argument("--milestones", type=_milestones, default=[150, 180, 210],
+                   help="epochs after which the rate is multiplied by --lr-gamma, comma-separated")
     o.add_argument("--lr-gamma", type=float, default=0.1)
     r = p.add_argument_group("run")
     r.add_argument("--seed", type=int, default=0)
@@ -123,8 +127,12 @@ def validate(args) -> None:
     POLICIES[args.query].validate(args)
     for loss in loss_classes(args.loss):
         loss.validate(args)
+    if args.ce_weight == 0 and not loss_needs_teacher(args.loss):
+        raise ValueError(f"--ce-weight 0 with --loss {args.loss} leaves nothing to train on")
     if args.epochs < 1 or (args.max_steps is not None and args.max_steps < 1):
         raise ValueError("--epochs and --max-steps must be at least 1")
+    if not 0 < args.budget <= 1:
+        raise ValueError(f"--budget is a fraction of the schedule's steps, in (0, 1]; got {args.budget}")
     if args.log_every < 1 or args.checkpoint_every < 0:
         raise ValueError("--log-every must be at least 1 and --checkpoint-every at least 0")
 

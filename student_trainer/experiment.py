@@ -3,17 +3,24 @@
 1. trains the teacher with ``--method ce`` (or reuses the cached one) and records its top-1;
 2. serves it with ``teacher_server`` (our gRPC backend) on localhost;
 3. trains every run group of the config (method x seeds, ablations) against it;
-4. writes ``results.json`` and ``results.md`` (mean and std of top-1 per group, teacher
-   images, bytes, measured compute vs KD, wall time per epoch, command and commit) and
-   the report plots.
+4. writes ``results.json`` and ``results.md``: per group the mean and std of last and
+   best top-1, teacher images, bytes, measured compute against the reference group,
+   wall time per epoch; the paired per-seed differences the config names (``[[pairs]]``)
+   with 95 % intervals; the verdict sentence (``[verdict]``); the convergence check of
+   one group (``converged``); the frontier of groups that name a ``series``; plots.
 
-Finished runs (their ``summary.json`` exists) are reused, so an interrupted
-experiment continues where it stopped. ``--quick`` applies the config's
-``[quick]`` overrides for a smoke check.
+Each run leaves a record beside the results (``runs/GROUP/seedS/``: summary.json,
+metrics.jsonl, run.json with the exact flags, teacher hash and commit). A record is
+reused only when its flags and teacher match exactly, so an experiment continues on
+another machine from committed records and every number can be checked against its
+run. ``match_compute = G`` gives a group ``--budget`` = G's measured compute vs KD
+(KD with the same FLOPs: fewer steps, the same schedule shape). ``--quick``
+applies the config's ``[quick]`` overrides for a smoke check.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -22,16 +29,21 @@ import shlex
 import statistics
 import subprocess
 import sys
+import shutil
 import tomllib
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from common.cli_errors import one_line_errors
+from student_trainer.paired import paired_difference
 from student_trainer.report import load_run, write_report
 from teacher_server.launch import served_teacher
 
 log = logging.getLogger("experiment")
+RUN_FILES = ("summary.json", "metrics.jsonl")  # what a run record keeps: small, committed with the results
 
 
 def load_config(path: str, quick: bool = False) -> dict:
@@ -71,14 +83,51 @@ def to_flags(options: dict) -> list[str]:
     return flags
 
 
-def _train(flags: list[str], run_dir: Path) -> dict:
-    from student_trainer.cli import main as train
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
-    if (run_dir / "summary.json").is_file():
-        log.info("reusing finished run %s", run_dir)
-        return json.loads((run_dir / "summary.json").read_text())
-    log.info("training %s", run_dir)
-    return train([*flags, "--out", str(run_dir), "--no-progress"])
+
+def _run_trainer(flags: list[str], scratch: Path, threads: int | None) -> dict:
+    """One trainer process (``--threads`` torch threads); its output goes to ``scratch/train.log``."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    cmd = [sys.executable, "-m", "student_trainer", *flags, "--out", str(scratch), "--no-progress"]
+    with open(scratch / "train.log", "w") as log_file:
+        code = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env).returncode
+    if code:
+        lines = (scratch / "train.log").read_text().strip().splitlines()
+        raise RuntimeError(f"{scratch}: the trainer failed (exit {code}): {lines[-1] if lines else 'no output'}")
+    return json.loads((scratch / "summary.json").read_text())
+
+
+def _train(flags: list[str], scratch: Path, record: Path, teacher: dict | None = None,
+           url: str | None = None, threads: int | None = None) -> dict:
+    """Train one run, or reuse its record when that was made with exactly these flags and teacher.
+
+    ``record`` keeps what is small enough to commit (``summary.json``, ``metrics.jsonl``
+    and ``run.json``: flags, teacher, commit); checkpoints stay in ``scratch``. A record
+    made with other flags is trained again, never reused.
+    """
+    provenance = record / "run.json"
+    if provenance.is_file() and (record / "summary.json").is_file():
+        saved = json.loads(provenance.read_text())
+        if saved.get("flags") == flags and saved.get("teacher") == teacher:
+            log.info("reusing %s (same flags and teacher)", record)
+            return json.loads((record / "summary.json").read_text())
+        log.info("%s was made with other flags or another teacher: training it again", record)
+    log.info("training %s", record)
+    shutil.rmtree(scratch, ignore_errors=True)  # never continue a stale run under new flags
+    summary = _run_trainer([*flags, *(["--teacher-url", url] if url else [])], scratch, threads)
+    record.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        if record.resolve() != scratch.resolve():
+            shutil.copyfile(scratch / name, record / name)
+    provenance.write_text(json.dumps({"flags": flags, "teacher": teacher, "commit": _commit()}, indent=2) + "\n")
+    return summary
 
 
 def shipped_teacher(path: Path) -> tuple[Path, dict]:
@@ -98,7 +147,7 @@ def train_teacher(config: dict, out: Path) -> tuple[Path, dict]:
     if "checkpoint" in options:
         return shipped_teacher(Path(options["checkpoint"]))
     teacher_dir = Path(options.pop("out", out / "teacher"))
-    summary = _train(to_flags({**options, "method": "ce"}), teacher_dir)
+    summary = _train(to_flags({**options, "method": "ce"}), teacher_dir, teacher_dir)
     return teacher_dir / "best.pt", summary
 
 
@@ -107,23 +156,41 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def aggregate(name: str, group: dict, summaries: list[dict]) -> dict:
-    top1 = [s["top1"] for s in summaries]
-    mean, std = _mean_std(top1)
+    top1, best = [s["top1"] for s in summaries], [s["best_top1"] for s in summaries]
     first = summaries[0]
     return {
-        "group": name, "method": first["method"], "k": first["k"], "batch_size": first["batch_size"],
+        "group": name, "method": first["method"], "query": first.get("query"), "loss": first.get("loss"),
+        "k": first["k"], "batch_size": first["batch_size"], "series": group.get("series"),
         "options": {k: v for k, v in group.items() if k not in ("name", "seeds")},
-        "seeds": [s["seed"] for s in summaries], "top1": top1, "top1_mean": mean, "top1_std": std,
+        "seeds": [s["seed"] for s in summaries], "top1": top1, "top1_mean": _mean_std(top1)[0],
+        "top1_std": _mean_std(top1)[1], "best_top1": best, "best_top1_mean": _mean_std(best)[0],
+        "best_top1_std": _mean_std(best)[1],
         "teacher_images": statistics.fmean(s["teacher_images"] for s in summaries),
         "student_images": statistics.fmean(s["student_images"] for s in summaries),
+        "steps": statistics.fmean(s["steps"] for s in summaries),
         "bytes_sent": statistics.fmean(s["bytes_sent"] for s in summaries),
         "bytes_received": statistics.fmean(s["bytes_received"] for s in summaries),
+        "compute_flops": statistics.fmean(s["compute_flops"] for s in summaries),
         "compute_vs_kd": first["compute_vs_kd"],
         "wall_seconds_per_epoch": statistics.fmean(s["wall_seconds"] / max(s["epochs"], 1e-9) for s in summaries),
         "teacher_wait_seconds_per_epoch": statistics.fmean(
             s["teacher_wait_seconds"] / max(s["epochs"], 1e-9) for s in summaries),
         "time_split": first.get("time_split", {}),
     }
+
+
+def against_reference(groups: list[dict], reference: str | None) -> None:
+    """``compute``: a group's measured FLOPs over the reference group's (KD on the same run length).
+
+    A run's own ``compute_vs_kd`` compares it with KD on the images it drew; a
+    compute-matched baseline draws fewer, so the table compares totals instead.
+    """
+    ref = next((g for g in groups if g["group"] == reference), None)
+    for g in groups:
+        if ref is not None:
+            g["compute"] = g["compute_flops"] / ref["compute_flops"] if ref["compute_flops"] else None
+        else:
+            g["compute"] = g["compute_vs_kd"]
 
 
 def _commit() -> str:
@@ -141,64 +208,195 @@ def _fmt_int(x: float) -> str:
     return f"{x:,.0f}"
 
 
+def _pm(mean: float, std: float) -> str:
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def groups_table(groups: list[dict]) -> str:
+    rows = ["| group | query | loss | k/N | seeds | last top-1 (%) | best top-1 (%) | last top-1 per seed | "
+            "teacher images | MB sent | compute vs KD | wall s/epoch | teacher wait s/epoch |", "|" + "---|" * 13]
+    for g in groups:
+        kn = f"{g['k']}/{g['batch_size']}" if g["k"] else "-"
+        cvk = "-" if g.get("compute") is None else f"{g['compute']:.3f}"
+        rows.append(f"| {g['group']} | {g['query']} | {g['loss']} | {kn} | {len(g['seeds'])} | "
+                    f"{_pm(g['top1_mean'], g['top1_std'])} | {_pm(g['best_top1_mean'], g['best_top1_std'])} | "
+                    f"{', '.join(f'{v:.2f}' for v in g['top1'])} | {_fmt_int(g['teacher_images'])} | "
+                    f"{g['bytes_sent'] / 1e6:.1f} | {cvk} | {g['wall_seconds_per_epoch']:.0f} | "
+                    f"{g['teacher_wait_seconds_per_epoch']:.0f} |")
+    return "\n".join(rows)
+
+
+def pairs_table(pairs: list[dict]) -> str:
+    rows = ["| a − b | last top-1 difference per seed | mean [95 % CI] | best top-1: mean [95 % CI] | "
+            "compute a / b |", "|---|---|---|---|---|"]
+    for p in pairs:
+        rows.append(f"| {p['a']} − {p['b']} | {', '.join(f'{d:+.2f}' for d in p['last']['diffs'])} | "
+                    f"{p['last']['text']} | {p['best']['text']} | {p['compute_ratio']:.3f} |")
+    return "\n".join(rows)
+
+
+def paired(groups: list[dict], a: str, b: str) -> dict:
+    by = {g["group"]: g for g in groups}
+    if a not in by or b not in by:
+        raise ValueError(f"pair {a} - {b}: no group named {(a if a not in by else b)!r}")
+    ga, gb = by[a], by[b]
+    if ga["seeds"] != gb["seeds"]:
+        raise ValueError(f"pair {a} - {b}: the groups ran different seeds ({ga['seeds']} vs {gb['seeds']})")
+    last, best = paired_difference(ga["top1"], gb["top1"]), paired_difference(ga["best_top1"], gb["best_top1"])
+    return {"a": a, "b": b, "seeds": ga["seeds"],
+            "last": {**asdict(last), "text": str(last), "verdict": last.verdict},
+            "best": {**asdict(best), "text": str(best), "verdict": best.verdict},
+            "compute_ratio": ga["compute_flops"] / gb["compute_flops"] if gb["compute_flops"] else float("nan")}
+
+
+def verdict(groups: list[dict], pairs: list[dict], spec: dict | None) -> str:
+    """One sentence on the pair the config names as the question, whatever its sign."""
+    if not spec:
+        return ""
+    p = next((p for p in pairs if (p["a"], p["b"]) == (spec["a"], spec["b"])), None) or \
+        paired(groups, spec["a"], spec["b"])
+    by = {g["group"]: g for g in groups}
+    ga, gb = by[p["a"]], by[p["b"]]
+    word = {"higher": "better than", "lower": "worse than",
+            "no detectable difference": "not distinguishable from"}[p["last"]["verdict"]]
+    return (f"**Verdict: {p['a']} was {word} {p['b']}** at {p['compute_ratio']:.2f}x its measured compute: "
+            f"last-epoch top-1 {ga['top1_mean']:.2f} vs {gb['top1_mean']:.2f} %, paired difference "
+            f"{p['last']['text']} points over {len(p['seeds'])} seeds (95 % CI).")
+
+
+def convergence(name: str | None, out_records: Path) -> dict | None:
+    """How far a group's top-1 moved over its last 20 % of epochs, seed by seed (max − min)."""
+    if not name:
+        return None
+    moves = {}
+    for seed_dir in sorted((out_records / name).glob("seed*")):
+        epochs = [json.loads(l) for l in (seed_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+        last = max(e["epoch"] for e in epochs)
+        window = [e["top1"] for e in epochs if e["epoch"] > 0.8 * last]
+        moves[seed_dir.name] = max(window) - min(window)
+    return {"group": name, "moves": moves, "max_move": max(moves.values()) if moves else None}
+
+
+def frontier_table(groups: list[dict]) -> str:
+    rows = ["| series | group | compute vs KD | teacher images | last top-1 (%) |", "|---|---|---|---|---|"]
+    for g in sorted((g for g in groups if g.get("series")), key=lambda g: (g["series"], g["compute"] or 0)):
+        rows.append(f"| {g['series']} | {g['group']} | {g['compute']:.3f} | {_fmt_int(g['teacher_images'])} | "
+                    f"{_pm(g['top1_mean'], g['top1_std'])} |")
+    return "\n".join(rows)
+
+
+def frontier_plot(groups: list[dict], path: Path, title: str) -> Path | None:
+    """Top-1 (mean, error bars one standard deviation over seeds) against measured compute, per series."""
+    series: dict[str, list[dict]] = {}
+    for g in groups:
+        if g.get("series") and g.get("compute") is not None:
+            series.setdefault(g["series"], []).append(g)
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for name, members in series.items():
+        members.sort(key=lambda g: g["compute"])
+        ax.errorbar([g["compute"] for g in members], [g["top1_mean"] for g in members],
+                    yerr=[g["top1_std"] for g in members], marker="o", capsize=3, label=name)
+    ax.set_title(title)
+    ax.set_xlabel("measured training compute, teacher + student (fraction of KD's)")
+    ax.set_ylabel("test top-1, last epoch (%): mean ± std over seeds")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def results_markdown(results: dict) -> str:
     t, s = results["teacher"], results["student"]
-    rows = ["| group | method | k/N | seeds | top-1 mean ± std (%) | top-1 per seed | teacher images | "
-            "MB sent | compute vs KD | wall s/epoch | teacher wait s/epoch |", "|" + "---|" * 11]
-    for g in results["groups"]:
-        kn = f"{g['k']}/{g['batch_size']}" if g["k"] else "-"
-        cvk = "-" if g["compute_vs_kd"] is None else f"{g['compute_vs_kd']:.3f}"
-        rows.append(f"| {g['group']} | {g['method']} | {kn} | {len(g['seeds'])} | "
-                    f"{g['top1_mean']:.2f} ± {g['top1_std']:.2f} | {', '.join(f'{v:.2f}' for v in g['top1'])} | "
-                    f"{_fmt_int(g['teacher_images'])} | {g['bytes_sent'] / 1e6:.1f} | {cvk} | "
-                    f"{g['wall_seconds_per_epoch']:.0f} | {g['teacher_wait_seconds_per_epoch']:.0f} |")
-    verdict = results.get("verdict", "")
-    return (f"# {results['name']}\n\n{results.get('description', '').strip()}\n\n"
-            f"Teacher: {t['arch']}, top-1 {t['top1']:.2f}% ({t['flops_per_image'] / 1e6:.1f} MFLOPs/image); "
-            f"student: {s['arch']} ({s['flops_per_image'] / 1e6:.1f} MFLOPs/image forward, "
-            f"{s['backward_flops_per_image'] / 1e6:.1f} backward); FLOP ratio teacher/student "
-            f"{t['flops_per_image'] / s['flops_per_image']:.1f}.\n\n"
-            + "\n".join(rows) + "\n\n" + (verdict + "\n\n" if verdict else "")
-            + f"Reproduce: `{results['command']}` (commit {results['commit']}, {results['machine']}).\n")
+    conv = results.get("convergence")
+    facts = (f"Teacher: {t['arch']}, top-1 {t['top1']:.2f}% ({t['flops_per_image'] / 1e6:.1f} MFLOPs/image); "
+             f"student: {s['arch']} ({s['flops_per_image'] / 1e6:.1f} MFLOPs/image forward, "
+             f"{s['backward_flops_per_image'] / 1e6:.1f} backward); FLOP ratio teacher/student "
+             f"{t['flops_per_image'] / s['flops_per_image']:.1f}.")
+    if conv and conv["moves"]:
+        ref = next(g for g in results["groups"] if g["group"] == conv["group"])
+        facts += (f" The {conv['group']} student moved at most {conv['max_move']:.2f} points over its last 20 % "
+                  f"of epochs (per seed: {', '.join(f'{v:.2f}' for v in conv['moves'].values())}); the teacher is "
+                  f"{t['top1'] - ref['top1_mean']:.2f} points above it.")
+    parts = [f"# {results['name']}", results.get("description", "").strip(), facts,
+             "## Groups", groups_table(results["groups"]),
+             "compute vs KD: the group's measured FLOPs (teacher forward + student forward and backward) over "
+             "the reference KD group's. Wall times are from a shared 2-core machine: compare FLOPs."]
+    if results.get("pairs"):
+        parts += ["## Paired differences (a − b, same seeds, 95 % CI)", pairs_table(results["pairs"])]
+    if results.get("verdict"):
+        parts.append(results["verdict"])
+    if any(g.get("series") for g in results["groups"]):
+        parts += ["## Frontier: top-1 against measured compute", frontier_table(results["groups"]),
+                  "![frontier](figures/frontier.png)"]
+    parts.append(f"Reproduce: `{results['command']}` (commit {results['commit']}, {results['machine']}); "
+                 f"every number above comes from the run files under `runs/` beside this page "
+                 f"(summary.json, metrics.jsonl, run.json with the exact flags and commit).")
+    return "\n\n".join(p for p in parts if p) + "\n"
 
 
-def verdict(groups: list[dict]) -> str:
-    by = {g["group"]: g for g in groups}
-    kd, unix = by.get("kd"), by.get("unix")
-    if not kd or not unix:
-        return ""
-    diff = unix["top1_mean"] - kd["top1_mean"]
-    pooled = (kd["top1_std"] ** 2 + unix["top1_std"] ** 2) ** 0.5
-    spread = (f", {abs(diff) / pooled:.1f} pooled standard deviations" if pooled > 0
-              else ", one seed each: no spread to compare with")
-    held = "held" if diff >= 0 else "did not hold"
-    return (f"**UNIX >= KD {held}**: UNIX {unix['top1_mean']:.2f} vs KD {kd['top1_mean']:.2f} top-1 "
-            f"({diff:+.2f} points{spread}), at "
-            f"{unix['compute_vs_kd']:.1%} of KD's measured compute and "
-            f"{unix['teacher_images'] / max(kd['teacher_images'], 1):.1%} of its teacher images.")
+def _group_options(group: dict, finished: dict[str, list[dict]]) -> dict:
+    """The group's trainer options; ``match_compute = G`` becomes ``--budget`` = G's measured compute vs KD."""
+    options = {k: v for k, v in group.items() if k not in ("name", "seeds", "series", "match_compute")}
+    target = group.get("match_compute")
+    if target:
+        if target not in finished:
+            raise ValueError(f"group {group['name']}: match_compute names {target!r}, which must come before it")
+        options["budget"] = round(statistics.fmean(s["compute_vs_kd"] for s in finished[target]), 4)
+    return options
 
 
-def run_experiment(config: dict, command: str) -> dict:
+def train_groups(config: dict, base: list[str], out: Path, records: Path, teacher: dict, url: str,
+                 jobs: int, threads: int | None) -> dict[str, list[dict]]:
+    """Every (group, seed) run, ``jobs`` at a time, in config order.
+
+    A ``match_compute`` group waits for the group it matches; that group's runs
+    were queued first, so they are running or done when it waits (no deadlock).
+    """
+    runs: dict[str, list[Future]] = {}
+
+    def one(group: dict, seed: int) -> dict:
+        target = group.get("match_compute")
+        finished = {target: [f.result() for f in runs[target]]} if target in runs else {}
+        flags = [*base, *to_flags(_group_options(group, finished)), "--seed", str(seed)]
+        name = group["name"]
+        return _train(flags, out / name / f"seed{seed}", records / name / f"seed{seed}", teacher, url, threads)
+
+    with ThreadPoolExecutor(jobs) as pool:
+        try:
+            for group in config["groups"]:
+                runs[group["name"]] = [pool.submit(one, group, seed) for seed in group.get("seeds", [0])]
+            return {name: [f.result() for f in fs] for name, fs in runs.items()}
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+
+
+def run_experiment(config: dict, command: str, jobs: int = 1, threads: int | None = None) -> dict:
     out = Path(config.get("out", "runs/experiment"))
     results_dir = Path(config.get("results", out))
+    records = results_dir / "runs"
     out.mkdir(parents=True, exist_ok=True)
     checkpoint, teacher_summary = train_teacher(config, out)
+    teacher_id = {"checkpoint": str(checkpoint), "sha256": _sha256(checkpoint)}
     base = to_flags(config["student"])
-    groups, example_runs = [], []
     with open(out / "teacher_server.log", "a") as server_log, \
             served_teacher("--checkpoint", str(checkpoint), log_file=server_log) as (_, port):
-        url = f"grpc://127.0.0.1:{port}"
-        for group in config["groups"]:
-            name = group["name"]
-            options = {k: v for k, v in group.items() if k not in ("name", "seeds")}
-            summaries = []
-            for seed in group.get("seeds", [0]):
-                run_dir = out / name / f"seed{seed}"
-                # A run whose loss asks the teacher nothing (ce) never connects to it.
-                flags = [*base, *to_flags(options), "--seed", str(seed), "--teacher-url", url]
-                summaries.append(_train(flags, run_dir))
-            example_runs.append(load_run(out / name / f"seed{group.get('seeds', [0])[0]}", name))
-            groups.append(aggregate(name, group, summaries))
+        finished = train_groups(config, base, out, records, teacher_id, f"grpc://127.0.0.1:{port}", jobs, threads)
+    groups = [aggregate(g["name"], g, finished[g["name"]]) for g in config["groups"]]
+    example_runs = [load_run(records / g["name"] / f"seed{g.get('seeds', [0])[0]}", g["name"])
+                    for g in config["groups"]]
+    against_reference(groups, config.get("reference"))
+    pairs = [paired(groups, p["a"], p["b"]) for p in config.get("pairs", [])]
     student_summary = example_runs[0].summary
     results = {
         "name": config["name"], "description": config.get("description", ""),
@@ -206,15 +404,17 @@ def run_experiment(config: dict, command: str) -> dict:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
         # The teacher's forward FLOPs, measured when it was itself trained.
         "teacher": {"arch": teacher_summary["arch"], "top1": teacher_summary["top1"],
-                    "flops_per_image": teacher_summary["student_flops_per_image"]},
+                    "flops_per_image": teacher_summary["student_flops_per_image"], **teacher_id},
         "student": {"arch": student_summary["arch"], "flops_per_image": student_summary["student_flops_per_image"],
                     "backward_flops_per_image": student_summary["student_backward_flops_per_image"]},
-        "groups": groups,
+        "groups": groups, "pairs": pairs,
+        "convergence": convergence(config.get("converged"), records),
     }
-    results["verdict"] = verdict(groups)
+    results["verdict"] = verdict(groups, pairs, config.get("verdict"))
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_report(example_runs, results_dir / "figures", title=f"{config['name']}: seed 0 of each group")
+    frontier_plot(groups, results_dir / "figures" / "frontier.png", config["name"])
     (results_dir / "results.md").write_text(results_markdown(results)
                                             + "\n![top-1 vs teacher images](figures/top1_vs_teacher_images.png)\n"
                                             + "\n![top-1 vs compute](figures/top1_vs_compute.png)\n")
@@ -226,12 +426,18 @@ def main(argv=None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="an experiment config (experiments/*.toml)")
     p.add_argument("--quick", action="store_true", help="apply the config's [quick] overrides")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once (each its own process)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per run (default: CPU cores / --jobs)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     with one_line_errors("experiment"):
         config = load_config(args.config, args.quick)
         command = "python -m student_trainer.experiment " + shlex.join(sys.argv[1:] if argv is None else argv)
-        results = run_experiment(config, command)
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+        threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+        results = run_experiment(config, command, args.jobs, threads)
     print(results_markdown(results))
 
 

@@ -69,12 +69,14 @@ class Prepared:
         return {"images": q.images.cpu(), "labels_a": q.labels_a.cpu(), "labels_b": q.labels_b.cpu(),
                 "mix": q.mix.cpu(), "indices": q.indices.cpu(), "choosing_forward": q.choosing_forward,
                 "parts": dict(q.parts), "batch_images": self.batch_images,
+                "ask": None if q.ask is None else q.ask.cpu(), "known": {k: v.cpu() for k, v in q.known.items()},
                 "answer": {k: v.cpu() for k, v in self.answer.result().items()} if done else None}
 
     @classmethod
     def from_state(cls, state: dict, device) -> "Prepared":
         q = Query(*(state[k].to(device) for k in ("images", "labels_a", "labels_b", "mix", "indices")),
-                  choosing_forward=state["choosing_forward"], parts=dict(state["parts"]))
+                  choosing_forward=state["choosing_forward"], parts=dict(state["parts"]),
+                  ask=None if state.get("ask") is None else state["ask"].to(device), known=dict(state.get("known", {})))
         return cls(q, state["batch_images"], completed(state["answer"]) if state["answer"] is not None else None)
 
 
@@ -93,16 +95,19 @@ class Distiller(nn.Module):
         """k: images of a full batch the teacher is asked about (N for --query all, 0 without a teacher)."""
         if not self.keys:
             return 0
-        return self.policy.batch_size if self.policy.sends_all else self.policy.k
+        return self.policy.teacher_images_per_batch
 
     def prepare(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> Prepared:
         """Choose the step's images and send them to the teacher; the answer is waited for in ``train_on``."""
         q = self.policy.select(self.student[0], images, labels, indices, self.timer)
-        return Prepared(q, images.shape[0], self._ask(q.images))
+        return Prepared(q, images.shape[0], self._ask(q))
 
-    def _ask(self, images: torch.Tensor):
+    def _ask(self, q: Query):
         if not self.keys:
             return None
+        if q.teacher_rows == 0:  # every answer remembered (--query cached)
+            return completed({})
+        images = q.asked_images()
         if self.serial:
             with self.timer.phase("teacher"):
                 return completed(self.teacher.infer(images, self.keys))
@@ -111,7 +116,7 @@ class Distiller(nn.Module):
     def resend(self, prepared: Prepared) -> None:
         """Ask again for an answer a saved run never got (the teacher was gone, or the run stopped)."""
         if prepared.answer is None and self.keys:
-            prepared.answer = self._ask(prepared.query.images)
+            prepared.answer = self._ask(prepared.query)
 
     def train_on(self, prepared: Prepared, context: StepContext = StepContext()) -> StepOutput:
         """The student's forward (while the teacher works), then the wait, then the loss."""
@@ -119,7 +124,8 @@ class Distiller(nn.Module):
         with self.timer.phase("student"), capture_features(student, self.features) as feats:
             logits = student(q.images)
         with self.timer.phase("teacher"):
-            teacher = {k: v.to(logits.device) for k, v in prepared.wait().items()}
+            answer = self.policy.complete(q, prepared.wait())
+            teacher = {k: v.to(logits.device) for k, v in answer.items()}
         with self.timer.phase("student"):
             l_ce = mixed_ce(logits, q.labels_a, q.labels_b, q.mix)
             terms = self.loss(DistillBatch(logits, teacher, dict(feats), q.labels_a, q.labels_b, q.mix, q.indices,
@@ -127,7 +133,7 @@ class Distiller(nn.Module):
             total = self.ce_weight * l_ce + sum(terms.values(), torch.zeros((), device=logits.device))
         k = q.images.shape[0]
         parts = {"loss_ce": l_ce.item(), **{name: t.item() for name, t in terms.items()}, **q.parts}
-        return StepOutput(total, parts, q.choosing_forward + k, k, k if self.keys else 0)
+        return StepOutput(total, parts, q.choosing_forward + k, k, q.teacher_rows if self.keys else 0)
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
              context: StepContext = StepContext()) -> StepOutput:
@@ -194,7 +200,7 @@ def build_distiller(args, student: nn.Module, teacher, *, input_shape, num_class
     shapes = ModelShapes(student_shapes(student, input_shape, device), t_shapes, num_classes, dataset_size)
     loss = build_loss(args.loss, args, shapes, args.feature_pairs)
     ce_weight = args.ce_weight if args.ce_weight is not None else (0.0 if loss.teacher_outputs() else 1.0)
-    distiller = Distiller(student, teacher, build_policy(args), loss, ce_weight=ce_weight, timer=timer,
-                          serial=args.serial_teacher).to(device)
+    distiller = Distiller(student, teacher, build_policy(args, dataset_size), loss, ce_weight=ce_weight,
+                          timer=timer, serial=args.serial_teacher).to(device)
     distiller.flops_per_image = loss_flops_per_image(distiller.loss, shapes, device)
     return distiller

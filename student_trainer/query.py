@@ -9,6 +9,8 @@ one entry in ``POLICIES``.
 ``unix``        UNIX-KD: a no-grad uncertainty pass on all N, the k most uncertain, mixed
 ``unix-nomix``  the same selection without mixing (an ablation)
 ``random``      a random k of N, unmixed, no uncertainty pass (the simplest way to save teacher images)
+``cached``      every image, unmixed; each image's answer is asked for once every R visits and
+                reused in between (beyond the paper: fewer teacher images, no uncertainty pass)
 """
 from __future__ import annotations
 
@@ -37,6 +39,15 @@ class Query:
     indices: torch.Tensor        # data-set index of each image's main (1 - mix) part
     choosing_forward: int = 0    # student forward images spent choosing (the uncertainty pass)
     parts: dict[str, float] = field(default_factory=dict)
+    ask: torch.Tensor | None = None  # rows the teacher is asked about (None: every row)
+    known: dict[str, torch.Tensor] = field(default_factory=dict)  # remembered answers for the other rows
+
+    @property
+    def teacher_rows(self) -> int:
+        return self.images.shape[0] if self.ask is None else int(self.ask.sum())
+
+    def asked_images(self) -> torch.Tensor:
+        return self.images if self.ask is None else self.images[self.ask]
 
 
 def unmixed(images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, keep: torch.Tensor | None = None,
@@ -88,7 +99,7 @@ class QueryPolicy:
     about: ClassVar[str] = ""
     sends_all: ClassVar[bool] = False   # True: the teacher sees every image (k = N)
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, dataset_size: int = 0):
         self.batch_size = args.batch_size
         self.k = args.k
         self.rng = np.random.default_rng(args.seed)
@@ -106,6 +117,15 @@ class QueryPolicy:
 
     def k_for(self, n: int) -> int:
         return scaled_for_batch(n, self.batch_size, self.k, 0.0)[0]
+
+    @property
+    def teacher_images_per_batch(self) -> int:
+        """k of a full batch, as a label (the counters say what was really sent)."""
+        return self.batch_size if self.sends_all else self.k
+
+    def complete(self, query: Query, answer: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The answers for every row of ``query`` from what the teacher sent back (here: all of them)."""
+        return answer
 
     def select(self, student: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                indices: torch.Tensor, timer: PhaseTimer = NULL_TIMER) -> Query:
@@ -148,8 +168,8 @@ class Uncertain(QueryPolicy):
     about = "UNIX-KD: the k most uncertain of N, mixed with partners (the more certain, the more mixed)"
     mixes = True
 
-    def __init__(self, args):
-        super().__init__(args)
+    def __init__(self, args, dataset_size: int = 0):
+        super().__init__(args, dataset_size)
         self.b, self.w, self.measure, self.bn = args.b, args.w, args.selection, args.uncertainty_bn
 
     @classmethod
@@ -158,8 +178,8 @@ class Uncertain(QueryPolicy):
         group.add_argument("--w", type=float, default=10.0, help="sharpness of the mixing sigmoid (unix)")
         group.add_argument("--selection", choices=sorted(UNCERTAINTY), default="entropy",
                            help="uncertainty measure (unix, unix-nomix)")
-        group.add_argument("--uncertainty-bn", choices=("batch", "train", "eval"), default="batch",
-                           help="BatchNorm in the no-grad uncertainty pass (see README)")
+        group.add_argument("--uncertainty-bn", choices=("batch", "train", "eval"), default="train",
+                           help="BatchNorm in the no-grad uncertainty pass: train = the reference's (see README)")
 
     @classmethod
     def validate(cls, args):
@@ -202,8 +222,91 @@ class UncertainUnmixed(Uncertain):
         """unix's flags (--selection, --uncertainty-bn) serve it; --b and --w are unused."""
 
 
-POLICIES: dict[str, type[QueryPolicy]] = {p.name: p for p in (AllImages, Uncertain, UncertainUnmixed, RandomSubset)}
+class RememberedAnswers(QueryPolicy):
+    """Every image trains every step; its teacher answer is refreshed once every R visits.
+
+    Beyond the paper. UNIX-KD pays a no-grad pass over all N images each step and
+    still asks the teacher about k of them; here each answer is asked for once and
+    reused for R visits of the same image (another crop and flip of it: the answer
+    is for the image as it was augmented then). No uncertainty pass, no mixing;
+    the teacher sees about N/R images a step after the first epoch, when every
+    image is new. Image i is due when ``(visits + i) % R == 0``, so the refreshes
+    are spread over the steps instead of falling in one epoch. R = 1 is KD exactly.
+    """
+    name = "cached"
+    about = ("every image, unmixed; each image's teacher answer is asked for once every --refresh-every "
+             "visits and reused in between (beyond the paper)")
+
+    def __init__(self, args, dataset_size: int = 0):
+        super().__init__(args, dataset_size)
+        if dataset_size < 1:
+            raise ValueError("--query cached needs the training set's size")
+        self.refresh = args.refresh_every
+        self.visits = torch.zeros(dataset_size, dtype=torch.long)
+        self.answered = torch.zeros(dataset_size, dtype=torch.bool)
+        self.store: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def add_arguments(cls, group):
+        group.add_argument("--refresh-every", type=int, default=2, metavar="R",
+                           help="cached: ask the teacher about each image once every R visits (1: every time, = KD)")
+
+    @classmethod
+    def validate(cls, args):
+        if args.refresh_every < 1:
+            raise ValueError(f"--refresh-every must be at least 1, got {args.refresh_every}")
+
+    @property
+    def teacher_images_per_batch(self) -> int:
+        return round(self.batch_size / self.refresh)
+
+    def select(self, student, images, labels, indices, timer=NULL_TIMER):
+        with timer.phase("mixing"):
+            idx = indices.cpu()
+            ask = ~self.answered[idx] | ((self.visits[idx] + idx) % self.refresh == 0)
+            self.visits[idx] += 1
+            reuse = idx[~ask]
+            known = {key: stored[reuse] for key, stored in self.store.items()} if len(reuse) else {}
+            q = unmixed(images, labels, indices, ask=ask.to(images.device), known=known)
+            q.parts = {"teacher_fraction": q.teacher_rows / max(images.shape[0], 1)}
+            return q
+
+    def complete(self, query, answer):
+        if query.ask is None or not answer and not query.known:
+            return answer
+        ask = query.ask.cpu()
+        idx = query.indices.cpu()[ask]
+        full = {}
+        for key, fresh in answer.items():
+            fresh = fresh.cpu()
+            if key not in self.store:
+                self.store[key] = torch.zeros(len(self.visits), *fresh.shape[1:], dtype=fresh.dtype)
+            self.store[key][idx] = fresh
+            out = torch.empty(len(ask), *fresh.shape[1:], dtype=fresh.dtype)
+            out[ask] = fresh
+            if key in query.known:
+                out[~ask] = query.known[key].to(fresh.dtype)
+            full[key] = out
+        for key, remembered in query.known.items():
+            if key not in full:  # nothing asked this step: every row remembered
+                full[key] = remembered
+        self.answered[idx] = True
+        return full
+
+    def state_dict(self):
+        return {**super().state_dict(), "visits": self.visits.clone(), "answered": self.answered.clone(),
+                "store": {k: v.clone() for k, v in self.store.items()}}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.visits.copy_(state["visits"])
+        self.answered.copy_(state["answered"])
+        self.store = {k: v.clone() for k, v in state["store"].items()}
 
 
-def build_policy(args: argparse.Namespace) -> QueryPolicy:
-    return POLICIES[args.query](args)
+POLICIES: dict[str, type[QueryPolicy]] = {
+    p.name: p for p in (AllImages, Uncertain, UncertainUnmixed, RandomSubset, RememberedAnswers)}
+
+
+def build_policy(args: argparse.Namespace, dataset_size: int = 0) -> QueryPolicy:
+    return POLICIES[args.query](args, dataset_size)

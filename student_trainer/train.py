@@ -110,6 +110,11 @@ class Progress:
     wall_seconds: float = 0.0   # spent by earlier lives of a resumed run
 
 
+def scaled_steps(epochs: float, steps_per_epoch: int, budget: float = 1.0) -> int:
+    """Step count of ``epochs`` epochs, scaled by ``--budget`` (the schedule keeps its shape)."""
+    return round(epochs * steps_per_epoch * budget)
+
+
 class Trainer:
     def __init__(self, args):
         self.args = args
@@ -145,8 +150,6 @@ class Trainer:
         self.optimizer = torch.optim.SGD([*self.student.parameters(), *self.method.parameters()], lr=args.lr,
                                          momentum=args.momentum, weight_decay=args.weight_decay,
                                          nesterov=args.nesterov)
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=args.milestones,
-                                                              gamma=args.lr_gamma)
         self.sampler = EpochSampler(len(spec.train), args.seed)
         # Loader processes are started by a forkserver, not forked: by now the teacher client's gRPC
         # threads are running, and forking a process with live gRPC threads is unsafe.
@@ -166,7 +169,14 @@ class Trainer:
         self.inflight: deque[Prepared] = deque()  # steps chosen and sent, not yet trained (--prefetch)
         self.server_start = self.teacher.try_server_stats() if self.teacher else None
         self.steps_per_epoch = len(self.train_loader)
-        self.total_steps = min(self.steps_per_epoch * args.epochs, args.max_steps or float("inf"))
+        # The rate steps per training step, so --budget can end and decay the schedule mid-epoch
+        # with the same shape (milestones at the same fractions of the run).
+        self.total_steps = scaled_steps(args.epochs, self.steps_per_epoch, args.budget)
+        if args.max_steps is not None:
+            self.total_steps = min(self.total_steps, args.max_steps)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, milestones=[scaled_steps(m, self.steps_per_epoch, args.budget) for m in args.milestones],
+            gamma=args.lr_gamma)
         if args.resume:
             self.resume(args.resume)
         self._earlier_lives_seconds = self.progress.wall_seconds
@@ -286,7 +296,7 @@ class Trainer:
         bar = tqdm(total=self.steps_per_epoch, initial=p.step_in_epoch, desc=f"epoch {p.epoch}", leave=False,
                    disable=True if args.no_progress else None, dynamic_ncols=True)
         batches = iter(self.train_loader)
-        while args.max_steps is None or self.work.steps < args.max_steps:
+        while self.work.steps < self.total_steps:
             self._fill_pipeline(batches)
             if not self.inflight:
                 break
@@ -306,6 +316,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
                 self.optimizer.step()
+                self.scheduler.step()
             self.work.add(prepared.batch_images, out)
             p.step_in_epoch += 1
             steps += 1
@@ -336,7 +347,7 @@ class Trainer:
         D steps older. Never past the epoch's end or ``--max-steps``.
         """
         args = self.args
-        left = float("inf") if args.max_steps is None else args.max_steps - self.work.steps
+        left = self.total_steps - self.work.steps
         while len(self.inflight) <= args.prefetch and len(self.inflight) < left:
             with self.timer.phase("data"):
                 batch = next(batches, None)
@@ -348,13 +359,11 @@ class Trainer:
     def end_epoch(self, parts: dict, epoch_seconds: float) -> None:
         """Evaluate; a complete epoch also steps the schedule and moves on to the next one.
 
-        A run stopped by ``--max-steps`` mid-epoch is evaluated and saved where it
-        stands (its metrics line marked ``partial``), so a resume finishes that epoch.
+        A run stopped by ``--max-steps`` or ``--budget`` mid-epoch is evaluated and saved
+        where it stands (its metrics line marked ``partial``), so a resume finishes that epoch.
         """
         args, p = self.args, self.progress
         complete = p.step_in_epoch >= self.steps_per_epoch
-        if complete:
-            self.scheduler.step()
         with self.timer.phase("eval"):
             p.top1 = evaluate(self.student, self.test_loader, self.device)
         if complete:
@@ -381,8 +390,7 @@ class Trainer:
         self.save(best=best)
 
     def done(self) -> bool:
-        a = self.args
-        return self.progress.epoch > a.epochs or (a.max_steps is not None and self.work.steps >= a.max_steps)
+        return self.progress.epoch > self.args.epochs or self.work.steps >= self.total_steps
 
     def epochs_trained(self) -> float:
         return self.progress.epochs_done + (self.progress.step_in_epoch / max(self.steps_per_epoch, 1))

@@ -13,7 +13,7 @@ from student_trainer.uncertainty import entropy
 
 def policy_args(query: str, **over) -> argparse.Namespace:
     args = dict(query=query, batch_size=16, k=12, b=8.0, w=10.0, selection="entropy", uncertainty_bn="batch",
-                seed=3)
+                refresh_every=2, seed=3)
     return argparse.Namespace(**(args | over))
 
 
@@ -78,13 +78,14 @@ def test_the_uncertainty_pass_leaves_batchnorm_running_stats_alone_in_batch_mode
 @pytest.mark.parametrize("query", sorted(POLICIES))
 def test_policy_state_round_trips_so_a_resumed_run_draws_the_same(batch, query):
     student, images, labels, indices = batch
-    a = build_policy(policy_args(query))
-    a.select(student, images, labels, indices)
+    a = build_policy(policy_args(query), dataset_size=200)
+    a.complete(q := a.select(student, images, labels, indices), {"logits": torch.randn(q.teacher_rows, 10)})
     state = a.state_dict()
-    b = build_policy(policy_args(query, seed=99))
+    b = build_policy(policy_args(query, seed=99), dataset_size=200)
     b.load_state_dict(state)
     qa, qb = a.select(student, images, labels, indices), b.select(student, images, labels, indices)
     assert torch.equal(qa.images, qb.images) and torch.equal(qa.indices, qb.indices)
+    assert qa.teacher_rows == qb.teacher_rows
 
 
 @pytest.mark.parametrize("query", ["unix", "random", "unix-nomix"])

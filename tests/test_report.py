@@ -64,18 +64,41 @@ def test_shipped_configs_parse_and_quick_overrides_apply():
             assert quick["teacher"]["out"] != config["teacher"]["out"]
     quick = load_config(str(ROOT / "experiments" / "fashion_mnist.toml"), quick=True)
     assert all(len(g["seeds"]) == 1 for g in quick["groups"])
-    assert quick["student"]["train_size"] == 4000 and quick["student"]["arch"] == "resnet8"
+    assert quick["student"]["train_size"] == 640 and quick["student"]["arch"] == "resnet8"
 
 
 def test_smoke_experiment_end_to_end(tmp_path, monkeypatch):
     config = (ROOT / "experiments" / "smoke.toml").read_text().replace('out = "runs/smoke"',
                                                                        f'out = "{tmp_path}"')
+    config = config.replace('[teacher]', f'[teacher]\nout = "{tmp_path}/teacher"', 1)
     (tmp_path / "smoke.toml").write_text(config)
     experiment([str(tmp_path / "smoke.toml")])
     results = json.loads((tmp_path / "results.json").read_text())
     groups = {g["group"]: g for g in results["groups"]}
-    assert groups["kd"]["teacher_images"] == 128 and groups["unix"]["teacher_images"] == 96
+    assert groups["kd"]["teacher_images"] == 128 and groups["unix"]["teacher_images"] == 48
     assert len(groups["kd"]["top1"]) == 2 and groups["kd"]["seeds"] == [0, 1]
     assert groups["kd"]["compute_vs_kd"] == pytest.approx(1.0) and groups["unix"]["compute_vs_kd"] < 1.0
-    assert "UNIX >= KD" in (tmp_path / "results.md").read_text()
+    # KD with UNIX's measured compute: fewer steps (the same schedule shape), about the same FLOPs
+    matched = groups["kd-equal-compute"]
+    assert matched["options"]["match_compute"] == "unix"
+    assert matched["steps"] == round(4 * groups["unix"]["compute_vs_kd"]) < groups["kd"]["steps"] == 4
+    assert matched["compute"] == pytest.approx(matched["steps"] / 4)
+    pairs = {(p["a"], p["b"]): p for p in results["pairs"]}
+    unix_kd = pairs[("unix", "kd")]
+    assert unix_kd["last"]["diffs"] == pytest.approx([u - k for u, k in zip(groups["unix"]["top1"],
+                                                                             groups["kd"]["top1"])])
+    md = (tmp_path / "results.md").read_text()
+    assert "**Verdict: unix was" in md and "kd-equal-compute" in md
     assert (tmp_path / "figures" / "top1_vs_compute.png").stat().st_size > 0
+    # every run has a record with its exact flags; a second pass reuses all of them, a changed flag does not
+    record = json.loads((tmp_path / "runs" / "unix" / "seed1" / "run.json").read_text())
+    assert record["flags"][-2:] == ["--seed", "1"] and len(record["teacher"]["sha256"]) == 64
+    assert (tmp_path / "runs" / "unix" / "seed1" / "metrics.jsonl").stat().st_size > 0
+    stamp = (tmp_path / "runs" / "kd" / "seed0" / "summary.json").stat().st_mtime_ns
+    experiment([str(tmp_path / "smoke.toml")])
+    assert (tmp_path / "runs" / "kd" / "seed0" / "summary.json").stat().st_mtime_ns == stamp
+    (tmp_path / "smoke.toml").write_text(config.replace("k = 12", "k = 8"))
+    experiment([str(tmp_path / "smoke.toml"), "--jobs", "2"])  # kd-equal-compute waits for the new unix runs
+    assert (tmp_path / "runs" / "kd" / "seed0" / "summary.json").stat().st_mtime_ns == stamp
+    again = {g["group"]: g for g in json.loads((tmp_path / "results.json").read_text())["groups"]}
+    assert again["unix"]["teacher_images"] == 32
