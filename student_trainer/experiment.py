@@ -355,6 +355,15 @@ def _group_options(group: dict, finished: dict[str, list[dict]]) -> dict:
     return options
 
 
+def _asks_teacher(flags: list[str]) -> bool:
+    from student_trainer.cli import build_parser, resolve_method
+    from student_trainer.distill import loss_needs_teacher
+
+    args, _ = build_parser().parse_known_args(flags)
+    resolve_method(args)
+    return loss_needs_teacher(args.loss)
+
+
 def train_groups(config: dict, base: list[str], out: Path, records: Path, teacher: dict, url: str,
                  jobs: int, threads: int | None) -> dict[str, list[dict]]:
     """Every (group, seed) run, ``jobs`` at a time, in config order.
@@ -369,7 +378,10 @@ def train_groups(config: dict, base: list[str], out: Path, records: Path, teache
         finished = {target: [f.result() for f in runs[target]]} if target in runs else {}
         flags = [*base, *to_flags(_group_options(group, finished)), "--seed", str(seed)]
         name = group["name"]
-        return _train(flags, out / name / f"seed{seed}", records / name / f"seed{seed}", teacher, url, threads)
+        # A run that asks the teacher nothing (ce) does not depend on it: its record holds across teachers.
+        asks = _asks_teacher(flags)
+        return _train(flags, out / name / f"seed{seed}", records / name / f"seed{seed}",
+                      teacher if asks else None, url if asks else None, threads)
 
     with ThreadPoolExecutor(jobs) as pool:
         try:
