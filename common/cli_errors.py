@@ -11,7 +11,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, C
 
 
 @contextmanager
-def one_line_errors(prog: str):
+def one_line_errors(prog: str, quiet: bool = False):
+    """``quiet``: exit with the same code but print nothing (a process whose twin says it already)."""
     try:
         yield
     except KeyboardInterrupt:
@@ -20,7 +21,8 @@ def one_line_errors(prog: str):
     except USER_ERRORS as e:
         # OSError's args[0] is the errno: its str() is the readable line ("[Errno 2] No such file ...: 'x'")
         msg = str(e) if isinstance(e, OSError) or not e.args else e.args[0]
-        print(f"{prog}: error: {msg}", file=sys.stderr)
+        if not quiet:
+            print(f"{prog}: error: {msg}", file=sys.stderr)
         sys.exit(2)
 
 

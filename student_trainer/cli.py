@@ -1,4 +1,7 @@
-"""python -m student_trainer: train a student with ce, kd or unix against a teacher URL."""
+"""python -m student_trainer: train a student with ce, kd or unix against a teacher URL.
+
+``torchrun --nproc_per_node=P -m student_trainer ...`` trains the same student with P processes
+(DistributedDataParallel; --batch-size and --k stay the global figures)."""
 from __future__ import annotations
 
 import argparse
@@ -98,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-tensorboard", action="store_true")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--log-level", default="INFO")
+    r.add_argument("--record-indices", action="store_true",
+                   help="append each step's trained data-set indices to OUT/indices.rank<R>.jsonl (one line a "
+                        "step and process: checks the data order, e.g. that P processes train the images one does)")
     return p
 
 
@@ -114,8 +120,9 @@ def resolve_method(args) -> None:
     args.method = short.get((args.query, args.loss), f"{args.loss}/{args.query}")
 
 
-def validate(args) -> None:
-    """Flag combinations argparse cannot check, each as one readable line."""
+def validate(args, world_size: int = 1) -> None:
+    """Flag combinations argparse cannot check, each as one readable line; ``world_size``: processes
+    torchrun started for this student."""
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     resolve_method(args)
@@ -135,15 +142,26 @@ def validate(args) -> None:
         raise ValueError(f"--budget is a fraction of the schedule's steps, in (0, 1]; got {args.budget}")
     if args.log_every < 1 or args.checkpoint_every < 0:
         raise ValueError("--log-every must be at least 1 and --checkpoint-every at least 0")
+    from student_trainer.ranks import check_world
+
+    check_world(args, world_size)
 
 
 def main(argv=None) -> dict:
+    from student_trainer.distributed import env_info
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    world = env_info()  # torchrun's RANK / WORLD_SIZE, or rank 0 of 1
+    # Under torchrun rank 0 logs as one process would; the others only warnings and errors, with their rank.
+    logging.basicConfig(level=args.log_level.upper() if world.is_main else "WARNING",
+                        format="%(asctime)s %(levelname)s " + (f"[rank {world.rank}] " if world.enabled else "")
+                        + "%(message)s")
     import grpc
 
-    with one_line_errors("student_trainer"):
-        validate(args)
+    # The flags are the same on every rank, and so is what is wrong with them: rank 0 alone says it.
+    with one_line_errors("student_trainer", quiet=not world.is_main):
+        validate(args, world.world_size)
+    with one_line_errors(f"student_trainer[rank {world.rank}]" if world.enabled else "student_trainer"):
         from student_trainer.train import run
 
         try:

@@ -6,6 +6,14 @@ with ``--workers``. Here the sampler yields ``(epoch, index)`` keys from a
 per-epoch permutation, and each item is augmented under its own seed, so a
 run resumed at any step sees exactly the batches the uninterrupted run saw,
 whatever the number of loader processes.
+
+Under ``torchrun`` the order is sharded by global batch: the epoch's permutation
+is cut into global batches of ``--batch-size`` N, and rank r of P takes the
+slice ``[r*N/P, (r+1)*N/P)`` of each, so at every step the P ranks together
+train the same N images a single process would. A last partial global batch of
+m images is cut the same way into P shares of ``m // P``; its ``m % P`` last
+images (fewer than P) are not trained that epoch. Augmentation depends on the
+image, not on the rank, so the images are augmented alike for any P.
 """
 from __future__ import annotations
 
@@ -16,23 +24,42 @@ _MIX = 1_000_003
 
 
 class EpochSampler(Sampler):
-    def __init__(self, size: int, seed: int):
+    """Keys ``(epoch, index)`` of one rank's share of each global batch (all of them in one process)."""
+
+    def __init__(self, size: int, seed: int, batch_size: int = 1, rank: int = 0, world_size: int = 1):
+        if batch_size % world_size:
+            raise ValueError(f"a global batch of {batch_size} images does not split over {world_size} processes")
         self.size, self.seed = size, seed
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.epoch, self.start = 1, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """The next pass covers ``epoch``'s permutation from position ``start``."""
+        """The next pass covers ``epoch``'s permutation from position ``start`` (a whole number of global
+        batches when the world is larger than one)."""
+        if self.world_size > 1 and start % self.batch_size:
+            raise ValueError(f"position {start} is not at a global batch of {self.batch_size}")
         self.epoch, self.start = epoch, start
 
     def permutation(self, epoch: int) -> torch.Tensor:
         return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * _MIX + epoch))
 
     def __iter__(self):
-        for index in self.permutation(self.epoch)[self.start:].tolist():
-            yield self.epoch, index
+        order = self.permutation(self.epoch)[self.start:].tolist()
+        if self.world_size == 1:
+            yield from ((self.epoch, index) for index in order)
+            return
+        for first in range(0, len(order), self.batch_size):
+            batch = order[first:first + self.batch_size]
+            share = len(batch) // self.world_size
+            for index in batch[self.rank * share:(self.rank + 1) * share]:
+                yield self.epoch, index
 
     def __len__(self) -> int:
-        return self.size - self.start
+        left = self.size - self.start
+        if self.world_size == 1:
+            return left
+        full, partial = divmod(left, self.batch_size)
+        return (full * self.batch_size + partial - partial % self.world_size) // self.world_size
 
 
 class SeededItems(Dataset):

@@ -86,9 +86,15 @@ class Distiller(nn.Module):
         super().__init__()
         self.loss = loss
         self.student, self.teacher, self.policy = [student], teacher, policy  # not submodules: saved apart
+        self.trained = [student]  # what the training forward runs through (the student, or DDP around it)
         self.ce_weight, self.timer, self.serial = ce_weight, timer, serial
         self.keys = [o.key for o in loss.teacher_outputs()]
         self.features = loss.student_features()
+
+    def train_through(self, wrapper: nn.Module) -> None:
+        """Run the training forward through ``wrapper`` (DistributedDataParallel around the student), so its
+        gradients are averaged over the ranks; the uncertainty pass and the feature hooks stay on the student."""
+        self.trained = [wrapper]
 
     @property
     def images_per_batch(self) -> int:
@@ -122,7 +128,7 @@ class Distiller(nn.Module):
         """The student's forward (while the teacher works), then the wait, then the loss."""
         student, q = self.student[0], prepared.query
         with self.timer.phase("student"), capture_features(student, self.features) as feats:
-            logits = student(q.images)
+            logits = self.trained[0](q.images)
         with self.timer.phase("teacher"):
             answer = self.policy.complete(q, prepared.wait())
             teacher = {k: v.to(logits.device) for k, v in answer.items()}

@@ -19,8 +19,9 @@ def _stats_source(start, end) -> str | None:
 
 
 def build_summary(*, args, spec, work, top1, best_top1, epochs, teacher, server_start, server_end,
-                  flops, cost, kd_cost, wall_seconds, time_split=None, k=0) -> dict:
-    c = teacher.counters if teacher else None
+                  flops, cost, kd_cost, wall_seconds, time_split=None, k=0, client=None, processes=1) -> dict:
+    """``client``: the teacher client's counters as a dict (summed over the ranks), default the teacher's own."""
+    c = client if client is not None else (teacher.counters.as_dict() if teacher else None)
     info = teacher.describe() if teacher else None
     s = {
         "method": args.method,
@@ -30,7 +31,8 @@ def build_summary(*, args, spec, work, top1, best_top1, epochs, teacher, server_
         "teacher_arch": info.arch if info else None,
         "teacher_url": args.teacher_url if teacher else None,
         "wire_dtype": args.wire_dtype if teacher else None,
-        "batch_size": args.batch_size,
+        "batch_size": args.batch_size,     # the global batch (each of the processes draws its share)
+        "processes": processes,           # torchrun's --nproc_per_node x nodes: ranks training this student
         "query": args.query,
         "loss": args.loss,
         "k": k,
@@ -44,10 +46,10 @@ def build_summary(*, args, spec, work, top1, best_top1, epochs, teacher, server_
         "student_backward_images": work.student_backward,
         "teacher_images": work.teacher_images,
         "teacher_query_ratio": work.teacher_images / max(work.student_images, 1),
-        "teacher_requests": c.requests if c else 0,
-        "bytes_sent": c.bytes_sent if c else 0,
-        "bytes_received": c.bytes_received if c else 0,
-        "teacher_wait_seconds": c.wait_seconds if c else 0.0,
+        "teacher_requests": c["requests"] if c else 0,
+        "bytes_sent": c["bytes_sent"] if c else 0,
+        "bytes_received": c["bytes_received"] if c else 0,
+        "teacher_wait_seconds": c["wait_seconds"] if c else 0.0,
         "server_images_delta": _delta(server_start, server_end, "images"),
         "server_requests_delta": _delta(server_start, server_end, "requests"),
         "server_bytes_in_delta": _delta(server_start, server_end, "bytes_in"),

@@ -496,15 +496,14 @@ def test_the_student_job_runs_the_trainer_under_torchrun_against_the_teacher_ser
     container = pod["spec"]["containers"][0]
     command, argv = container["command"], container["args"]
     assert command[0] == "torchrun" and command[-2:] == ["-m", "student_trainer"]
+    nproc = int(flag(command, "--nproc_per_node"))
+    assert nproc >= 2, "one student trained by several processes (DDP), one GPU each"
     args = build_parser().parse_args(argv)
-    validate(args)
+    validate(args, world_size=nproc)  # the global batch and k split over the processes, the loss allows it
     url = urlsplit(args.teacher_url)
     service = k8s.one("Service", url.hostname)
     assert url.scheme == "grpc" and url.port in [p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc"]
-    nproc = int(flag(command, "--nproc_per_node"))
     assert container["resources"]["limits"]["nvidia.com/gpu"] == nproc
-    ddp = any("LOCAL_RANK" in p.read_text() for p in (ROOT / "student_trainer").rglob("*.py"))
-    assert nproc == 1 or ddp, "more than one process per node before student_trainer supports DDP (LOCAL_RANK)"
     env = {e["name"] for e in container.get("env", [])}
     assert all(name in env for name in re.findall(r"\$\((\w+)\)", " ".join(argv)))
     for path in (args.out, args.data_root):
@@ -513,13 +512,17 @@ def test_the_student_job_runs_the_trainer_under_torchrun_against_the_teacher_ser
 
 def test_the_student_jobs_torchrun_command_trains_against_a_teacher(k8s, slow_commands, grpc_teacher):
     """The Job's command and args as written (a 2-step CPU run appended, started in ``slow_commands``):
-    torchrun starts student_trainer, which trains and gets every teacher answer from the server."""
+    torchrun starts its processes (gloo here, on the CPU), which train one student together and get every
+    teacher answer from the server, each under its own client id."""
     code, log = slow_commands["job"].wait()
     assert code == 0, log[-4000:]
     summary = json.loads((slow_commands["job_out"] / "summary.json").read_text())
-    assert summary["steps"] == 2 and summary["teacher_images"] > 0
+    nproc = int(flag(k8s.one("Job")["spec"]["template"]["spec"]["containers"][0]["command"], "--nproc_per_node"))
+    assert summary["steps"] == 2 and summary["processes"] == nproc and summary["teacher_images"] > 0
     _, servicer = grpc_teacher
     assert servicer.counters.snapshot()["images"] - slow_commands["images_before"] == summary["teacher_images"]
+    assert summary["server_images_delta"] == summary["teacher_images"]  # summed over the ranks' client ids
+    assert all(servicer.counters.snapshot(f"student-test-pod-rank{r}")["images"] > 0 for r in range(nproc))
 
 
 def test_the_network_policy_lets_the_students_reach_the_teachers_grpc_port(k8s):

@@ -164,6 +164,7 @@ class ServerStats:
     bytes_out: int | None = None
     forward_seconds: float | None = 0.0
     source: str = ""
+    per_client: bool = False       # True: the counts of this client's id alone (our gRPC server)
 
     @classmethod
     def unavailable(cls, reason: str) -> "ServerStats":

@@ -112,7 +112,8 @@ class GrpcTeacherClient(TeacherClient):
         one teacher each see their own; a server that does not count per client gives its totals."""
         s = self._call("Stats", pb.StatsRequest(client_id=self.client_id))
         now = time.monotonic()
-        source = ("grpc Stats (this client's)" if s.client_id == self.client_id
+        per_client = s.client_id == self.client_id
+        source = ("grpc Stats (this client's)" if per_client
                   else "grpc Stats (server-wide: this server does not count per client)")
         if self._last_stats is not None:
             then, uptime_then = self._last_stats
@@ -122,7 +123,7 @@ class GrpcTeacherClient(TeacherClient):
                             self.url)
         self._last_stats = (now, s.uptime_seconds)
         return ServerStats(images=s.images, requests=s.requests, bytes_in=s.bytes_in, bytes_out=s.bytes_out,
-                           forward_seconds=s.forward_seconds, source=source)
+                           forward_seconds=s.forward_seconds, source=source, per_client=per_client)
 
     def close(self) -> None:
         super().close()

@@ -67,4 +67,4 @@ class LocalTeacher(TeacherClient):
     def server_stats(self) -> ServerStats:
         s = self.stats.snapshot()
         return ServerStats(images=s["images"], requests=s["requests"], forward_seconds=s["forward_seconds"],
-                           source="in-process")
+                           source="in-process", per_client=True)  # this process's own teacher
