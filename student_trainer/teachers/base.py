@@ -164,6 +164,9 @@ class ServerStats:
     bytes_out: int | None = None
     forward_seconds: float | None = 0.0
     source: str = ""
+    # Teacher replicas (grpc://h1:p1,h2:p2): each one's counts ({"images", "requests", "bytes_in",
+    # "bytes_out"}, or None where it could not be read), which the totals above add up.
+    replicas: dict[str, dict | None] | None = None
 
     @classmethod
     def unavailable(cls, reason: str) -> "ServerStats":
