@@ -119,9 +119,16 @@ def summed_server(stats: ServerStats | None) -> ServerStats | None:
     def total(name):
         values = [getattr(s, name) for s in every]
         return None if any(v is None for v in values) else sum(values)
+
+    replicas = None
+    if every[0].replicas:  # teacher replicas: each one's counts, summed over the ranks' client ids
+        replicas = {name: None if any((s.replicas or {}).get(name) is None for s in every) else
+                    {k: sum(s.replicas[name][k] for s in every) for k in every[0].replicas[name]}
+                    for name in every[0].replicas}
     return ServerStats(images=total("images"), requests=total("requests"), bytes_in=total("bytes_in"),
                        bytes_out=total("bytes_out"), forward_seconds=total("forward_seconds"), per_client=True,
-                       source=f"{every[0].source}, summed over the client ids of {len(every)} processes")
+                       source=f"{every[0].source}, summed over the client ids of {len(every)} processes",
+                       replicas=replicas)
 
 
 def mean_parts(parts: dict[str, float]) -> dict[str, float]:

@@ -10,6 +10,17 @@ def _delta(start, end, field: str):
     return getattr(end, field) - getattr(start, field)
 
 
+def _replica_deltas(start, end) -> dict | None:
+    """Each teacher replica's count of this run's images and requests; None for one that could not be read."""
+    if start is None or end is None or not (start.replicas or end.replicas):
+        return None
+    out = {}
+    for name in {**(start.replicas or {}), **(end.replicas or {})}:
+        a, b = (start.replicas or {}).get(name), (end.replicas or {}).get(name)
+        out[name] = None if a is None or b is None else {k: b[k] - a[k] for k in ("images", "requests")}
+    return out
+
+
 def _stats_source(start, end) -> str | None:
     """Where the server's figures came from, or why they are null ("unavailable: ...", start's reason first)."""
     for stats in (start, end):
@@ -55,6 +66,7 @@ def build_summary(*, args, spec, work, top1, best_top1, epochs, teacher, server_
         "server_bytes_in_delta": _delta(server_start, server_end, "bytes_in"),
         "server_bytes_out_delta": _delta(server_start, server_end, "bytes_out"),
         "server_stats_source": _stats_source(server_start, server_end),
+        "server_replicas": _replica_deltas(server_start, server_end),
         "teacher_flops_per_image": flops["teacher_forward"],
         "student_flops_per_image": flops["student_forward"],
         "student_backward_flops_per_image": flops["student_backward"],

@@ -1,6 +1,7 @@
 """Teacher clients by URL scheme: a new kind of teacher is one entry in ``CLIENTS``.
 
-``grpc://HOST:PORT``      our own gRPC teacher service (``grpcs://`` over TLS)
+``grpc://HOST:PORT``      our own gRPC teacher service (``grpcs://`` over TLS); replicas:
+                          ``grpc://H1:P1,H2:P2`` (requests spread by gRPC's round_robin)
 ``triton://HOST:PORT/MODEL``  a model on NVIDIA Triton, over its gRPC API (``?metrics_port=N``, default 8002)
 ``local:PATH``            the checkpoint at PATH, run in this process
 
@@ -39,13 +40,19 @@ def _grpc(url, *, wire_dtype="float16", timeout=60.0, connect_timeout=30.0, max_
     if "@" in parts.netloc:  # the URL is logged and written to summary.json: no secrets in it
         raise ValueError("a teacher URL must not carry a user or token (it is written to summary.json); "
                          "put the token in a file and pass --token-file")
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if not parts.hostname or not port:
-        raise ValueError(f"teacher URL {url!r} needs a host and a port, like grpc://127.0.0.1:50051")
-    return GrpcTeacherClient(parts.netloc, wire_dtype=wire_dtype, timeout=timeout,
+    replicas = parts.netloc.split(",")
+    for replica in replicas:
+        one = urlsplit(f"{parts.scheme}://{replica}")
+        try:
+            port = one.port
+        except ValueError:
+            port = None
+        if not one.hostname or not port or parts.path.strip("/") or parts.query:
+            raise ValueError(f"teacher URL {url!r} needs a host and a port, like grpc://127.0.0.1:50051 "
+                             f"(replicas: grpc://10.0.0.1:50051,10.0.0.2:50051)")
+    if len(set(replicas)) != len(replicas):
+        raise ValueError(f"teacher URL {url!r} names a replica twice")
+    return GrpcTeacherClient(replicas[0] if len(replicas) == 1 else replicas, wire_dtype=wire_dtype, timeout=timeout,
                              connect_timeout=connect_timeout, max_wait=max_wait, tls=parts.scheme == "grpcs",
                              tls_ca=tls_ca, token=read_token(token_file) if token_file else None,
                              client_id=client_id)

@@ -165,6 +165,9 @@ class ServerStats:
     forward_seconds: float | None = 0.0
     source: str = ""
     per_client: bool = False       # True: the counts of this client's id alone (our gRPC server)
+    # Teacher replicas (grpc://h1:p1,h2:p2): each one's counts ({"images", "requests", "bytes_in",
+    # "bytes_out"}, or None where it could not be read), which the totals above add up.
+    replicas: dict[str, dict | None] | None = None
 
     @classmethod
     def unavailable(cls, reason: str) -> "ServerStats":
