@@ -104,8 +104,12 @@ def _run_trainer(flags: list[str], scratch: Path, threads: int | None) -> dict:
     return json.loads((scratch / "summary.json").read_text())
 
 
+class NotRecorded(Exception):
+    """``--records-only``: this run has no record made with exactly these flags and teacher."""
+
+
 def _train(flags: list[str], scratch: Path, record: Path, teacher: dict | None = None,
-           url: str | None = None, threads: int | None = None) -> dict:
+           url: str | None = None, threads: int | None = None, train: bool = True) -> dict:
     """Train one run, or reuse its record when that was made with exactly these flags and teacher.
 
     ``record`` keeps what is small enough to commit (``summary.json``, ``metrics.jsonl``
@@ -119,6 +123,8 @@ def _train(flags: list[str], scratch: Path, record: Path, teacher: dict | None =
             log.info("reusing %s (same flags and teacher)", record)
             return json.loads((record / "summary.json").read_text())
         log.info("%s was made with other flags or another teacher: training it again", record)
+    if not train:
+        raise NotRecorded(str(record))
     log.info("training %s", record)
     shutil.rmtree(scratch, ignore_errors=True)  # never continue a stale run under new flags
     summary = _run_trainer([*flags, *(["--teacher-url", url] if url else [])], scratch, threads)
@@ -335,6 +341,9 @@ def results_markdown(results: dict) -> str:
         parts += ["## Paired differences (a − b, same seeds, 95 % CI)", pairs_table(results["pairs"])]
     if results.get("verdict"):
         parts.append(results["verdict"])
+    if results.get("not_run"):
+        parts.append(f"Not run yet (no record with these exact flags for every seed; `make reproduce` trains "
+                     f"them and reuses the rest): {', '.join(results['not_run'])}.")
     if any(g.get("series") for g in results["groups"]):
         parts += ["## Frontier: top-1 against measured compute", frontier_table(results["groups"]),
                   "![frontier](figures/frontier.png)"]
@@ -364,24 +373,30 @@ def _asks_teacher(flags: list[str]) -> bool:
     return loss_needs_teacher(args.loss)
 
 
-def train_groups(config: dict, base: list[str], out: Path, records: Path, teacher: dict, url: str,
-                 jobs: int, threads: int | None) -> dict[str, list[dict]]:
+def train_groups(config: dict, base: list[str], out: Path, records: Path, teacher: dict, url: str | None,
+                 jobs: int, threads: int | None) -> dict[str, list[dict | None]]:
     """Every (group, seed) run, ``jobs`` at a time, in config order.
 
     A ``match_compute`` group waits for the group it matches; that group's runs
     were queued first, so they are running or done when it waits (no deadlock).
+    Without ``url`` (``--records-only``) nothing trains: a run without its record is None.
     """
     runs: dict[str, list[Future]] = {}
 
-    def one(group: dict, seed: int) -> dict:
+    def one(group: dict, seed: int) -> dict | None:
         target = group.get("match_compute")
         finished = {target: [f.result() for f in runs[target]]} if target in runs else {}
+        if any(s is None for s in finished.get(target, [])):
+            return None  # what it matches was not run: nor is it
         flags = [*base, *to_flags(_group_options(group, finished)), "--seed", str(seed)]
         name = group["name"]
         # A run that asks the teacher nothing (ce) does not depend on it: its record holds across teachers.
         asks = _asks_teacher(flags)
-        return _train(flags, out / name / f"seed{seed}", records / name / f"seed{seed}",
-                      teacher if asks else None, url if asks else None, threads)
+        try:
+            return _train(flags, out / name / f"seed{seed}", records / name / f"seed{seed}",
+                          teacher if asks else None, url if asks else None, threads, train=url is not None)
+        except NotRecorded:
+            return None
 
     with ThreadPoolExecutor(jobs) as pool:
         try:
@@ -393,7 +408,8 @@ def train_groups(config: dict, base: list[str], out: Path, records: Path, teache
             raise
 
 
-def run_experiment(config: dict, command: str, jobs: int = 1, threads: int | None = None) -> dict:
+def run_experiment(config: dict, command: str, jobs: int = 1, threads: int | None = None,
+                   records_only: bool = False) -> dict:
     out = Path(config.get("out", "runs/experiment"))
     results_dir = Path(config.get("results", out))
     records = results_dir / "runs"
@@ -401,14 +417,23 @@ def run_experiment(config: dict, command: str, jobs: int = 1, threads: int | Non
     checkpoint, teacher_summary = train_teacher(config, out)
     teacher_id = {"checkpoint": str(checkpoint), "sha256": _sha256(checkpoint)}
     base = to_flags(config["student"])
-    with open(out / "teacher_server.log", "a") as server_log, \
-            served_teacher("--checkpoint", str(checkpoint), log_file=server_log) as (_, port):
-        finished = train_groups(config, base, out, records, teacher_id, f"grpc://127.0.0.1:{port}", jobs, threads)
-    groups = [aggregate(g["name"], g, finished[g["name"]]) for g in config["groups"]]
-    example_runs = [load_run(records / g["name"] / f"seed{g.get('seeds', [0])[0]}", g["name"])
-                    for g in config["groups"]]
+    if records_only:
+        finished = train_groups(config, base, out, records, teacher_id, None, jobs, threads)
+    else:
+        with open(out / "teacher_server.log", "a") as server_log, \
+                served_teacher("--checkpoint", str(checkpoint), log_file=server_log) as (_, port):
+            finished = train_groups(config, base, out, records, teacher_id, f"grpc://127.0.0.1:{port}", jobs,
+                                    threads)
+    done = [g for g in config["groups"] if all(s is not None for s in finished[g["name"]])]
+    not_run = [g["name"] for g in config["groups"] if g not in done]
+    if not done:
+        raise ValueError("no group has a record for every seed yet: run without --records-only")
+    names = {g["name"] for g in done}
+    groups = [aggregate(g["name"], g, finished[g["name"]]) for g in done]
+    example_runs = [load_run(records / g["name"] / f"seed{g.get('seeds', [0])[0]}", g["name"]) for g in done]
     against_reference(groups, config.get("reference"))
-    pairs = [paired(groups, p["a"], p["b"]) for p in config.get("pairs", [])]
+    pairs = [paired(groups, p["a"], p["b"]) for p in config.get("pairs", []) if {p["a"], p["b"]} <= names]
+    spec = config.get("verdict")
     student_summary = example_runs[0].summary
     results = {
         "name": config["name"], "description": config.get("description", ""),
@@ -419,10 +444,11 @@ def run_experiment(config: dict, command: str, jobs: int = 1, threads: int | Non
                     "flops_per_image": teacher_summary["student_flops_per_image"], **teacher_id},
         "student": {"arch": student_summary["arch"], "flops_per_image": student_summary["student_flops_per_image"],
                     "backward_flops_per_image": student_summary["student_backward_flops_per_image"]},
-        "groups": groups, "pairs": pairs,
-        "convergence": convergence(config.get("converged"), records),
+        "groups": groups, "pairs": pairs, "not_run": not_run,
+        "convergence": convergence(config.get("converged") if config.get("converged") in names else None,
+                                   records),
     }
-    results["verdict"] = verdict(groups, pairs, config.get("verdict"))
+    results["verdict"] = verdict(groups, pairs, spec if spec and {spec["a"], spec["b"]} <= names else None)
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_report(example_runs, results_dir / "figures", title=f"{config['name']}: seed 0 of each group")
@@ -441,6 +467,8 @@ def main(argv=None) -> None:
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once (each its own process)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per run (default: CPU cores / --jobs)")
+    p.add_argument("--records-only", action="store_true",
+                   help="train nothing: write the results from the runs already recorded, listing the rest")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     with one_line_errors("experiment"):
@@ -449,7 +477,7 @@ def main(argv=None) -> None:
         if args.jobs < 1:
             raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
         threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
-        results = run_experiment(config, command, args.jobs, threads)
+        results = run_experiment(config, command, args.jobs, threads, args.records_only)
     print(results_markdown(results))
 
 

@@ -72,6 +72,8 @@ def test_smoke_experiment_end_to_end(tmp_path, monkeypatch):
                                                                        f'out = "{tmp_path}"')
     config = config.replace('[teacher]', f'[teacher]\nout = "{tmp_path}/teacher"', 1)
     (tmp_path / "smoke.toml").write_text(config)
+    with pytest.raises(SystemExit):  # nothing recorded yet: nothing to report, said in one line
+        experiment([str(tmp_path / "smoke.toml"), "--records-only"])
     experiment([str(tmp_path / "smoke.toml")])
     results = json.loads((tmp_path / "results.json").read_text())
     groups = {g["group"]: g for g in results["groups"]}
@@ -102,3 +104,10 @@ def test_smoke_experiment_end_to_end(tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "kd" / "seed0" / "summary.json").stat().st_mtime_ns == stamp
     again = {g["group"]: g for g in json.loads((tmp_path / "results.json").read_text())["groups"]}
     assert again["unix"]["teacher_images"] == 32
+    # --records-only trains nothing: a group whose flags changed is listed as not run, with what depends on it
+    (tmp_path / "smoke.toml").write_text(config.replace("k = 12", "k = 4"))
+    experiment([str(tmp_path / "smoke.toml"), "--records-only"])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [g["group"] for g in results["groups"]] == ["kd"]
+    assert results["not_run"] == ["unix", "kd-equal-compute"] and results["pairs"] == []
+    assert "Not run yet" in (tmp_path / "results.md").read_text()
