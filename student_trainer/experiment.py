@@ -309,7 +309,7 @@ def frontier_plot(groups: list[dict], path: Path, title: str) -> Path | None:
         members.sort(key=lambda g: g["compute"])
         ax.errorbar([g["compute"] for g in members], [g["top1_mean"] for g in members],
                     yerr=[g["top1_std"] for g in members], marker="o", capsize=3, label=name)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     ax.set_xlabel("measured training compute, teacher + student (fraction of KD's)")
     ax.set_ylabel("test top-1, last epoch (%): mean ± std over seeds")
     ax.grid(True, alpha=0.3)
