@@ -54,6 +54,16 @@ def stop_server(proc: subprocess.Popen, timeout: float = 60) -> int:
     return proc.wait(timeout=timeout)
 
 
+def wait_for_requests(port: int, n: int, trainer: subprocess.Popen, timeout: float = 120) -> None:
+    """Block until the server on `port` has answered `n` requests, failing if the trainer died first."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.TeacherStub(channel)
+        deadline = time.monotonic() + timeout
+        while stub.Stats(pb.StatsRequest(), timeout=10).requests < n:
+            assert trainer.poll() is None and time.monotonic() < deadline, trainer.communicate()
+            time.sleep(0.02)
+
+
 def test_a_model_error_is_internal_with_the_request_id_and_the_server_goes_on(caplog):
     teacher = TeacherModel(FailsOnLargeValues().eval(), "fragile", "fragile", (3, 4, 4), 2,
                            torch.device("cpu"), torch.float32, 0.0)
@@ -175,12 +185,7 @@ def test_training_survives_a_teacher_restart_with_nothing_lost_or_counted_twice(
                                 "--teacher-max-wait", "120", *train_args(run_dir, *flags)],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = pb_grpc.TeacherStub(channel)
-            deadline = time.monotonic() + 120
-            while stub.Stats(pb.StatsRequest(), timeout=10).requests < 3:
-                assert trainer.poll() is None and time.monotonic() < deadline, trainer.communicate()
-                time.sleep(0.02)
+        wait_for_requests(port, 3, trainer)
         assert stop_server(first) == 0
         second, _ = start_server(tmp_path, "life2", *teacher_flags, "--stats-file", tmp_path / "life2.json",
                                  port=port)

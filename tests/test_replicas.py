@@ -3,7 +3,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -15,7 +14,7 @@ from protos import teacher_pb2_grpc as pb_grpc
 from student_trainer.cli import main as train
 from student_trainer.teachers import connect
 from tests.conftest import train_args
-from tests.test_reliability import start_server, stop_server
+from tests.test_reliability import start_server, stop_server, wait_for_requests
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ["--arch", "resnet8", "--num-classes", "10", "--input-shape", "3,32,32", "--seed", "0"]
@@ -80,12 +79,7 @@ def test_a_replica_killed_mid_run_costs_no_step(tmp_path):
                                 "--teacher-max-wait", "60", *train_args(run_dir, *flags)],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{p2}") as channel:
-            stub = pb_grpc.TeacherStub(channel)
-            deadline = time.monotonic() + 120
-            while stub.Stats(pb.StatsRequest(), timeout=10).requests < 3:
-                assert trainer.poll() is None and time.monotonic() < deadline, trainer.communicate()
-                time.sleep(0.02)
+        wait_for_requests(p2, 3, trainer)
         second.send_signal(signal.SIGKILL)  # a crash: no goodbye, calls in flight fail
         second.wait(timeout=30)
         _, err = trainer.communicate(timeout=300)
