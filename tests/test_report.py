@@ -1,5 +1,6 @@
 """The report and the experiment runner, on tiny real runs."""
 import json
+import shutil
 import struct
 from pathlib import Path
 
@@ -111,3 +112,22 @@ def test_smoke_experiment_end_to_end(tmp_path, monkeypatch):
     assert [g["group"] for g in results["groups"]] == ["kd"]
     assert results["not_run"] == ["unix", "kd-equal-compute"] and results["pairs"] == []
     assert "Not run yet" in (tmp_path / "results.md").read_text()
+
+
+def test_the_committed_evidence_is_rebuilt_from_its_committed_records(tmp_path):
+    """docs/results.json must follow from the run records in git alone (no training): nothing hidden, nothing edited."""
+    committed = json.loads((ROOT / "docs" / "results.json").read_text())
+    config = (ROOT / "experiments" / "fashion_mnist.toml").read_text()
+    config = config.replace('out = "runs/fashion-mnist"', f'out = "{tmp_path}/out"')
+    config = config.replace('results = "docs"', f'results = "{tmp_path}/docs"')
+    (tmp_path / "evidence.toml").write_text(config)
+    shutil.copytree(ROOT / "docs" / "runs", tmp_path / "docs" / "runs")
+    experiment([str(tmp_path / "evidence.toml"), "--records-only"])
+    rebuilt = json.loads((tmp_path / "docs" / "results.json").read_text())
+    assert rebuilt["not_run"] == committed["not_run"]
+    for key in ("groups", "pairs", "verdict", "convergence"):
+        assert rebuilt[key] == committed[key], key
+    for group in committed["groups"]:
+        for seed in group["seeds"]:
+            record = ROOT / "docs" / "runs" / group["group"] / f"seed{seed}"
+            assert all((record / name).is_file() for name in ("summary.json", "metrics.jsonl", "run.json"))
