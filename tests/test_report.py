@@ -118,6 +118,7 @@ def test_the_committed_evidence_is_rebuilt_from_its_committed_records(tmp_path):
     """docs/results.json must follow from the run records in git alone (no training): nothing hidden, nothing edited."""
     committed = json.loads((ROOT / "docs" / "results.json").read_text())
     config = (ROOT / "experiments" / "fashion_mnist.toml").read_text()
+    assert 'out = "runs/fashion-mnist"' in config and 'results = "docs"' in config  # never write over docs/
     config = config.replace('out = "runs/fashion-mnist"', f'out = "{tmp_path}/out"')
     config = config.replace('results = "docs"', f'results = "{tmp_path}/docs"')
     (tmp_path / "evidence.toml").write_text(config)
