@@ -122,7 +122,7 @@ def _train(flags: list[str], scratch: Path, record: Path, teacher: dict | None =
         if saved.get("flags") == flags and saved.get("teacher") == teacher:
             log.info("reusing %s (same flags and teacher)", record)
             return json.loads((record / "summary.json").read_text())
-        log.info("%s was made with other flags or another teacher: training it again", record)
+        log.info("%s was made with other flags or another teacher: not reused", record)
     if not train:
         raise NotRecorded(str(record))
     log.info("training %s", record)
