@@ -42,7 +42,7 @@ TEACHER_TRAIN = $(PY) -m student_trainer --method ce --dataset fashion-mnist $(D
 teacher: install data
 	rm -rf $(TEACHER_RUN)
 	$(TEACHER_TRAIN)
-	$(PY) -m student_trainer.publish_teacher $(TEACHER_RUN) $(TEACHER_CKPT) --command "$(subst $(PY),python,$(TEACHER_TRAIN))"
+	$(PY) -m student_trainer.tools.publish_teacher $(TEACHER_RUN) $(TEACHER_CKPT) --command "$(subst $(PY),python,$(TEACHER_TRAIN))"
 
 # Only when the checkpoint is missing (another TEACHER_ARCH): a fresh clone has the shipped one.
 $(TEACHER_CKPT):
@@ -53,13 +53,13 @@ serve-teacher: install $(if $(ARCH),,$(CHECKPOINT))
 	  --backend $(BACKEND)
 
 demo: install data $(TEACHER_CKPT)
-	$(PY) -m student_trainer.demo --checkpoint $(TEACHER_CKPT) $(DATA_FLAGS)
+	$(PY) -m student_trainer.tools.demo --checkpoint $(TEACHER_CKPT) $(DATA_FLAGS)
 
-# The evidence (issue 10): every group x 3 seeds and the frontier -> docs/results.md, reusing the
+# The evidence: every group x 3 seeds and the frontier -> docs/results.md, reusing the
 # committed run records under docs/runs/ whose flags match exactly (QUICK=1: smoke check)
 JOBS ?= 2
 reproduce: install data
-	$(PY) -m student_trainer.experiment experiments/fashion_mnist.toml --jobs $(JOBS) $(if $(QUICK),--quick)
+	$(PY) -m student_trainer.tools.experiment experiments/fashion_mnist.toml --jobs $(JOBS) $(if $(QUICK),--quick)
 
 protos:
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. protos/teacher.proto

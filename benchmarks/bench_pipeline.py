@@ -1,4 +1,4 @@
-"""Two boxes on one machine (issue 12): the teacher server on one core, the trainer on the other.
+"""Two boxes on one machine: the teacher server on one core, the trainer on the other.
 
     python benchmarks/bench_pipeline.py                          # 60 steps an arm, 3 rounds, then the goal checks
     python benchmarks/bench_pipeline.py --json docs/pipeline.json
@@ -57,7 +57,7 @@ Which side is slower, per configuration and method: from the serial arm, teacher
 its teacher seconds per step (the whole round trip: encode, wire, queue, forward,
 decode), student side = its other seconds per step (data, uncertainty, mixing, student).
 
-Goals (issue 12), from the same run, each printed PASS/MISS with its numbers:
+Goals, from the same run, each printed PASS/MISS with its numbers:
   G1  remote UNIX pipelined s/step <= 0.7 x remote KD serial s/step (main configuration)
   G2  remote UNIX pipelined / remote KD pipelined (s/step) within 0.05 of k/N when the
       teacher is the slower side: computed on the main configuration, judged (PASS/MISS)

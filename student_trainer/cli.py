@@ -10,8 +10,11 @@ import logging
 from common.cli_errors import one_line_errors, parse_shape
 from common.codec import WIRE_DTYPES
 from student_trainer.distill import LOSSES, add_loss_arguments, loss_classes, loss_needs_teacher
-from student_trainer.methods import SHORTHANDS
+from student_trainer.engine.distributed import check_world, env_info
 from student_trainer.query import POLICIES
+
+# --method NAME: a shorthand for a (--query, --loss) pair, kept from the first version of the CLI
+SHORTHANDS: dict[str, tuple[str, str]] = {"ce": ("all", "none"), "kd": ("all", "kd"), "unix": ("unix", "kd")}
 
 
 def _milestones(text: str) -> list[int]:
@@ -142,14 +145,10 @@ def validate(args, world_size: int = 1) -> None:
         raise ValueError(f"--budget is a fraction of the schedule's steps, in (0, 1]; got {args.budget}")
     if args.log_every < 1 or args.checkpoint_every < 0:
         raise ValueError("--log-every must be at least 1 and --checkpoint-every at least 0")
-    from student_trainer.ranks import check_world
-
     check_world(args, world_size)
 
 
 def main(argv=None) -> dict:
-    from student_trainer.distributed import env_info
-
     args = build_parser().parse_args(argv)
     world = env_info()  # torchrun's RANK / WORLD_SIZE, or rank 0 of 1
     # Under torchrun rank 0 logs as one process would; the others only warnings and errors, with their rank.
@@ -162,9 +161,9 @@ def main(argv=None) -> dict:
     with one_line_errors("student_trainer", quiet=not world.is_main):
         validate(args, world.world_size)
     with one_line_errors(f"student_trainer[rank {world.rank}]" if world.enabled else "student_trainer"):
-        from student_trainer.train import run
+        from student_trainer.engine.loop import main as train
 
         try:
-            return run(args)
+            return train(args)
         except grpc.RpcError as e:  # the teacher refused or vanished: say so in one line
             raise ConnectionError(f"teacher call failed: {e.code().name}: {e.details()}") from None

@@ -112,7 +112,7 @@ def test_unreadable_files_are_one_line(tmp_path, content, fragment):
 
 
 def test_rng_state_is_plain_and_restores_every_generator_exactly(tmp_path):
-    from student_trainer.train import rng_state, set_rng_state
+    from student_trainer.engine.run_state import rng_state, set_rng_state
 
     np.random.seed(7)
     random.seed(7)

@@ -78,7 +78,7 @@ def test_demo_prints_kd_and_unix_side_by_side(tmp_path):
     r = _run("student_trainer", "--method", "ce", "--dataset", "synthetic", "--arch", "resnet8", "--epochs", "1",
              "--train-size", "64", "--test-size", "32", "--workers", "0", "--out", str(teacher))
     assert r.returncode == 0, r.stderr
-    r = _run("student_trainer.demo", "--checkpoint", str(teacher / "best.pt"), "--dataset", "synthetic",
+    r = _run("student_trainer.tools.demo", "--checkpoint", str(teacher / "best.pt"), "--dataset", "synthetic",
              "--train-size", "128", "--workers", "0", "--out", str(tmp_path / "demo"),
              "--test-size", "32", "--no-progress", timeout=300)
     assert r.returncode == 0, r.stderr

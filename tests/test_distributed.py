@@ -252,7 +252,7 @@ def test_flags_that_cannot_be_split_over_the_ranks_are_refused(extra, says):
 
 
 def test_each_rank_sees_its_share_of_the_global_flags():
-    from student_trainer.ranks import per_rank_flags
+    from student_trainer.engine.distributed import per_rank_flags
 
     args, validate = _flags("--batch-size", "64", "--k", "48", "--b", "32")
     validate(args, world_size=4)
@@ -264,7 +264,7 @@ def test_each_rank_sees_its_share_of_the_global_flags():
 
 @pytest.mark.parametrize("size, start", [(73, 0), (80, 32), (70, 48), (5, 0)])
 def test_the_sharded_order_cuts_each_global_batch_into_rank_slices(size, start):
-    from student_trainer.data_order import EpochSampler
+    from student_trainer.engine.data_order import EpochSampler
 
     n, world = 16, 4
     alone = EpochSampler(size, seed=3, batch_size=n)
@@ -290,38 +290,38 @@ def test_the_sharded_order_cuts_each_global_batch_into_rank_slices(size, start):
 
 def test_a_checkpoint_of_another_world_size_is_refused_naming_both():
     from common.checkpoint import CheckpointError
-    from student_trainer.distributed import DistInfo
-    from student_trainer.ranks import checkpoint_entries, own_entries
+    from student_trainer.engine.distributed import DistInfo
+    from student_trainer.engine.run_state import own_entries, rank_entries
 
     states = [{"counters": {"steps": 5, "student_images": 40}, "rng": r} for r in range(2)]
-    ckpt = checkpoint_entries(states)
+    ckpt = rank_entries(states)
     assert ckpt["counters"] == {"steps": 5, "student_images": 80} and ckpt["world_size"] == 2
     assert own_entries(ckpt, DistInfo(rank=1, world_size=2), "x/last.pt")["rng"] == 1
     with pytest.raises(CheckpointError, match=r"saved by a run of 2 process\(es\), and this run has 3"):
         own_entries(ckpt, DistInfo(rank=0, world_size=3), "x/last.pt")
-    single = checkpoint_entries(states[:1])
+    single = rank_entries(states[:1])
     assert single["rng"] == 0 and "ranks" not in single
     with pytest.raises(CheckpointError, match="nproc_per_node=1"):
         own_entries(single, DistInfo(rank=0, world_size=2), "x/last.pt")
 
 
 def test_the_servers_count_is_summed_over_the_ranks_client_ids_only_where_it_is_per_client(monkeypatch):
-    from student_trainer import ranks
+    from student_trainer.engine import accounting
     from student_trainer.teachers import ServerStats
 
     own = [ServerStats(images=10, requests=2, bytes_in=100, bytes_out=5, forward_seconds=1.0, source="a",
                        per_client=True),
            ServerStats(images=6, requests=1, bytes_in=60, bytes_out=3, forward_seconds=0.5, source="b",
                        per_client=True)]
-    monkeypatch.setattr(ranks, "gather_objects", lambda obj: own)
-    total = ranks.summed_server(own[0])
+    monkeypatch.setattr(accounting, "gather_objects", lambda obj: own)
+    total = accounting.summed_server(own[0])
     assert (total.images, total.requests, total.bytes_in, total.bytes_out) == (16, 3, 160, 8)
     wide = [ServerStats(images=16, requests=3, source="server-wide"), ServerStats(images=16, requests=3)]
-    monkeypatch.setattr(ranks, "gather_objects", lambda obj: wide)
-    assert ranks.summed_server(wide[0]) is wide[0]  # already every rank's
+    monkeypatch.setattr(accounting, "gather_objects", lambda obj: wide)
+    assert accounting.summed_server(wide[0]) is wide[0]  # already every rank's
     gone = ServerStats.unavailable("no Stats")
-    monkeypatch.setattr(ranks, "gather_objects", lambda obj: [own[0], gone])
-    assert ranks.summed_server(own[0]) is gone
+    monkeypatch.setattr(accounting, "gather_objects", lambda obj: [own[0], gone])
+    assert accounting.summed_server(own[0]) is gone
 
 
 def test_the_losss_own_modules_are_averaged_over_the_ranks_too(teacher, tmp_path):
@@ -332,7 +332,7 @@ def test_the_losss_own_modules_are_averaged_over_the_ranks_too(teacher, tmp_path
     ok(torchrun(2, train_args(out, "--query", "unix", "--loss", "fitnet", "--teacher-url", url, "--batch-size", "16",
                               "--k", "8", "--train-size", "64", "--wire-dtype", "float32", "--no-tensorboard")))
     ranks = saved(out)["ranks"]
-    first, second = ranks[0]["method_state"]["loss"], ranks[1]["method_state"]["loss"]
+    first, second = ranks[0]["distiller"]["loss"], ranks[1]["distiller"]["loss"]
     assert first and first.keys() == second.keys()
     for name in first:
         assert torch.equal(first[name], second[name]), name

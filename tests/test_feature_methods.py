@@ -59,7 +59,7 @@ def test_a_learnable_regressor_trains_and_resumes_bit_exactly(grpc_teacher, tmp_
     train(_flags(url, tmp_path / "split", *flags, "--max-steps", "5"))
     train(_flags(url, tmp_path / "split", *flags, "--resume", str(tmp_path / "split")))
     a, b = _last(tmp_path / "straight"), _last(tmp_path / "split")
-    loss_a, loss_b = a["method_state"]["loss"], b["method_state"]["loss"]
+    loss_a, loss_b = a["distiller"]["loss"], b["distiller"]["loss"]
     assert any("regressor" in k or "reg" in k for k in loss_a), list(loss_a)
     for name in a["state_dict"]:
         assert torch.equal(a["state_dict"][name], b["state_dict"][name]), name
@@ -68,7 +68,7 @@ def test_a_learnable_regressor_trains_and_resumes_bit_exactly(grpc_teacher, tmp_
     # the regressor moved: the optimiser trains it
     fresh = train(_flags(url, tmp_path / "fresh", *flags, "--max-steps", "1", "--lr", "0"))
     assert fresh["steps"] == 1
-    zero = _last(tmp_path / "fresh")["method_state"]["loss"]
+    zero = _last(tmp_path / "fresh")["distiller"]["loss"]
     assert any(not torch.equal(zero[k], loss_a[k]) for k in zero if zero[k].is_floating_point())
 
 

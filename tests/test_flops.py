@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 from common.flops import backward_flops_per_image, forward_flops_per_image
-from student_trainer.accounting import WorkCounters, compute_flops, kd_flops
-from student_trainer.methods import StepOutput
+from student_trainer.engine.accounting import WorkCounters, compute_flops, kd_flops
+from student_trainer.engine.distiller import StepOutput
 
 
 def _tiny():

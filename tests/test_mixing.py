@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from student_trainer.mixing import mixing_mask, scaled_for_batch, select_and_mix
-from student_trainer.uncertainty import UNCERTAINTY, uncertainty
+from student_trainer.query.mixing import mixing_mask, scaled_for_batch, select_and_mix
+from student_trainer.query.uncertainty import UNCERTAINTY, uncertainty
 
 
 def _sigmoid(z):

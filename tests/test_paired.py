@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from student_trainer.paired import paired_difference, t975
+from student_trainer.tools.paired import paired_difference, t975
 
 
 def test_the_interval_is_the_t_interval_of_the_per_seed_differences():

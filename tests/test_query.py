@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from common.models import build_model
-from student_trainer.mixing import select_and_mix
+from student_trainer.query.mixing import select_and_mix
 from student_trainer.query import POLICIES, build_policy
-from student_trainer.uncertainty import entropy
+from student_trainer.query.uncertainty import entropy
 
 
 def policy_args(query: str, **over) -> argparse.Namespace:

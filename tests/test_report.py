@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from student_trainer.cli import main as train
-from student_trainer.experiment import load_config, main as experiment, to_flags
-from student_trainer.report import main as report
+from student_trainer.tools.experiment import load_config, main as experiment, to_flags
+from student_trainer.tools.report import main as report
 from tests.conftest import train_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def test_report_writes_the_table_and_two_plots(grpc_teacher, tmp_path, capsys):
 
 
 def test_run_names_tell_runs_apart():
-    from student_trainer.report import run_names
+    from student_trainer.tools.report import run_names
 
     assert run_names(["runs/kd/seed0", "runs/unix/seed0"]) == ["kd/seed0", "unix/seed0"]
     assert run_names(["a/kd", "a/unix"]) == ["kd", "unix"]

@@ -85,6 +85,8 @@ class DistillLoss(nn.Module):
     name: ClassVar[str] = ""
     about: ClassVar[str] = ""
     needs_teacher: ClassVar[bool] = True   # False: the loss asks the teacher nothing (no --teacher-url)
+    # Why the loss cannot be split over several processes (state kept per data-set index); "" if it can.
+    per_image_state: ClassVar[str] = ""
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:

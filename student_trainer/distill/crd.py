@@ -79,6 +79,7 @@ class CRD(EmbeddingLoss):
     name = "crd"
     about = "contrastive representation distillation (Tian et al. 2020) on the pool embedding"
     max_pairs = 1
+    per_image_state = "--loss crd keeps a memory bank of every training image"
 
     def __init__(self, pairs, student_shapes, teacher_shapes, dataset_size: int, seed: int = 0,
                  weight=0.8, feat_dim=128, nce_k=16384, nce_t=0.07, nce_m=0.5, negatives="other-class"):

@@ -1,7 +1,7 @@
 """Hinton KD on the logits."""
 from __future__ import annotations
 
-from student_trainer.losses import kd_loss
+from student_trainer.distill.functional import kd_loss
 
 from .base import LOGITS, DistillBatch, DistillLoss
 

@@ -1,4 +1,4 @@
-"""python -m student_trainer.publish_teacher RUN_DIR OUT.pt: a trained run's best weights, ready to ship.
+"""python -m student_trainer.tools.publish_teacher RUN_DIR OUT.pt: a trained run's best weights, ready to ship.
 
 A teacher committed to the repository (the demo's, the experiments') must be
 small and must say where it came from: this keeps the weights and the model's
@@ -54,7 +54,7 @@ def publish(run_dir: str | Path, out: str | Path, *, command: str, name: str | N
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m student_trainer.publish_teacher", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m student_trainer.tools.publish_teacher", description=__doc__)
     p.add_argument("run_dir", help="a trainer run folder (its best.pt) or a checkpoint file")
     p.add_argument("out", help="where to write the shipped checkpoint (.pt); OUT.json goes beside it")
     p.add_argument("--command", required=True, help="the command that trained it, recorded in the metadata")

@@ -1,4 +1,4 @@
-"""python -m student_trainer.experiment CONFIG.toml: a whole comparison from one config file.
+"""python -m student_trainer.tools.experiment CONFIG.toml: a whole comparison from one config file.
 
 1. trains the teacher with ``--method ce`` (or reuses the cached one) and records its top-1;
 2. serves it with ``teacher_server`` (our gRPC backend) on localhost;
@@ -38,8 +38,8 @@ from pathlib import Path
 import torch
 
 from common.cli_errors import one_line_errors
-from student_trainer.paired import paired_difference
-from student_trainer.report import load_run, write_report
+from student_trainer.tools.paired import paired_difference
+from student_trainer.tools.report import load_run, write_report
 from teacher_server.launch import served_teacher
 
 log = logging.getLogger("experiment")
@@ -460,7 +460,7 @@ def run_experiment(config: dict, command: str, jobs: int = 1, threads: int | Non
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m student_trainer.experiment", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m student_trainer.tools.experiment", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="an experiment config (experiments/*.toml)")
     p.add_argument("--quick", action="store_true", help="apply the config's [quick] overrides")
@@ -473,7 +473,7 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     with one_line_errors("experiment"):
         config = load_config(args.config, args.quick)
-        command = "python -m student_trainer.experiment " + shlex.join(sys.argv[1:] if argv is None else argv)
+        command = "python -m student_trainer.tools.experiment " + shlex.join(sys.argv[1:] if argv is None else argv)
         if args.jobs < 1:
             raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
         threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)

@@ -5,16 +5,30 @@ As in torchvision's ``references/classification/utils.py``: ``torchrun`` sets
 process group (gloo on the CPU, NCCL on CUDA, each rank on ``cuda:LOCAL_RANK``).
 Without them, or with a world of one, nothing is initialised and every helper
 here is the identity, so a single process runs exactly as it did before DDP.
+
+One student, P processes: ``--batch-size`` N, ``--k`` and ``--b`` describe the
+global step; each rank draws N/P images (its share of each global batch,
+``data_order.EpochSampler``), sends k/P of them to the teacher and mixes with
+b/P (``per_rank_flags``); ``check_world`` refuses flags that do not split.
 """
 from __future__ import annotations
 
+import argparse
+import copy
 import os
+import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from student_trainer.distill import loss_classes
+from student_trainer.query import POLICIES
+
+CLIENT_ID_LIMIT = 64  # the teacher server's longest client id
 
 
 @dataclass(frozen=True)
@@ -151,3 +165,58 @@ def barrier() -> None:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# --- what each rank does of a global step ------------------------------------------------------------
+def check_world(args: argparse.Namespace, world_size: int) -> None:
+    """Flags that cannot be split over ``world_size`` processes, as one line (run after the flags resolve)."""
+    if world_size == 1:
+        return
+    n = args.batch_size
+    if n % world_size:
+        raise ValueError(f"--batch-size {n} is the global batch, split evenly over the {world_size} processes "
+                         f"torchrun started: give a multiple of {world_size}")
+    policy = POLICIES[args.query]
+    if policy.uses_k and args.k % world_size:
+        raise ValueError(f"--k {args.k} is the teacher's images per global batch, split evenly over the "
+                         f"{world_size} processes torchrun started: give a multiple of {world_size}")
+    for part in [*loss_classes(args.loss), policy]:
+        if part.per_image_state:
+            raise ValueError(f"{part.per_image_state} by data-set index, which would differ on each of the "
+                             f"{world_size} processes: train it in one process (--nproc_per_node=1)")
+    if args.client_id and len(args.client_id) + len(f"-rank{world_size - 1}") > CLIENT_ID_LIMIT:
+        raise ValueError(f"--client-id gets -rank<R> appended on each of the {world_size} processes and must "
+                         f"then stay within {CLIENT_ID_LIMIT} characters; shorten it")
+
+
+def per_rank_flags(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
+    """The flags as one rank sees them: N/P images a step, k/P of them for the teacher, mixing midpoint b/P."""
+    if world_size == 1:
+        return args
+    local = copy.copy(args)
+    local.batch_size = args.batch_size // world_size
+    local.k = args.k // world_size
+    if getattr(args, "b", None) is not None:
+        local.b = args.b / world_size
+    return local
+
+
+def rank_name(given: str | None, info: DistInfo) -> str:
+    """``NAME-rankR``: NAME the one given or one rank 0 made up, so the ranks' names share a prefix."""
+    return f"{gather_objects(given or uuid.uuid4().hex)[0]}-rank{info.rank}"
+
+
+def eval_shard(dataset: Dataset, info: DistInfo) -> Dataset:
+    """This rank's part of the test set (every P-th image from its rank on): disjoint, all covered."""
+    if not info.enabled:
+        return dataset
+    return Subset(dataset, range(info.rank, len(dataset), info.world_size))
+
+
+def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Figures averaged over the ranks (one some rank lacks is averaged over those that have it)."""
+    every = gather_objects(values)
+    if len(every) == 1:
+        return values
+    keys = list(dict.fromkeys(k for p in every for k in p))
+    return {k: sum(p[k] for p in every if k in p) / sum(k in p for p in every) for k in keys}

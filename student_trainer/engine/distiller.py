@@ -1,9 +1,11 @@
-"""A training step: a query policy picks the images, the teacher answers, a distillation loss scores them.
+"""One training step: a query policy picks the images, the teacher answers, the losses score them.
 
 ``Distiller`` is an ``nn.Module`` (as mdistiller's distillers are) whose
 learnable parameters are its loss's own modules (regressors, embeddings); the
-student is trained beside it. ``--method ce|kd|unix`` are shorthands for a
-(query policy, loss) pair, kept from the first version of the CLI.
+student is trained beside it. A step has two halves: ``prepare`` (the policy
+chooses, the images go to the teacher) and ``train_on`` (the student's forward,
+the wait for the answer, the losses), which returns the student's predictions
+and a dict of its losses.
 
 Inside a step the teacher works while the student does: the images go out as
 soon as the policy has chosen them (``TeacherClient.submit``), the student's
@@ -24,21 +26,21 @@ from common.flops import count_flops
 from common.reductions import NONE, offered_keys
 from student_trainer.distill import build_loss
 from student_trainer.distill.base import DistillBatch, DistillLoss, ModelShapes, StepContext
-from student_trainer.losses import mixed_ce
+from student_trainer.distill.functional import mixed_ce
+from student_trainer.engine.timing import NULL_TIMER, PhaseTimer
 from student_trainer.query import Query, QueryPolicy, build_policy
-from student_trainer.timing import NULL_TIMER, PhaseTimer
-
-# --method NAME -> (--query, --loss)
-SHORTHANDS: dict[str, tuple[str, str]] = {"ce": ("all", "none"), "kd": ("all", "kd"), "unix": ("unix", "kd")}
 
 
 @dataclass
 class StepOutput:
+    """A trained step: the loss to back-propagate, its parts as numbers for the log, the work it took."""
     loss: torch.Tensor
     parts: dict[str, float] = field(default_factory=dict)
     student_forward: int = 0
     student_backward: int = 0
     teacher_images: int = 0
+    logits: torch.Tensor | None = None                            # the student's predictions
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)  # each term, as weighted in ``loss``
 
 
 def completed(value) -> Future:
@@ -136,14 +138,12 @@ class Distiller(nn.Module):
             l_ce = mixed_ce(logits, q.labels_a, q.labels_b, q.mix)
             terms = self.loss(DistillBatch(logits, teacher, dict(feats), q.labels_a, q.labels_b, q.mix, q.indices,
                                            context))
-            total = self.ce_weight * l_ce + sum(terms.values(), torch.zeros((), device=logits.device))
+            ce = self.ce_weight * l_ce
+            total = ce + sum(terms.values(), torch.zeros((), device=logits.device))
         k = q.images.shape[0]
         parts = {"loss_ce": l_ce.item(), **{name: t.item() for name, t in terms.items()}, **q.parts}
-        return StepOutput(total, parts, q.choosing_forward + k, k, q.teacher_rows if self.keys else 0)
-
-    def step(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
-             context: StepContext = StepContext()) -> StepOutput:
-        return self.train_on(self.prepare(images, labels, indices), context)
+        return StepOutput(total, parts, q.choosing_forward + k, k, q.teacher_rows if self.keys else 0,
+                          logits=logits, losses={"loss_ce": ce, **terms})
 
     def student_buffers(self) -> dict[str, torch.Tensor]:
         """The student's BN statistics: its forward runs before the teacher's answer is in, so a
@@ -156,11 +156,11 @@ class Distiller(nn.Module):
             for name, value in saved.items():
                 buffers[name].copy_(value)
 
-    def method_state(self) -> dict:
+    def training_state(self) -> dict:
         """What a resumed run needs beyond the student: the policy's RNG, the loss's modules and state."""
         return {"policy": self.policy.state_dict(), "loss": self.loss.state_dict()}
 
-    def load_method_state(self, state: dict) -> None:
+    def load_training_state(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])
         self.loss.load_state_dict(state["loss"])
 

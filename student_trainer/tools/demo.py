@@ -1,4 +1,4 @@
-"""python -m student_trainer.demo: serve a teacher, distil two students (kd, unix), compare.
+"""python -m student_trainer.tools.demo: serve a teacher, distil two students (kd, unix), compare.
 
 The teacher runs as its own process behind the gRPC server, exactly as on a
 separate GPU box; the students talk to it over localhost. At the end the two
@@ -10,12 +10,12 @@ import argparse
 from pathlib import Path
 
 from common.cli_errors import one_line_errors
-from student_trainer.summary import format_summary
+from student_trainer.engine.summary import format_summary
 from teacher_server.launch import served_teacher
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m student_trainer.demo", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m student_trainer.tools.demo", description=__doc__)
     p.add_argument("--checkpoint", required=True, help="teacher checkpoint (make teacher writes one)")
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--arch", default="resnet8", help="student architecture")

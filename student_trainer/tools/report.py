@@ -1,4 +1,4 @@
-"""python -m student_trainer.report RUN_DIR... --out DIR: a table and plots comparing runs.
+"""python -m student_trainer.tools.report RUN_DIR... --out DIR: a table and plots comparing runs.
 
 Reads each run's ``summary.json`` and ``metrics.jsonl`` and writes
 ``report.md`` (method, k, top-1, teacher images, bytes, measured compute vs
@@ -110,7 +110,7 @@ def write_report(runs: list[Run], out: str | Path, title: str = "Distillation ru
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m student_trainer.report", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m student_trainer.tools.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", default="report")

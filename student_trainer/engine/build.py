@@ -1,0 +1,157 @@
+"""Everything a run trains with, built from the parsed flags: data, student, teacher, distiller, optimiser.
+
+As the ``main`` of torchvision's reference ``train.py`` builds its pieces before
+the epochs start; the loop (``loop.py``) only uses them.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from common.data import DataSpec, build_dataset
+from common.models import build_model
+from student_trainer.distill import loss_needs_teacher
+from student_trainer.engine.accounting import flops_per_image
+from student_trainer.engine.data_order import EpochSampler, SeededItems
+from student_trainer.engine.distiller import Distiller, build_distiller
+from student_trainer.engine.distributed import (DistInfo, broadcast_buffers, ddp, eval_shard, per_rank_flags,
+                                                rank_device, rank_name)
+from student_trainer.engine.timing import PhaseTimer
+from student_trainer.teachers import USES, ClientCounters, TeacherClient, connect, teacher_options
+
+
+@dataclass
+class Run:
+    args: argparse.Namespace
+    dist: DistInfo
+    device: torch.device
+    out: Path
+    spec: DataSpec
+    student: nn.Module
+    model: nn.Module            # what the training forward runs through: the student, or DDP around it
+    teacher: TeacherClient | None
+    distiller: Distiller
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    sampler: EpochSampler
+    train_loader: DataLoader
+    test_loader: DataLoader
+    timer: PhaseTimer
+    flops: dict[str, float]     # measured FLOPs per image of each kind of work (accounting)
+    steps_per_epoch: int        # global steps: every rank draws its share of each
+    total_steps: int
+
+    def sync_buffers(self) -> None:
+        """Rank 0's BatchNorm statistics (and the loss's buffers) on every rank, so all evaluate and save
+        one model; between these points each rank keeps its own (per-rank BN, as torchvision's default)."""
+        broadcast_buffers(self.student)
+        broadcast_buffers(self.distiller)
+
+    def teacher_counters(self) -> ClientCounters | None:
+        return self.teacher.counters if self.teacher else None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA device is available")
+    return dev
+
+
+def scaled_steps(epochs: float, steps_per_epoch: int, budget: float = 1.0) -> int:
+    """Step count of ``epochs`` epochs, scaled by ``--budget`` (the schedule keeps its shape)."""
+    return round(epochs * steps_per_epoch * budget)
+
+
+def check_teacher_fits(info, spec) -> None:
+    """A teacher for another data set gives silent garbage: refuse it up front."""
+    if tuple(info.input_shape) != tuple(spec.input_shape) or info.num_classes != spec.num_classes:
+        raise ValueError(
+            f"teacher {info.model_name} takes {'x'.join(map(str, info.input_shape))} images in "
+            f"{info.num_classes} classes, but {spec.name} has {'x'.join(map(str, spec.input_shape))} "
+            f"in {spec.num_classes}")
+
+
+def connect_teacher(args, spec, device, dist: DistInfo) -> TeacherClient | None:
+    """The teacher the loss needs (None for one that needs none), checked to fit the data set."""
+    if not loss_needs_teacher(args.loss):
+        return None
+    if not args.teacher_url:
+        raise ValueError(f"--loss {args.loss} needs --teacher-url "
+                         f"(grpc://HOST:PORT, grpcs://, triton://HOST:PORT/MODEL or local:PATH)")
+    options = teacher_options(args)
+    scheme = args.teacher_url.split(":", 1)[0]
+    if dist.enabled and "client_id" in USES.get(scheme, ()):  # each rank asks under its own id
+        options["client_id"] = rank_name(args.client_id, dist)
+    teacher = connect(args.teacher_url, wire_dtype=args.wire_dtype, timeout=args.teacher_timeout,
+                      connect_timeout=args.connect_timeout, device=str(device), **options)
+    check_teacher_fits(teacher.describe(), spec)
+    return teacher
+
+
+def build_run(args: argparse.Namespace, dist: DistInfo = DistInfo()) -> Run:
+    device = rank_device(resolve_device(args.device), dist)
+    local = per_rank_flags(args, dist.world_size)  # N/P images a step, k/P for the teacher
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    seed_everything(args.seed)
+
+    spec = build_dataset(args.dataset, args.data_root, train_size=args.train_size, test_size=args.test_size,
+                         image_shape=args.image_shape, num_classes=args.num_classes, seed=args.data_seed,
+                         augment=not args.no_augment, download=args.download)
+    student = build_model(args.arch, num_classes=spec.num_classes, in_channels=spec.input_shape[0]).to(device)
+    timer = PhaseTimer(device)
+    teacher = connect_teacher(args, spec, device, dist)
+    distiller = build_distiller(local, student, teacher, input_shape=spec.input_shape,
+                                num_classes=spec.num_classes, dataset_size=len(spec.train), device=device,
+                                timer=timer)
+    # Several ranks: the training forward goes through DDP, which averages the student's gradients in
+    # backward; the loss's own modules (a regressor, ...) are averaged by hand after it (the loop).
+    model = ddp(student, device)
+    distiller.train_through(model)
+    # The loss's own modules (regressors, embeddings) train beside the student.
+    optimizer = torch.optim.SGD([*student.parameters(), *distiller.parameters()], lr=args.lr,
+                                momentum=args.momentum, weight_decay=args.weight_decay, nesterov=args.nesterov)
+
+    sampler = EpochSampler(len(spec.train), args.seed, args.batch_size, dist.rank, dist.world_size)
+    # Loader processes are started by a forkserver, not forked: by now the teacher client's gRPC
+    # threads are running, and forking a process with live gRPC threads is unsafe.
+    loader_opts = dict(num_workers=args.workers, pin_memory=device.type == "cuda",
+                       persistent_workers=args.workers > 0,
+                       multiprocessing_context="forkserver" if args.workers > 0 else None)
+    train_loader = DataLoader(SeededItems(spec.train, args.seed), batch_size=local.batch_size, sampler=sampler,
+                              drop_last=args.drop_last, **loader_opts)
+    test_loader = DataLoader(eval_shard(spec.test, dist), batch_size=max(args.batch_size, 256), shuffle=False,
+                             **loader_opts)
+
+    # --budget ends and decays the schedule mid-epoch with the same shape (milestones at the same
+    # fractions of the run), so the scheduler steps per training step.
+    steps_per_epoch = len(train_loader)
+    total_steps = scaled_steps(args.epochs, steps_per_epoch, args.budget)
+    if args.max_steps is not None:
+        total_steps = min(total_steps, args.max_steps)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=[scaled_steps(m, steps_per_epoch, args.budget) for m in args.milestones],
+        gamma=args.lr_gamma)
+    return Run(args, dist, device, out, spec, student, model, teacher, distiller, optimizer, scheduler, sampler,
+               train_loader, test_loader, timer,
+               flops_per_image(student, spec.input_shape, teacher, distiller.flops_per_image),
+               steps_per_epoch, total_steps)

@@ -1,0 +1,19 @@
+"""Conventional KD's policy: the teacher sees every image, unmixed (k = N)."""
+from __future__ import annotations
+
+from student_trainer.engine.timing import NULL_TIMER
+from student_trainer.query.base import QueryPolicy, unmixed
+
+
+class AllImages(QueryPolicy):
+    name = "all"
+    about = "every image, unmixed (conventional KD; k = N)"
+    sends_all = True
+    uses_k = False
+
+    @classmethod
+    def validate(cls, args):
+        pass
+
+    def select(self, student, images, labels, indices, timer=NULL_TIMER):
+        return unmixed(images, labels, indices)
