@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets, transforms
 
+from common.views import StoredImages
+
 DEFAULT_ROOT = "data"
 """Where file-based sets are looked for when no ``root`` is given."""
 
@@ -42,7 +44,11 @@ class DatasetNotFoundError(FileNotFoundError):
 @dataclass(frozen=True)
 class DataSpec:
     """Train/test items are ``(normalised float32 CxHxW tensor, int label)``; the test
-    split is never augmented.  ``mean``/``std`` undo the normalisation when needed."""
+    split is never augmented.  ``mean``/``std`` undo the normalisation when needed.
+
+    ``train_views``: the training split in memory with its augmentation, for sets that fit
+    (rendered a batch at a time from recipes, ``common.views``); None for those read from
+    files item by item (ImageNet)."""
 
     name: str
     train: Dataset
@@ -51,6 +57,7 @@ class DataSpec:
     input_shape: tuple[int, int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    train_views: StoredImages | None = None
 
 
 DATASETS: dict[str, Callable[..., DataSpec]] = {}
@@ -83,19 +90,25 @@ def build_dataset(name: str, root: str | None = None, *, train_size: int | None 
             raise ValueError(f"{fixed} is only for generated data (synthetic); {key} has its own")
     spec = builder(root, **{k: v for k, v in options.items() if k in accepted})
     if "train_size" not in accepted:
-        spec = dataclasses.replace(spec, train=_subset(spec.train, train_size, seed, "train_size"),
-                                   test=_subset(spec.test, test_size, seed, "test_size"))
+        train = _subset_indices(spec.train, train_size, seed, "train_size")
+        test = _subset_indices(spec.test, test_size, seed, "test_size")
+        spec = dataclasses.replace(
+            spec, train=spec.train if train is None else Subset(spec.train, train),
+            test=spec.test if test is None else Subset(spec.test, test),
+            train_views=spec.train_views.subset(train) if train is not None and spec.train_views else spec.train_views)
+    if spec.train_views is not None and not augment:
+        spec = dataclasses.replace(spec, train_views=spec.train_views.unaugmented())
     return spec
 
 
-def _subset(data: Dataset, size: int | None, seed: int, what: str) -> Dataset:
-    """A seeded random subset, so short runs see every class and stay repeatable."""
+def _subset_indices(data: Dataset, size: int | None, seed: int, what: str) -> list[int] | None:
+    """A seeded random subset's indices, so short runs see every class and stay repeatable."""
     if size is None:
-        return data
+        return None
     if not 0 < size <= len(data):
         raise ValueError(f"{what}={size} is out of range: this split has {len(data)} items")
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
-    return Subset(data, order[:size].sort().values.tolist())
+    return order[:size].sort().values.tolist()
 
 
 def _transforms(augment: bool, crop: list, mean, std) -> tuple[Callable, Callable]:
@@ -135,8 +148,11 @@ def _cifar(name: str, cls, num_classes: int, mean, std, root, augment, download)
             f"{name} not found: expected {', '.join(files)} in {folder}; pass --data-root "
             f"with the folder that holds {cls.base_folder}, or --download to fetch it")
     train_tf, test_tf = _transforms(augment, [transforms.RandomCrop(32, padding=4)], mean, std)
-    return DataSpec(name, cls(root, train=True, transform=train_tf, download=download),
-                    cls(root, train=False, transform=test_tf), num_classes, (3, 32, 32), mean, std)
+    train = cls(root, train=True, transform=train_tf, download=download)
+    views = StoredImages(torch.from_numpy(train.data).permute(0, 3, 1, 2).contiguous(),
+                         torch.as_tensor(train.targets, dtype=torch.long), 4, True, mean, std)
+    return DataSpec(name, train, cls(root, train=False, transform=test_tf), num_classes, (3, 32, 32), mean, std,
+                    views)
 
 
 @register("cifar10")
@@ -219,10 +235,10 @@ def fashion_mnist(root, *, augment, download) -> DataSpec:
     mean, std = (0.2860,), (0.3530,)
     base = _fashion_mnist_root(root, download)
     train_tf, test_tf = _transforms(augment, [transforms.RandomCrop(28, padding=2)], mean, std)
-    return DataSpec("fashion-mnist",
-                    datasets.FashionMNIST(base, train=True, transform=train_tf, download=download),
-                    datasets.FashionMNIST(base, train=False, transform=test_tf),
-                    10, (1, 28, 28), mean, std)
+    train = datasets.FashionMNIST(base, train=True, transform=train_tf, download=download)
+    views = StoredImages(train.data[:, None], train.targets.long(), 2, True, mean, std)
+    return DataSpec("fashion-mnist", train, datasets.FashionMNIST(base, train=False, transform=test_tf),
+                    10, (1, 28, 28), mean, std, views)
 
 
 # --- ImageNet (any ImageFolder tree) ----------------------------------------
@@ -327,5 +343,6 @@ def synthetic(root=None, *, train_size=None, test_size=None, image_shape=None, n
         images.sub_(mean).div_(var.sqrt())
     (train_x, train_y), (test_x, test_y) = splits
     flip = transforms.RandomHorizontalFlip() if augment else None
+    views = StoredImages(train_x, train_y, 0, augment, (0.0,) * c, (1.0,) * c)
     return DataSpec("synthetic", TensorImages(train_x, train_y, flip), TensorImages(test_x, test_y),
-                    k, shape, (0.0,) * c, (1.0,) * c)
+                    k, shape, (0.0,) * c, (1.0,) * c, views)

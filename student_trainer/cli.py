@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--num-classes", type=int, default=None, help="synthetic only")
     d.add_argument("--data-seed", type=int, default=0)
     d.add_argument("--no-augment", action="store_true")
+    d.add_argument("--augment-draws", choices=("batched", "per-item"), default="batched",
+                   help="batched: each view a recipe hashed from (seed, epoch, index), a batch rendered at once "
+                        "from the images in memory (Fashion-MNIST, CIFAR, synthetic); per-item: the data set's "
+                        "transforms image by image under a seed each (any data set; the draws of earlier "
+                        "releases). Data sets read from files always draw per item")
     d.add_argument("--workers", type=int, default=2, help="data loader processes")
     d.add_argument("--drop-last", action="store_true", help="skip the last partial batch of each epoch")
     o = p.add_argument_group("model and optimiser")

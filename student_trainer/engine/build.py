@@ -19,7 +19,7 @@ from common.data import DataSpec, build_dataset
 from common.models import build_model
 from student_trainer.distill import loss_needs_teacher
 from student_trainer.engine.accounting import flops_per_image
-from student_trainer.engine.data_order import EpochSampler, SeededItems
+from student_trainer.engine.data_order import EpochSampler, RenderedViews, SeededItems, whole_batch
 from student_trainer.engine.distiller import Distiller, build_distiller
 from student_trainer.engine.distributed import (DistInfo, broadcast_buffers, ddp, eval_shard, per_rank_flags,
                                                 rank_device, rank_name)
@@ -137,8 +137,12 @@ def build_run(args: argparse.Namespace, dist: DistInfo = DistInfo()) -> Run:
     loader_opts = dict(num_workers=args.workers, pin_memory=device.type == "cuda",
                        persistent_workers=args.workers > 0,
                        multiprocessing_context="forkserver" if args.workers > 0 else None)
-    train_loader = DataLoader(SeededItems(spec.train, args.seed), batch_size=local.batch_size, sampler=sampler,
-                              drop_last=args.drop_last, **loader_opts)
+    if args.augment_draws == "batched" and spec.train_views is not None:
+        train_items, collate = RenderedViews(spec.train_views, args.seed), whole_batch
+    else:  # per-item, or a data set read from files
+        train_items, collate = SeededItems(spec.train, args.seed), None
+    train_loader = DataLoader(train_items, batch_size=local.batch_size, sampler=sampler, drop_last=args.drop_last,
+                              collate_fn=collate, **loader_opts)
     test_loader = DataLoader(eval_shard(spec.test, dist), batch_size=max(args.batch_size, 256), shuffle=False,
                              **loader_opts)
 

@@ -3,9 +3,13 @@
 A plain shuffled DataLoader draws its order and each worker's augmentation seed
 from RNG state that a resumed run cannot rebuild mid-epoch, and the draws change
 with ``--workers``. Here the sampler yields ``(epoch, index)`` keys from a
-per-epoch permutation, and each item is augmented under its own seed, so a
+per-epoch permutation, and each image's view is a pure function of its key, so a
 run resumed at any step sees exactly the batches the uninterrupted run saw,
-whatever the number of loader processes.
+whatever the number of loader processes. Two ways to make the views
+(``--augment-draws``): ``RenderedViews`` draws a batch's recipes with a
+counter-based hash and renders them at once from the images in memory
+(``common.views``); ``SeededItems`` runs the data set's own per-image transforms
+under a seed per image (any data set, files included; the draws of earlier releases).
 
 Under ``torchrun`` the order is sharded by global batch: the epoch's permutation
 is cut into global batches of ``--batch-size`` N, and rank r of P takes the
@@ -19,6 +23,8 @@ from __future__ import annotations
 
 import torch
 from torch.utils.data import Dataset, Sampler
+
+from common.views import StoredImages, draw, render
 
 _MIX = 1_000_003
 
@@ -81,3 +87,31 @@ class SeededItems(Dataset):
             torch.manual_seed(((self.seed * _MIX + epoch) * _MIX + index) % (1 << 63))
             image, label = self.dataset[index]
         return image, label, index
+
+
+class RenderedViews(Dataset):
+    """Keys ``(epoch, index)`` rendered a batch at a time (``__getitems__``, which the DataLoader calls
+    with a batch's keys): ``(images, labels, indices)`` as one batch, the views drawn as recipes."""
+
+    def __init__(self, stored: StoredImages, seed: int):
+        self.stored, self.seed = stored, seed
+
+    def __len__(self) -> int:
+        return len(self.stored)
+
+    def __getitems__(self, keys: list[tuple[int, int]]):
+        epochs = {epoch for epoch, _ in keys}
+        if len(epochs) != 1:
+            raise ValueError(f"a batch spans epochs {sorted(epochs)}")
+        indices = torch.tensor([index for _, index in keys], dtype=torch.long)
+        recipes = draw(self.seed, epochs.pop(), indices, self.stored.pad, self.stored.flip)
+        return render(self.stored, recipes), self.stored.labels[indices], indices
+
+    def __getitem__(self, key):
+        images, labels, indices = self.__getitems__([key])
+        return images[0], int(labels[0]), int(indices[0])
+
+
+def whole_batch(batch):
+    """The DataLoader's collate for ``RenderedViews``: its batches come already stacked."""
+    return batch
