@@ -17,22 +17,21 @@ from urllib.parse import urlsplit
 
 from student_trainer.teachers.base import (ClientCounters, ServerStats, TeacherClient, TeacherInfo, TeacherRefused,
                                            TeacherUnavailable)
+from student_trainer.teachers.options import DEFAULTS, FLAGS, teacher_options
 
-# The trainer's teacher-connection flags: connect's option -> (the flag, its dest in the parsed args).
-FLAGS = {"max_wait": ("--teacher-max-wait", "teacher_max_wait"), "tls_ca": ("--tls-ca", "tls_ca"),
-         "token_file": ("--token-file", "token_file"), "client_id": ("--client-id", "client_id")}
-# Which of them each kind uses. Triton has no TLS in this client (triton:// is plaintext gRPC) and
-# keeps no per-client counts, so --client-id (a label in our server's metrics) would do nothing there;
-# its --token-file is Triton's access token for the statistics endpoint. An in-process teacher has
-# no connection at all.
+# Which of the trainer's teacher flags (``options.FLAGS``) each kind uses. Triton has no TLS in this
+# client (triton:// is plaintext gRPC) and keeps no per-client counts, so --client-id (a label in our
+# server's metrics) would do nothing there; its --token-file is Triton's access token for the
+# statistics endpoint. An in-process teacher has no connection at all.
 USES = {"grpc": {"max_wait", "token_file", "client_id"},
         "grpcs": {"max_wait", "tls_ca", "token_file", "client_id"},
         "triton": {"max_wait", "token_file"},
         "local": set()}
 
 
-def _grpc(url, *, wire_dtype="float16", timeout=60.0, connect_timeout=30.0, max_wait=600.0, tls_ca=None,
-          token_file=None, client_id=None) -> TeacherClient:
+def _grpc(url, *, wire_dtype=DEFAULTS.wire_dtype, timeout=DEFAULTS.timeout,
+          connect_timeout=DEFAULTS.connect_timeout, max_wait=DEFAULTS.max_wait, tls_ca=None, token_file=None,
+          client_id=None) -> TeacherClient:
     from common.tokens import read_token
     from student_trainer.teachers.grpc_client import GrpcTeacherClient
 
@@ -58,8 +57,8 @@ def _grpc(url, *, wire_dtype="float16", timeout=60.0, connect_timeout=30.0, max_
                              client_id=client_id)
 
 
-def _triton(url, *, wire_dtype="float16", timeout=60.0, connect_timeout=30.0, max_wait=600.0,
-            token_file=None) -> TeacherClient:
+def _triton(url, *, wire_dtype=DEFAULTS.wire_dtype, timeout=DEFAULTS.timeout,
+            connect_timeout=DEFAULTS.connect_timeout, max_wait=DEFAULTS.max_wait, token_file=None) -> TeacherClient:
     """``token_file``: Triton's access token, which its statistics endpoint asks for (else metrics are read)."""
     from urllib.parse import parse_qs
 
@@ -93,22 +92,6 @@ def _local(url, *, device="cpu", **_unused) -> TeacherClient:
 
 CLIENTS: dict[str, Callable[..., TeacherClient]] = {"grpc": _grpc, "grpcs": _grpc, "triton": _triton,
                                                     "local": _local}
-
-
-def teacher_options(args) -> dict:
-    """The teacher-connection flags the user gave (retry budget, TLS, token, client id) as ``connect`` options.
-
-    A flag left at its default is not passed, so ``connect`` refuses only flags that were asked for.
-    """
-    from student_trainer.cli import build_parser
-
-    parser = build_parser()
-    given = {}
-    for option, (_, dest) in FLAGS.items():
-        value = getattr(args, dest, None)
-        if value is not None and value != parser.get_default(dest):
-            given[option] = value
-    return given
 
 
 def _kind(scheme: str) -> str:

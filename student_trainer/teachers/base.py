@@ -31,6 +31,8 @@ from typing import Callable, NamedTuple, TypeVar
 import grpc
 import torch
 
+from student_trainer.teachers.options import DEFAULTS
+
 log = logging.getLogger("student_trainer.teacher")
 T = TypeVar("T")
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
@@ -91,7 +93,7 @@ def one_line(error: BaseException) -> str:
 @dataclass(frozen=True)
 class RetryPolicy:
     """Exponential backoff with jitter, bounded by a total wait per call."""
-    max_wait: float = 600.0
+    max_wait: float = DEFAULTS.max_wait
     initial_backoff: float = 0.2
     max_backoff: float = 5.0
     multiplier: float = 2.0

@@ -33,6 +33,7 @@ from protos import teacher_pb2 as pb
 from protos import teacher_pb2_grpc as pb_grpc
 from student_trainer.teachers.base import (RETRYABLE, RetryPolicy, ServerStats, TeacherClient, TeacherInfo,
                                            TeacherUnavailable)
+from student_trainer.teachers.options import DEFAULTS
 
 log = logging.getLogger("student_trainer.teacher")
 
@@ -68,8 +69,9 @@ def replica_target(replicas: list[str]) -> str:
 class GrpcTeacherClient(TeacherClient):
     max_in_flight = 4
 
-    def __init__(self, address: str | list[str], *, wire_dtype: str = "float16", timeout: float = 60.0,
-                 connect_timeout: float = 30.0, max_wait: float = 600.0, tls: bool = False,
+    def __init__(self, address: str | list[str], *, wire_dtype: str = DEFAULTS.wire_dtype,
+                 timeout: float = DEFAULTS.timeout, connect_timeout: float = DEFAULTS.connect_timeout,
+                 max_wait: float = DEFAULTS.max_wait, tls: bool = False,
                  tls_ca: str | None = None, token: str | None = None, client_id: str | None = None,
                  retry: RetryPolicy | None = None):
         super().__init__(retry or RetryPolicy(max_wait=max_wait))

@@ -44,6 +44,7 @@ from common.reductions import NONE as NO_REDUCTION
 from common.reductions import parse_key
 from student_trainer.teachers.base import (RETRYABLE, Failure, RetryPolicy, ServerStats, TeacherClient, TeacherInfo,
                                            TeacherUnavailable, one_line)
+from student_trainer.teachers.options import DEFAULTS
 
 TOKEN_HEADER = "triton-grpc-protocol-triton-access-token"
 WIRE = {"TYPE_FP16": ("FP16", np.float16, "float16"), "TYPE_FP32": ("FP32", np.float32, "float32")}
@@ -80,9 +81,10 @@ class NoSeries(LookupError):
 class TritonTeacherClient(TeacherClient):
     max_in_flight = 4
 
-    def __init__(self, address: str, model: str, *, wire_dtype: str = "float16", timeout: float = 60.0,
-                 connect_timeout: float = 30.0, token: str | None = None, metrics_port: int = 8002,
-                 max_wait: float = 600.0, retry: RetryPolicy | None = None):
+    def __init__(self, address: str, model: str, *, wire_dtype: str = DEFAULTS.wire_dtype,
+                 timeout: float = DEFAULTS.timeout, connect_timeout: float = DEFAULTS.connect_timeout,
+                 token: str | None = None, metrics_port: int = 8002, max_wait: float = DEFAULTS.max_wait,
+                 retry: RetryPolicy | None = None):
         import tritonclient.grpc as tc
         from tritonclient.grpc import service_pb2_grpc
 
