@@ -12,6 +12,7 @@ from common.codec import WIRE_DTYPES
 from student_trainer.distill import LOSSES, add_loss_arguments, loss_classes, loss_needs_teacher
 from student_trainer.engine.distributed import check_world, env_info
 from student_trainer.query import POLICIES
+from student_trainer.teachers.options import DEFAULTS as TEACHER
 
 # --method NAME: a shorthand for a (--query, --loss) pair, kept from the first version of the CLI
 SHORTHANDS: dict[str, tuple[str, str]] = {"ce": ("all", "none"), "kd": ("all", "kd"), "unix": ("unix", "kd")}
@@ -53,11 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     for policy in dict.fromkeys(POLICIES.values()):
         policy.add_arguments(q)
     add_loss_arguments(p)
-    m.add_argument("--wire-dtype", choices=sorted(WIRE_DTYPES), default="float16",
+    m.add_argument("--wire-dtype", choices=sorted(WIRE_DTYPES), default=TEACHER.wire_dtype,
                    help="dtype of the images on the wire")
-    m.add_argument("--teacher-timeout", type=float, default=60.0, help="seconds per teacher call")
-    m.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to wait for the teacher at start")
-    m.add_argument("--teacher-max-wait", type=float, default=600.0,
+    m.add_argument("--teacher-timeout", type=float, default=TEACHER.timeout, help="seconds per teacher call")
+    m.add_argument("--connect-timeout", type=float, default=TEACHER.connect_timeout,
+                   help="seconds to wait for the teacher at start")
+    m.add_argument("--teacher-max-wait", type=float, default=TEACHER.max_wait,
                    help="seconds a teacher call keeps retrying while the teacher is unreachable, then give up "
                    "(grpc://, grpcs://, triton://)")
     m.add_argument("--tls-ca", help="PEM CA certificate to check a grpcs:// teacher (default: system roots; "

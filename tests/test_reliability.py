@@ -21,8 +21,7 @@ from common.checkpoint import load_checkpoint
 from protos import teacher_pb2 as pb
 from protos import teacher_pb2_grpc as pb_grpc
 from student_trainer.cli import main as train
-from student_trainer.teachers import connect
-from student_trainer.teachers.grpc_client import TeacherUnavailable
+from student_trainer.teachers import TeacherUnavailable, connect
 from teacher_server.launch import start_teacher
 from teacher_server.model_runner import TeacherModel
 from teacher_server.server import build_server

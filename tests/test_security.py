@@ -10,8 +10,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from student_trainer.cli import main as train
-from student_trainer.teachers import connect
-from student_trainer.teachers.grpc_client import TeacherUnavailable
+from student_trainer.teachers import TeacherUnavailable, connect
 from teacher_server.auth import server_credentials
 from teacher_server.server import build_server
 from tests.conftest import train_args

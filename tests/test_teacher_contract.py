@@ -8,7 +8,7 @@ import torch
 
 from student_trainer.cli import build_parser
 from student_trainer.cli import main as train
-from student_trainer.teachers import FLAGS, USES, TeacherRefused, connect, teacher_options
+from student_trainer.teachers import CLIENTS, FLAGS, TeacherRefused, connect, teacher_options
 from student_trainer.teachers.base import RetryPolicy
 from teacher_server.server import build_server
 from tests.conftest import train_args
@@ -19,7 +19,8 @@ VALUES = {"max_wait": 30.0, "tls_ca": "/nonexistent/ca.pem", "token_file": "/non
           "client_id": "me"}
 
 
-@pytest.mark.parametrize("scheme,option", [(s, o) for s in sorted(URLS) for o in sorted(FLAGS) if o not in USES[s]])
+@pytest.mark.parametrize("scheme,option", [(s, o) for s in sorted(URLS) for o in sorted(FLAGS)
+                                           if o not in CLIENTS[s].uses])
 def test_a_flag_the_kind_does_not_use_is_refused_before_connecting(scheme, option):
     start = time.monotonic()
     with pytest.raises(ValueError) as err:
@@ -30,10 +31,10 @@ def test_a_flag_the_kind_does_not_use_is_refused_before_connecting(scheme, optio
 
 
 def test_which_kind_uses_which_flag():
-    assert USES["grpc"] == {"max_wait", "token_file", "client_id"}
-    assert USES["grpcs"] == USES["grpc"] | {"tls_ca"}
-    assert USES["triton"] == {"max_wait", "token_file"}
-    assert USES["local"] == set()
+    assert CLIENTS["grpc"].uses == {"max_wait", "token_file", "client_id"}
+    assert CLIENTS["grpcs"].uses == CLIENTS["grpc"].uses | {"tls_ca"}
+    assert CLIENTS["triton"].uses == {"max_wait", "token_file"}
+    assert CLIENTS["local"].uses == set()
 
 
 def test_only_the_flags_the_user_gave_are_passed():

@@ -31,6 +31,8 @@ from typing import Callable, NamedTuple, TypeVar
 import grpc
 import torch
 
+from student_trainer.teachers.options import DEFAULTS
+
 log = logging.getLogger("student_trainer.teacher")
 T = TypeVar("T")
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
@@ -91,7 +93,7 @@ def one_line(error: BaseException) -> str:
 @dataclass(frozen=True)
 class RetryPolicy:
     """Exponential backoff with jitter, bounded by a total wait per call."""
-    max_wait: float = 600.0
+    max_wait: float = DEFAULTS.max_wait
     initial_backoff: float = 0.2
     max_backoff: float = 5.0
     multiplier: float = 2.0
@@ -198,11 +200,13 @@ class TeacherFuture(Future):
 class TeacherClient(ABC):
     """A teacher somewhere: ``submit`` / ``infer`` turn an image batch into logits (and features).
 
-    A kind implements ``describe``, ``_infer`` (one chunk within the max batch;
-    a remote kind sends it through ``_retrying``) and ``server_stats``, and a
-    remote kind says in ``_classify`` which of its errors are worth a retry.
+    A kind implements ``from_url``, ``describe``, ``_infer`` (one chunk within the
+    max batch; a remote kind sends it through ``_retrying``) and ``server_stats``,
+    and a remote kind says in ``_classify`` which of its errors are worth a retry.
     """
     max_in_flight = 1  # chunks on the wire at once; 1 for an in-process model (a remote kind allows more)
+    # Which of the trainer's teacher flags (options.FLAGS) this kind uses; ``connect`` refuses the others.
+    uses: frozenset[str] = frozenset()
 
     def __init__(self, retry: RetryPolicy | None = None):
         self.url = type(self).__name__  # where the teacher is, for messages: never a secret
@@ -214,6 +218,11 @@ class TeacherClient(ABC):
         self._closed = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
         self._stats_warned = False
+
+    @classmethod
+    @abstractmethod
+    def from_url(cls, url: str, **options) -> TeacherClient:
+        """The client of the teacher at ``url``, a URL of this kind; ``options`` are ``connect``'s."""
 
     @abstractmethod
     def describe(self) -> TeacherInfo: ...

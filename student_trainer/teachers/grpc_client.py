@@ -22,8 +22,8 @@ import logging
 import socket
 import time
 import uuid
-from functools import cached_property
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 import torch
@@ -31,13 +31,12 @@ import torch
 from common import codec
 from protos import teacher_pb2 as pb
 from protos import teacher_pb2_grpc as pb_grpc
-from student_trainer.teachers.base import (RETRYABLE, RetryPolicy, ServerStats, TeacherClient, TeacherInfo,
-                                           TeacherUnavailable)
+from student_trainer.teachers.base import ServerStats, TeacherInfo, TeacherUnavailable
+from student_trainer.teachers.remote import RemoteTeacherClient, has_host_and_port
 
 log = logging.getLogger("student_trainer.teacher")
 
 CLIENT_ID_HEADER = "x-client-id"
-__all__ = ["CLIENT_ID_HEADER", "RETRYABLE", "GrpcTeacherClient", "RetryPolicy", "TeacherUnavailable"]
 
 
 def _is_loopback(host: str) -> bool:
@@ -65,56 +64,65 @@ def replica_target(replicas: list[str]) -> str:
     raise ValueError(f"teacher replicas {', '.join(replicas)} mix IPv4 and IPv6 addresses: use one family")
 
 
-class GrpcTeacherClient(TeacherClient):
-    max_in_flight = 4
+class GrpcTeacherClient(RemoteTeacherClient):
+    """``grpc://HOST:PORT``, or replicas ``grpc://H1:P1,H2:P2``: plaintext gRPC."""
+    scheme = "grpc"
+    tls = False
+    uses = frozenset({"max_wait", "token_file", "client_id"})
 
-    def __init__(self, address: str | list[str], *, wire_dtype: str = "float16", timeout: float = 60.0,
-                 connect_timeout: float = 30.0, max_wait: float = 600.0, tls: bool = False,
-                 tls_ca: str | None = None, token: str | None = None, client_id: str | None = None,
-                 retry: RetryPolicy | None = None):
-        super().__init__(retry or RetryPolicy(max_wait=max_wait))
-        if timeout <= 0 or connect_timeout <= 0 or max_wait < 0:
-            raise ValueError("teacher timeouts must be > 0 seconds and --teacher-max-wait >= 0")
+    @classmethod
+    def parse_url(cls, url: str) -> dict:
+        parts = urlsplit(url)
+        if "@" in parts.netloc:  # the URL is logged and written to summary.json: no secrets in it
+            raise ValueError("a teacher URL must not carry a user or token (it is written to summary.json); "
+                             "put the token in a file and pass --token-file")
+        replicas = parts.netloc.split(",")
+        for replica in replicas:
+            if not has_host_and_port(urlsplit(f"{parts.scheme}://{replica}")) or parts.path.strip("/") \
+                    or parts.query:
+                raise ValueError(f"teacher URL {url!r} needs a host and a port, like grpc://127.0.0.1:50051 "
+                                 f"(replicas: grpc://10.0.0.1:50051,10.0.0.2:50051)")
+        if len(set(replicas)) != len(replicas):
+            raise ValueError(f"teacher URL {url!r} names a replica twice")
+        return {"address": replicas[0] if len(replicas) == 1 else replicas}
+
+    def __init__(self, address: str | list[str], *, tls_ca: str | None = None, token: str | None = None,
+                 client_id: str | None = None, **remote):
+        """``remote``: the wire dtype, timeouts and retry budget (``RemoteTeacherClient``)."""
+        super().__init__(**remote)
         self.replicas = [address] if isinstance(address, str) else list(address)
         self.address = ",".join(self.replicas)
-        self.url = f"{'grpcs' if tls else 'grpc'}://{self.address}"  # never carries the token
-        self.wire_dtype = codec.dtype_code(wire_dtype)
-        self.timeout = timeout
+        self.url = f"{self.scheme}://{self.address}"  # never carries the token
+        self.wire_code = codec.dtype_code(self.wire_dtype)
         self.client_id = client_id or uuid.uuid4().hex
         self._metadata = ((CLIENT_ID_HEADER, self.client_id),)
         if token:
             self._metadata += (("authorization", f"Bearer {token}"),)
-            if not tls and not all(_is_loopback(r.rsplit(":", 1)[0]) for r in self.replicas):
+            if not self.tls and not all(_is_loopback(r.rsplit(":", 1)[0]) for r in self.replicas):
                 log.warning("sending the teacher token without TLS to %s: use grpcs:// off this machine",
                             self.address)
-        # Replies can carry feature maps: let the server's own limit be the only one. Reconnect
-        # attempts stay frequent, so a restarted teacher is found within seconds.
         # round_robin: a DNS name with several addresses, or a list of replicas, gets every call
         # spread over the addresses that are up (pick_first, gRPC's default, would use one).
-        self._options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1),
-                         ("grpc.initial_reconnect_backoff_ms", int(self.retry.initial_backoff * 1000)),
-                         ("grpc.min_reconnect_backoff_ms", int(self.retry.initial_backoff * 1000)),
-                         ("grpc.max_reconnect_backoff_ms", int(self.retry.max_backoff * 1000)),
-                         ("grpc.lb_policy_name", "round_robin")]
-        if tls_ca and not tls:
+        self._options = self.channel_options() + [("grpc.lb_policy_name", "round_robin")]
+        if tls_ca and not self.tls:
             raise ValueError("--tls-ca does not apply to grpc:// teachers (only to grpcs://)")
         self._credentials = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes() if tls_ca else None) \
-            if tls else None  # no CA file: the system's root certificates
+            if self.tls else None  # no CA file: the system's root certificates
         if len(self.replicas) == 1:
             self.channel = self._channel(self.address)
         else:
             # Under TLS every replica must hold a certificate for the first replica's host name.
-            name = [("grpc.ssl_target_name_override", self.replicas[0].rsplit(":", 1)[0].strip("[]"))] if tls \
-                else []
+            name = [("grpc.ssl_target_name_override", self.replicas[0].rsplit(":", 1)[0].strip("[]"))] \
+                if self.tls else []
             self.channel = self._channel(replica_target(self.replicas), name)
         self._replica_channels: dict[str, grpc.Channel] = {}  # for each replica's Stats
         try:
-            grpc.channel_ready_future(self.channel).result(timeout=connect_timeout)
+            grpc.channel_ready_future(self.channel).result(timeout=self.connect_timeout)
         except grpc.FutureTimeoutError:
             self.channel.close()
-            raise TeacherUnavailable(f"no teacher answered at {self.url} within {connect_timeout:g} s "
+            raise TeacherUnavailable(f"no teacher answered at {self.url} within {self.connect_timeout:g} s "
                                      f"(is `python -m teacher_server` running there"
-                                     f"{', with TLS' if tls else ''}?)") from None
+                                     f"{', with TLS' if self.tls else ''}?)") from None
         self.stub = pb_grpc.TeacherStub(self.channel)
         self._last_stats: tuple[float, float] | None = None  # (monotonic time, server uptime)
 
@@ -129,45 +137,42 @@ class GrpcTeacherClient(TeacherClient):
         method = getattr(self.stub, rpc)
         return self._retrying(rpc, lambda: method(request, timeout=self.timeout, metadata=self._metadata))
 
-    @cached_property
-    def info(self) -> TeacherInfo:
+    def _describe(self) -> TeacherInfo:
         d = self._call("Describe", pb.DescribeRequest())
         return TeacherInfo(d.model_name, d.arch, tuple(d.input_shape), d.num_classes,
                            list(d.feature_names), d.flops_per_image, d.max_batch_size,
                            output_shapes={o.name: tuple(o.shape) for o in d.outputs},
                            reductions=list(d.reductions))
 
-    def describe(self) -> TeacherInfo:
-        return self.info
-
     def _infer(self, images: torch.Tensor, outputs: list[str]):
-        request = pb.InferRequest(images=codec.encode(images, self.wire_dtype), outputs=outputs,
+        request = pb.InferRequest(images=codec.encode(images, self.wire_code), outputs=outputs,
                                   request_id=uuid.uuid4().hex, output_dtype=pb.FLOAT32)
         response = self._call("Infer", request)  # a retry resends this very request (same request_id)
         result = {o: codec.decode(response.outputs[o]).float() for o in outputs}
         return result, request.ByteSize(), response.ByteSize()
 
-    def server_stats(self) -> ServerStats:
+    def _counts(self) -> tuple[ServerStats, str | None]:
         """The server's counts of this client's own calls (its x-client-id), so that two trainers sharing
         one teacher each see their own; a server that does not count per client gives its totals.
         With replicas, each one's counts (on its own channel) and their sums; a replica that cannot be
         read leaves the sums unknown (None) and says which one in ``source``."""
         if len(self.replicas) > 1:
-            return self._replica_stats()
+            return self._replica_stats(), None
         s = self._call("Stats", pb.StatsRequest(client_id=self.client_id))
         now = time.monotonic()
         per_client = s.client_id == self.client_id
         source = ("grpc Stats (this client's)" if per_client
                   else "grpc Stats (server-wide: this server does not count per client)")
+        restart = None
         if self._last_stats is not None:
             then, uptime_then = self._last_stats
             if s.uptime_seconds + 1.0 < uptime_then + (now - then):
-                source += " (the server restarted since the previous Stats: its counts cover its current life)"
+                restart = "the server restarted since the previous Stats: its counts cover its current life"
                 log.warning("teacher at %s restarted during the run; its Stats cover only its current life",
                             self.url)
         self._last_stats = (now, s.uptime_seconds)
         return ServerStats(images=s.images, requests=s.requests, bytes_in=s.bytes_in, bytes_out=s.bytes_out,
-                           forward_seconds=s.forward_seconds, source=source, per_client=per_client)
+                           forward_seconds=s.forward_seconds, source=source, per_client=per_client), restart
 
     def _replica_stats(self) -> ServerStats:
         counts: dict[str, dict | None] = {}
@@ -197,3 +202,11 @@ class GrpcTeacherClient(TeacherClient):
         self.channel.close()
         for channel in self._replica_channels.values():
             channel.close()
+
+
+class GrpcsTeacherClient(GrpcTeacherClient):
+    """``grpcs://``: the same service over TLS, its certificate checked against ``--tls-ca`` (else the
+    system's root certificates)."""
+    scheme = "grpcs"
+    tls = True
+    uses = GrpcTeacherClient.uses | {"tls_ca"}

@@ -14,7 +14,6 @@ import torch
 from common.reductions import REDUCTIONS
 from student_trainer.teachers.base import ServerStats, TeacherClient, TeacherInfo
 from teacher_server.counters import ServerCounters
-from teacher_server.model_runner import load_teacher
 
 
 def parse_local_url(url: str) -> tuple[str, dict]:
@@ -43,8 +42,19 @@ def parse_local_url(url: str) -> tuple[str, dict]:
 
 
 class LocalTeacher(TeacherClient):
+    """No connection at all, so none of the trainer's teacher-connection flags applies (``uses`` is empty)."""
+
+    @classmethod
+    def from_url(cls, url: str, *, device: str = "cpu", **_wire) -> LocalTeacher:
+        """``device``: where this process computes, and so the teacher. The wire's options (dtype,
+        timeouts) mean nothing without a wire."""
+        path, options = parse_local_url(url)
+        return cls(path, device=device, **options)
+
     def __init__(self, checkpoint: str, *, device: str = "cpu", arch: str | None = None,
                  num_classes: int | None = None, input_shape: tuple[int, int, int] | None = None, **_ignored):
+        from teacher_server.model_runner import load_teacher  # torchvision's models: only for a local teacher
+
         super().__init__()
         self.teacher = load_teacher(checkpoint, arch=arch, num_classes=num_classes, input_shape=input_shape,
                                     device=device)

@@ -28,13 +28,13 @@ its ``source``.
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 import time
 import urllib.error
 import urllib.request
 import uuid
 from functools import cached_property
+from urllib.parse import parse_qs, urlsplit
 
 import grpc
 import numpy as np
@@ -42,13 +42,12 @@ import torch
 
 from common.reductions import NONE as NO_REDUCTION
 from common.reductions import parse_key
-from student_trainer.teachers.base import (RETRYABLE, Failure, RetryPolicy, ServerStats, TeacherClient, TeacherInfo,
-                                           TeacherUnavailable, one_line)
+from student_trainer.teachers.base import RETRYABLE, Failure, ServerStats, TeacherInfo, TeacherUnavailable, one_line
+from student_trainer.teachers.remote import RemoteTeacherClient, has_host_and_port
 
 TOKEN_HEADER = "triton-grpc-protocol-triton-access-token"
 WIRE = {"TYPE_FP16": ("FP16", np.float16, "float16"), "TYPE_FP32": ("FP32", np.float32, "float32")}
-
-
+METRICS_PORT = 8002  # Triton's own default
 
 
 def plain_name(triton_name: str) -> str:
@@ -77,44 +76,56 @@ class NoSeries(LookupError):
     """The metrics endpoint has no series for the model (yet: Triton is loading it)."""
 
 
-class TritonTeacherClient(TeacherClient):
-    max_in_flight = 4
+class TritonTeacherClient(RemoteTeacherClient):
+    """``triton://HOST:PORT/MODEL[?metrics_port=N]``. Triton has no TLS in this client (triton:// is
+    plaintext gRPC) and keeps no per-client counts, so --client-id (a label in our server's metrics)
+    would do nothing here; ``--token-file`` is Triton's access token, which its statistics endpoint
+    asks for (else the metrics are read)."""
+    uses = frozenset({"max_wait", "token_file"})
 
-    def __init__(self, address: str, model: str, *, wire_dtype: str = "float16", timeout: float = 60.0,
-                 connect_timeout: float = 30.0, token: str | None = None, metrics_port: int = 8002,
-                 max_wait: float = 600.0, retry: RetryPolicy | None = None):
+    @classmethod
+    def parse_url(cls, url: str) -> dict:
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        try:
+            metrics_port = int(query.pop("metrics_port", [str(METRICS_PORT)])[-1])
+        except ValueError:
+            metrics_port = None
+        model = parts.path.strip("/")
+        if "@" in parts.netloc or not has_host_and_port(parts) or not metrics_port or not model or "/" in model \
+                or query:
+            raise ValueError(f"teacher URL {url!r} should look like triton://127.0.0.1:8001/teacher "
+                             f"(optionally ?metrics_port={METRICS_PORT})")
+        return {"address": parts.netloc, "model": model, "metrics_port": metrics_port}
+
+    def __init__(self, address: str, model: str, *, token: str | None = None, metrics_port: int = METRICS_PORT,
+                 **remote):
+        """``remote``: the wire dtype, timeouts and retry budget (``RemoteTeacherClient``)."""
         import tritonclient.grpc as tc
         from tritonclient.grpc import service_pb2_grpc
 
-        super().__init__(retry or RetryPolicy(max_wait=max_wait))
-        if timeout <= 0 or connect_timeout <= 0 or max_wait < 0:
-            raise ValueError("teacher timeouts must be > 0 seconds and --teacher-max-wait >= 0")
-        self.address, self.model, self.timeout = address, model, timeout
+        super().__init__(**remote)
+        self.address, self.model = address, model
         self.url = f"triton://{address}/{model}"
         self.host = address.rsplit(":", 1)[0]
         self.metrics_url = f"http://{self.host}:{metrics_port}/metrics"
         self.headers = {TOKEN_HEADER: token} if token else None
         self.client = tc.InferenceServerClient(address)
-        self._wait_ready(connect_timeout)
-        # Reconnect attempts stay frequent, so a restarted Triton is found within seconds.
-        options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1),
-                   ("grpc.initial_reconnect_backoff_ms", int(self.retry.initial_backoff * 1000)),
-                   ("grpc.min_reconnect_backoff_ms", int(self.retry.initial_backoff * 1000)),
-                   ("grpc.max_reconnect_backoff_ms", int(self.retry.max_backoff * 1000))]
-        self.channel = grpc.insecure_channel(address, options=options)
+        self._wait_ready()
+        self.channel = grpc.insecure_channel(address, options=self.channel_options())
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         self._stats_source: str | None = None
         self._stats_seen: tuple[int, int] | None = None  # (retries, images) at the previous read
         self._outage = False  # Triton was unreachable between two reads of its counts
-        if self.wire_name != wire_dtype:
+        if self.wire_name != self.wire_dtype:
             self.close()
             raise ValueError(f"the Triton teacher {model!r} takes {self.wire_name} images; use "
-                             f"--wire-dtype {self.wire_name} (or serve it with --input-dtype {wire_dtype})")
+                             f"--wire-dtype {self.wire_name} (or serve it with --input-dtype {self.wire_dtype})")
 
-    def _wait_ready(self, connect_timeout: float) -> None:
+    def _wait_ready(self) -> None:
         from tritonclient.utils import InferenceServerException
 
-        deadline = time.monotonic() + connect_timeout
+        deadline = time.monotonic() + self.connect_timeout
         last = "no answer"
         while True:
             try:
@@ -126,7 +137,7 @@ class TritonTeacherClient(TeacherClient):
             if time.monotonic() >= deadline:
                 self.client.close()
                 raise TeacherUnavailable(f"no Triton teacher ready at triton://{self.address}/{self.model} within "
-                                         f"{connect_timeout:g} s: {last}")
+                                         f"{self.connect_timeout:g} s: {last}")
             time.sleep(0.25)
 
     def _classify(self, error: Exception) -> Failure | None:
@@ -175,8 +186,7 @@ class TritonTeacherClient(TeacherClient):
     def _output_dims(self) -> dict[str, list[int]]:
         return {plain_name(o["name"]): [int(d) for d in o["dims"]] for o in self.config["output"]}
 
-    @cached_property
-    def info(self) -> TeacherInfo:
+    def _describe(self) -> TeacherInfo:
         params = {k: v.get("string_value", "") for k, v in self.config.get("parameters", {}).items()}
         if "logits" not in self._outputs:
             raise ValueError(f"Triton model {self.model!r} has no 'logits' output (outputs: {list(self._outputs)})")
@@ -196,9 +206,6 @@ class TritonTeacherClient(TeacherClient):
             flops_per_image=float(params.get("flops_per_image", 0.0)),
             max_batch_size=int(self.config["max_batch_size"]),
             output_shapes=full, reductions=offered)
-
-    def describe(self) -> TeacherInfo:
-        return self.info
 
     def _infer(self, images: torch.Tensor, outputs: list[str]):
         from tritonclient.grpc import InferResult, service_pb2
@@ -222,16 +229,14 @@ class TritonTeacherClient(TeacherClient):
                    for o in outputs}
         return tensors, request.ByteSize(), response.ByteSize()
 
-    def server_stats(self) -> ServerStats:
+    def _counts(self) -> tuple[ServerStats, str | None]:
         """Triton's own count for this model; the first source that answers is kept for the run."""
         stats = self._retrying("statistics", self._read_stats)
         if self._stats_seen is not None and (self.retries > self._stats_seen[0] or stats.images < self._stats_seen[1]):
             self._outage = True
         self._stats_seen = (self.retries, stats.images)
-        if self._outage:
-            stats = dataclasses.replace(stats, source=stats.source + " (Triton was unreachable during the run: "
-                                        "if it restarted, its counts cover only its current life)")
-        return stats
+        return stats, ("Triton was unreachable during the run: if it restarted, its counts cover only its current "
+                       "life") if self._outage else None
 
     def _read_stats(self) -> ServerStats:
         sources = {"triton statistics": self._statistics, "triton metrics": self._metrics}

@@ -1,0 +1,38 @@
+"""The trainer's teacher-connection flags: their defaults, written once here, and which of them a user gave.
+
+The trainer's parser takes its defaults from ``DEFAULTS`` (so ``--help`` shows
+them) and so do the clients, so a flag left at its default and an option not
+passed mean the same connection.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ConnectionDefaults:
+    """A teacher connection's settings unless told otherwise; named as ``connect``'s options."""
+    wire_dtype: str = "float16"    # --wire-dtype: the images' dtype on the wire
+    timeout: float = 60.0          # --teacher-timeout: seconds per teacher call
+    connect_timeout: float = 30.0  # --connect-timeout: seconds to wait for the teacher at start
+    max_wait: float = 600.0        # --teacher-max-wait: seconds a call keeps retrying while the teacher is away
+
+
+DEFAULTS = ConnectionDefaults()
+
+# The flags that some kinds of teacher do not use: connect's option -> (the flag, its dest in the parsed args).
+FLAGS = {"max_wait": ("--teacher-max-wait", "teacher_max_wait"), "tls_ca": ("--tls-ca", "tls_ca"),
+         "token_file": ("--token-file", "token_file"), "client_id": ("--client-id", "client_id")}
+
+
+def teacher_options(args) -> dict:
+    """The teacher-connection flags the user gave (retry budget, TLS, token, client id) as ``connect`` options.
+
+    A flag left at its default is not passed, so ``connect`` refuses only flags that were asked for.
+    """
+    given = {}
+    for option, (_, dest) in FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None and value != getattr(DEFAULTS, option, None):
+            given[option] = value
+    return given
