@@ -17,12 +17,12 @@ import grpc
 import torch
 
 from common import codec, reductions
+from common.teacher_model import TeacherModel
 from protos import teacher_pb2 as pb
 from protos import teacher_pb2_grpc as pb_grpc
 from teacher_server.batcher import Answer, Batcher, BatchDone, BatcherClosed, Cancelled, ModelError
 from teacher_server.counters import ServerCounters, TooManyClients
 from teacher_server.metrics import CLIENT_ID_HEADER, CLIENT_ID_RULE, TeacherMetrics, valid_client_id
-from teacher_server.model_runner import TeacherModel
 
 log = logging.getLogger("teacher_server")
 

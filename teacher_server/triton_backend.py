@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from common import reductions
-from teacher_server.model_runner import TeacherModel
+from common.teacher_model import TeacherModel
 
 log = logging.getLogger("teacher_server")
 

@@ -156,7 +156,7 @@ def _expected_logits(model):
 def _served_logits(path, **kw):
     """Load ``path`` as the server does and ask the real gRPC server for the logits."""
     from student_trainer.teachers import connect
-    from teacher_server.model_runner import load_teacher
+    from common.teacher_model import load_teacher
     from teacher_server.server import build_server
 
     teacher = load_teacher(str(path), **kw)
@@ -295,7 +295,7 @@ def test_a_foreign_file_needs_arch_and_num_classes(tmp_path, capsys):
 
 
 def test_our_own_format_takes_its_facts_from_the_file_and_checks_given_flags(tmp_path, capsys):
-    from teacher_server.model_runner import load_teacher
+    from common.teacher_model import load_teacher
 
     model = _trained_like("resnet8")
     path = tmp_path / "best.pt"

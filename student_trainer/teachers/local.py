@@ -12,9 +12,9 @@ from urllib.parse import parse_qs
 import torch
 
 from common.reductions import REDUCTIONS
+from common.teacher_model import load_teacher
 from student_trainer.teachers.base import ServerStats, TeacherClient, TeacherInfo
 from teacher_server.counters import ServerCounters
-from teacher_server.model_runner import load_teacher
 
 
 def parse_local_url(url: str) -> tuple[str, dict]:
