@@ -233,7 +233,7 @@ def test_torchvision_weights_served_by_the_server_process(tmp_path):
     import torchvision
 
     from student_trainer.teachers import connect
-    from teacher_server.launch import start_teacher, stop_teacher
+    from common.launch import start_teacher, stop_teacher
 
     torch.manual_seed(0)
     model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()

@@ -18,13 +18,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from common import codec
 from common.checkpoint import load_checkpoint
+from common.launch import start_teacher
 from common.teacher_model import TeacherModel
 from protos import teacher_pb2 as pb
 from protos import teacher_pb2_grpc as pb_grpc
 from student_trainer.cli import main as train
 from student_trainer.teachers import connect
 from student_trainer.teachers.grpc_client import TeacherUnavailable
-from teacher_server.launch import start_teacher
 from teacher_server.server import build_server
 from tests.conftest import FailsOnLargeValues, train_args
 
