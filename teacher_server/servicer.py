@@ -22,6 +22,7 @@ from protos import teacher_pb2 as pb
 from protos import teacher_pb2_grpc as pb_grpc
 from teacher_server.batcher import Answer, Batcher, BatchDone, BatcherClosed, Cancelled, ModelError
 from teacher_server.counters import ServerCounters, TooManyClients
+from teacher_server.finite import require_finite
 from teacher_server.metrics import CLIENT_ID_HEADER, CLIENT_ID_RULE, TeacherMetrics, valid_client_id
 
 log = logging.getLogger("teacher_server")
@@ -116,8 +117,11 @@ class TeacherServicer(pb_grpc.TeacherServicer):
             images = codec.decode(img)  # checks byte length == shape x itemsize
         except codec.CodecError as e:
             raise _invalid(f"images: {e}") from None
-        if self.check_finite and images.is_floating_point() and not torch.isfinite(images).all():
-            raise _invalid("images hold NaN or infinite values (all values must be finite)")
+        if self.check_finite:
+            try:
+                require_finite(images)
+            except ValueError as e:
+                raise _invalid(str(e)) from None
         return images, outputs, out_dtype
 
     def _answer(self, request: pb.InferRequest, images: torch.Tensor, outputs: list[str],

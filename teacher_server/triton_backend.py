@@ -31,6 +31,7 @@ import torch
 
 from common import reductions
 from common.teacher_model import TeacherModel
+from teacher_server.finite import require_finite
 from teacher_server.gather import gather, split
 
 log = logging.getLogger("teacher_server")
@@ -120,8 +121,8 @@ class BatchInfer:
         parts = [torch.from_numpy(np.asarray(r[INPUT_NAME])) for r in requests]
         names = [r.requested_output_names or self.outputs for r in requests]  # Triton's rule: none named, all
         images, wanted = gather(parts, names)
-        if self.check_finite and not torch.isfinite(images).all():
-            raise ValueError("images hold NaN or infinite values")
+        if self.check_finite:
+            require_finite(images)
         result, _ = self.teacher.forward(images, wanted)
         answers = split(result, [p.shape[0] for p in parts], names)
         return [{n: t.numpy() for n, t in answer.items()} for answer in answers]
