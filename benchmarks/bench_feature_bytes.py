@@ -61,7 +61,7 @@ def main(argv=None) -> None:
     from common.features import capture_features, feature_names
     from common.models import build_model
     from student_trainer.teachers import connect
-    from teacher_server.model_runner import load_teacher
+    from common.teacher_model import load_teacher
     from teacher_server.server import build_server
 
     torch.set_num_threads(2)

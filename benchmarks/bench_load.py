@@ -91,7 +91,7 @@ def run_level(url, tls_ca, metadata, clients, batch, wire, seconds) -> dict:
 
 
 def start_server(args) -> tuple[subprocess.Popen, str]:
-    from teacher_server.launch import start_teacher
+    from common.launch import start_teacher
 
     try:
         proc, port = start_teacher("--arch", args.arch, "--input-shape", args.input_shape, "--num-classes",

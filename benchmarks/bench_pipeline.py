@@ -85,7 +85,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 from common.cli_errors import one_line_errors  # noqa: E402
-from teacher_server.launch import start_teacher, stop_teacher  # noqa: E402
+from common.launch import start_teacher, stop_teacher  # noqa: E402
 
 from pinning import THREAD_VARS, pinned  # noqa: E402  (beside this script)
 

@@ -134,7 +134,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     with one_line_errors("bench_serving"):
         from student_trainer.teachers import connect
-        from teacher_server.model_runner import load_teacher
+        from common.teacher_model import load_teacher
 
         if args.threads:
             torch.set_num_threads(args.threads)

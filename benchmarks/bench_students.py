@@ -4,7 +4,7 @@
     python benchmarks/bench_students.py --students 1,2,4,8 --steps 40 --teacher-arch resnet32x4
 
 One ``python -m teacher_server`` (a randomly initialised ``--teacher-arch``: the
-same compute as a trained one) is started with ``teacher_server.launch.start_teacher``;
+same compute as a trained one) is started with ``common.launch.start_teacher``;
 for each method and each M, M ``python -m student_trainer --max-steps S`` processes
 train ``--student-arch`` students against it at the same time (Fashion-MNIST if
 /usr/share/datasets/fashion-mnist exists, else synthetic 1x28x28 images), each
@@ -55,9 +55,9 @@ import grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+from common.launch import start_teacher, stop_teacher  # noqa: E402
 from protos import teacher_pb2 as pb  # noqa: E402
 from protos import teacher_pb2_grpc as pb_grpc  # noqa: E402
-from teacher_server.launch import start_teacher, stop_teacher  # noqa: E402
 
 from pinning import pinned  # noqa: E402  (beside this script)
 

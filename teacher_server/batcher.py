@@ -7,7 +7,8 @@ order, while they fit in ``max_batch`` images, waiting for more at most
 that already waited while the previous batch ran does not wait again). A delay
 of 0 waits for nothing: whatever is queued when the worker is free runs. The
 batch's images are concatenated, the union of the keys its requests asked for
-is run once, and each request's future gets its own rows of its own keys.
+is run once, and each request's future gets its own rows of its own keys
+(``teacher_server.gather``, shared with the Triton backend).
 
 The worker is the only caller of the model's forward, so the model needs no
 lock of its own for the server (``TeacherModel``'s lock stays uncontended here).
@@ -29,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
+
+from teacher_server.gather import gather, split
 
 log = logging.getLogger("teacher_server")
 
@@ -186,12 +189,7 @@ class Batcher:
             return batch
 
     def _run_batch(self, batch: list[_Item]) -> None:
-        keys = list(dict.fromkeys(k for item in batch for k in item.keys))
-        parts = [item.images for item in batch]
-        if len({p.dtype for p in parts}) > 1:
-            # Mixed wire dtypes: float32 holds float16, bfloat16 and raw uint8 values exactly.
-            parts = [p.float() for p in parts]
-        images = torch.cat(parts) if len(parts) > 1 else parts[0]
+        images, keys = gather([item.images for item in batch], [item.keys for item in batch])
         n = images.shape[0]
         started = time.monotonic()
         try:
@@ -209,14 +207,11 @@ class Batcher:
             return
         busy = time.monotonic() - started
         self._notify(BatchDone(n, len(batch), seconds, busy, failed=False))
-        row = 0
-        for item in batch:
-            rows = slice(row, row + item.n)
-            row += item.n
+        answers = split(result, [item.n for item in batch], [item.keys for item in batch])
+        for item, outputs in zip(batch, answers):
             item.future.set_result(Answer(
-                outputs={k: result[k][rows] for k in item.keys}, forward_seconds=seconds,
-                share_seconds=seconds * item.n / n, queue_seconds=started - item.arrived,
-                batch_images=n, batch_requests=len(batch)))
+                outputs=outputs, forward_seconds=seconds, share_seconds=seconds * item.n / n,
+                queue_seconds=started - item.arrived, batch_images=n, batch_requests=len(batch)))
 
     def _notify(self, done: BatchDone) -> None:
         if self.on_batch is None:

@@ -57,7 +57,7 @@ def main(argv=None) -> None:
                              "with --checkpoint: the network of another project's state dict)")
         if args.max_batch < 1:
             raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}")
-        from teacher_server.model_runner import load_teacher
+        from common.teacher_model import load_teacher
 
         teacher = load_teacher(args.checkpoint, arch=args.arch, num_classes=args.num_classes,
                                input_shape=args.input_shape, seed=args.seed,

@@ -28,7 +28,7 @@ from torch import nn
 from common import reductions
 from common.cli_errors import one_line_errors, parse_shape
 from common.features import capture_features
-from teacher_server.model_runner import TeacherModel, load_teacher
+from common.teacher_model import TeacherModel, load_teacher
 from teacher_server.triton_backend import teacher_parameters
 
 log = logging.getLogger("teacher_server.export")

@@ -23,10 +23,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from common.teacher_model import TeacherModel
 from protos import teacher_pb2_grpc as pb_grpc
 from teacher_server.auth import BearerTokenInterceptor
 from teacher_server.metrics import TeacherMetrics
-from teacher_server.model_runner import TeacherModel
 from teacher_server.servicer import TeacherServicer, max_message_bytes
 
 SERVICE_NAME = "unixkd.teacher.v1.Teacher"

@@ -17,12 +17,14 @@ import grpc
 import torch
 
 from common import codec, reductions
+from common.teacher_model import TeacherModel
 from protos import teacher_pb2 as pb
 from protos import teacher_pb2_grpc as pb_grpc
-from teacher_server.batcher import Answer, Batcher, BatchDone, BatcherClosed, Cancelled, ModelError
+from teacher_server.batcher import Answer, Batcher, BatcherClosed, Cancelled, ModelError
 from teacher_server.counters import ServerCounters, TooManyClients
+from teacher_server.events import ServerEvents
+from teacher_server.finite import require_finite
 from teacher_server.metrics import CLIENT_ID_HEADER, CLIENT_ID_RULE, TeacherMetrics, valid_client_id
-from teacher_server.model_runner import TeacherModel
 
 log = logging.getLogger("teacher_server")
 
@@ -63,15 +65,11 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         self.check_finite = check_finite
         self.counters = counters or ServerCounters()
         self.metrics = metrics or TeacherMetrics(max_batch=max_batch, device=teacher.device)
+        self.events = ServerEvents(self.counters, self.metrics, teacher.flops_per_image)
         # One worker thread runs every forward (the only caller of teacher.forward here), on batches of up
         # to max_batch images gathered from concurrent requests.
         self.batcher = Batcher(teacher.forward, max_batch=max_batch, queue_delay=queue_delay_us / 1e6,
-                               on_batch=self._forwarded)
-
-    def _forwarded(self, done: BatchDone) -> None:
-        self.counters.record_forward(images=done.images, busy_seconds=done.busy_seconds)
-        self.metrics.forwarded(images=done.images, requests=done.requests, forward_seconds=done.forward_seconds,
-                               busy_seconds=done.busy_seconds, failed=done.failed)
+                               on_batch=self.events.forwarded)
 
     def close(self, timeout: float | None = None) -> None:
         """Stop the batcher: the running batch finishes, requests still queued fail (UNAVAILABLE)."""
@@ -116,8 +114,11 @@ class TeacherServicer(pb_grpc.TeacherServicer):
             images = codec.decode(img)  # checks byte length == shape x itemsize
         except codec.CodecError as e:
             raise _invalid(f"images: {e}") from None
-        if self.check_finite and images.is_floating_point() and not torch.isfinite(images).all():
-            raise _invalid("images hold NaN or infinite values (all values must be finite)")
+        if self.check_finite:
+            try:
+                require_finite(images)
+            except ValueError as e:
+                raise _invalid(str(e)) from None
         return images, outputs, out_dtype
 
     def _answer(self, request: pb.InferRequest, images: torch.Tensor, outputs: list[str],
@@ -139,43 +140,34 @@ class TeacherServicer(pb_grpc.TeacherServicer):
 
     def Infer(self, request: pb.InferRequest, context: grpc.ServicerContext) -> pb.InferResponse:
         arrived = time.perf_counter()
-        client_id = _metadata(context, CLIENT_ID_HEADER)
-        client = self.metrics.client_label(client_id)  # bounded label for the metrics
-        counted = client_id if valid_client_id(client_id) else None  # the key of the per-client Stats
+        caller = self.events.caller(_metadata(context, CLIENT_ID_HEADER))
         with self.metrics.in_flight():
             try:
                 images, outputs, out_dtype = self.validate(request)
                 checked = time.perf_counter()
                 answer = self._answer(request, images, outputs, context)
             except BadRequest as e:
-                self._failed(client, counted, e.code)
+                self.events.failed(caller, e.code)
                 context.abort(e.code, e.args[0])
             try:
                 response = pb.InferResponse(request_id=request.request_id, compute_seconds=answer.forward_seconds)
                 for name, tensor in answer.outputs.items():
                     response.outputs[name].CopyFrom(codec.encode(tensor, out_dtype))
             except Exception:
-                self._failed(client, counted, grpc.StatusCode.INTERNAL)
+                self.events.failed(caller, grpc.StatusCode.INTERNAL)
                 log.exception("error encoding the reply to request %r", request.request_id)
                 context.abort(grpc.StatusCode.INTERNAL, f"model error on request {request.request_id!r} "
                                                         "(the server log has the traceback)")
             if not context.is_active():  # deadline passed or client gone: the reply goes nowhere
-                self._failed(client, counted, grpc.StatusCode.CANCELLED)
+                self.events.failed(caller, grpc.StatusCode.CANCELLED)
                 log.warning("request %r: the caller left before the reply (deadline or cancel); "
                             "not counted as served", request.request_id)
                 context.abort(grpc.StatusCode.CANCELLED, "the caller left before the reply")
-            n = images.shape[0]
-            bytes_in, bytes_out = request.ByteSize(), response.ByteSize()
-            self.counters.record(images=n, bytes_in=bytes_in, bytes_out=bytes_out, seconds=answer.share_seconds,
-                                 flops=n * self.teacher.flops_per_image, client=counted)
-            self.metrics.answered(client, images=n, bytes_in=bytes_in, bytes_out=bytes_out,
-                                  queue_seconds=checked - arrived + answer.queue_seconds,
-                                  request_seconds=time.perf_counter() - arrived)
+            self.events.answered(caller, images=images.shape[0], bytes_in=request.ByteSize(),
+                                 bytes_out=response.ByteSize(), share_seconds=answer.share_seconds,
+                                 queue_seconds=checked - arrived + answer.queue_seconds,
+                                 request_seconds=time.perf_counter() - arrived)
             return response
-
-    def _failed(self, client: str, counted: str | None, code: grpc.StatusCode) -> None:
-        self.counters.record_failure(counted)
-        self.metrics.failed(client, code)
 
     def Describe(self, request, context) -> pb.DescribeResponse:
         t = self.teacher

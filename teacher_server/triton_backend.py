@@ -30,7 +30,9 @@ import numpy as np
 import torch
 
 from common import reductions
-from teacher_server.model_runner import TeacherModel
+from common.teacher_model import TeacherModel
+from teacher_server.finite import require_finite
+from teacher_server.gather import gather, split
 
 log = logging.getLogger("teacher_server")
 
@@ -116,20 +118,14 @@ class BatchInfer:
         self.check_finite = check_finite
 
     def __call__(self, requests) -> list[dict[str, np.ndarray]]:
-        arrays = [np.asarray(r[INPUT_NAME]) for r in requests]
-        images = torch.from_numpy(np.concatenate(arrays) if len(arrays) > 1 else arrays[0])
-        if self.check_finite and not torch.isfinite(images).all():
-            raise ValueError("images hold NaN or infinite values")
-        # Triton's rule: a request naming no outputs gets them all.
-        wanted = [o for o in self.outputs
-                  if any(not r.requested_output_names or o in r.requested_output_names for r in requests)]
+        parts = [torch.from_numpy(np.asarray(r[INPUT_NAME])) for r in requests]
+        names = [r.requested_output_names or self.outputs for r in requests]  # Triton's rule: none named, all
+        images, wanted = gather(parts, names)
+        if self.check_finite:
+            require_finite(images)
         result, _ = self.teacher.forward(images, wanted)
-        responses, start = [], 0
-        for r, a in zip(requests, arrays):
-            names = r.requested_output_names or self.outputs
-            responses.append({n: result[n][start:start + len(a)].numpy() for n in names})
-            start += len(a)
-        return responses
+        answers = split(result, [p.shape[0] for p in parts], names)
+        return [{n: t.numpy() for n, t in answer.items()} for answer in answers]
 
 
 def start_triton(teacher: TeacherModel, opts: TritonOptions):

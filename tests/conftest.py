@@ -11,7 +11,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(scope="module")
 def random_teacher():
     """A small real model (random weights) standing in for a trained teacher."""
-    from teacher_server.model_runner import load_teacher
+    from common.teacher_model import load_teacher
 
     return load_teacher(arch="resnet8", num_classes=10, input_shape=(3, 32, 32), seed=0)
 

@@ -126,7 +126,7 @@ def test_a_future_for_a_stopped_server_ends_in_teacher_unavailable_within_max_wa
 def test_an_in_process_teacher_answers_submits_from_several_threads(tmp_path):
     from common.checkpoint import make_checkpoint, save_checkpoint
     from common.models import build_model
-    from teacher_server.model_runner import load_teacher
+    from common.teacher_model import load_teacher
 
     torch.manual_seed(0)
     model = build_model("resnet8", num_classes=10, in_channels=3)

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from common import codec
+from common.teacher_model import TeacherModel
 from protos import teacher_pb2 as pb
 from protos import teacher_pb2_grpc as pb_grpc
 from student_trainer.teachers import connect
 from teacher_server.batcher import Batcher, BatcherClosed
-from teacher_server.model_runner import TeacherModel
 from teacher_server.server import build_server
 from tests.conftest import FailsOnLargeValues, train_args
 

@@ -156,7 +156,7 @@ def _expected_logits(model):
 def _served_logits(path, **kw):
     """Load ``path`` as the server does and ask the real gRPC server for the logits."""
     from student_trainer.teachers import connect
-    from teacher_server.model_runner import load_teacher
+    from common.teacher_model import load_teacher
     from teacher_server.server import build_server
 
     teacher = load_teacher(str(path), **kw)
@@ -233,7 +233,7 @@ def test_torchvision_weights_served_by_the_server_process(tmp_path):
     import torchvision
 
     from student_trainer.teachers import connect
-    from teacher_server.launch import start_teacher, stop_teacher
+    from common.launch import start_teacher, stop_teacher
 
     torch.manual_seed(0)
     model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
@@ -295,7 +295,7 @@ def test_a_foreign_file_needs_arch_and_num_classes(tmp_path, capsys):
 
 
 def test_our_own_format_takes_its_facts_from_the_file_and_checks_given_flags(tmp_path, capsys):
-    from teacher_server.model_runner import load_teacher
+    from common.teacher_model import load_teacher
 
     model = _trained_like("resnet8")
     path = tmp_path / "best.pt"

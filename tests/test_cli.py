@@ -16,7 +16,7 @@ def _run(*args, timeout=120):
 
 @pytest.fixture()
 def server_process(tmp_path):
-    from teacher_server.launch import start_teacher, stop_teacher
+    from common.launch import start_teacher, stop_teacher
 
     log = (tmp_path / "server.log").open("w")
     try:

@@ -285,7 +285,7 @@ def test_teacher_image_serves_and_its_healthcheck_follows_the_server(teacher_ima
     """ENTRYPOINT + CMD run as written (checkpoint path and ports swapped, loopback for 0.0.0.0):
     HEALTHCHECK says SERVING; after SIGTERM the server drains and exits 0, and HEALTHCHECK says unhealthy.
     (``slow_commands`` only starts the export and the Job now, to run beside this server.)"""
-    from teacher_server.launch import start_teacher, stop_teacher
+    from common.launch import start_teacher, stop_teacher
 
     entrypoint, cmd = teacher_image["entrypoint"], teacher_image["cmd"]
     assert entrypoint == ["python", "-m", "teacher_server"]  # what start_teacher runs, with this interpreter

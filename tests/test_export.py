@@ -8,8 +8,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from common.checkpoint import make_checkpoint, save_checkpoint
 from common.reductions import parse_key, reduce
+from common.teacher_model import load_teacher
 from teacher_server.export import main as export_main
-from teacher_server.model_runner import load_teacher
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 

@@ -32,7 +32,7 @@ NONFINITE = {pb.FLOAT32: [struct.pack("<f", v) for v in (math.nan, math.inf, -ma
 
 @pytest.fixture(scope="module")
 def small_server():
-    from teacher_server.model_runner import load_teacher
+    from common.teacher_model import load_teacher
     from teacher_server.server import build_server
 
     teacher = load_teacher(arch="resnet8", num_classes=4, input_shape=SHAPE, seed=0)

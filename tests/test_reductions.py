@@ -145,7 +145,7 @@ def test_one_forward_serves_every_key(random_teacher):
 
 
 def test_a_feature_name_with_the_separator_is_refused_at_load():
-    from teacher_server.model_runner import TeacherModel
+    from common.teacher_model import TeacherModel
 
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.LazyLinear(3)).eval()
     model.feature_layers = {"conv.out": "0"}

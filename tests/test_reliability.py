@@ -18,12 +18,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from common import codec
 from common.checkpoint import load_checkpoint
+from common.launch import start_teacher
+from common.teacher_model import TeacherModel
 from protos import teacher_pb2 as pb
 from protos import teacher_pb2_grpc as pb_grpc
 from student_trainer.cli import main as train
 from student_trainer.teachers import TeacherUnavailable, connect
-from teacher_server.launch import start_teacher
-from teacher_server.model_runner import TeacherModel
 from teacher_server.server import build_server
 from tests.conftest import FailsOnLargeValues, train_args
 
@@ -116,7 +116,7 @@ def test_the_client_waits_for_a_restarted_teacher_then_gives_up_in_one_line(rand
 
 def test_a_reply_nobody_waits_for_is_not_counted_as_served(caplog):
     """The client's deadline passes mid-forward: the server must not count what the client never got."""
-    from teacher_server.model_runner import load_teacher
+    from common.teacher_model import load_teacher
 
     teacher = load_teacher(arch="resnet20", input_shape=(3, 32, 32))  # ~0.3-1 s for 256 images here
     server, servicer, port = build_server(teacher, port=0, max_batch=256)

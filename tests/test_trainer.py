@@ -78,7 +78,7 @@ def test_max_steps_stops_mid_epoch(grpc_teacher, tmp_path):
 
 def test_ce_trains_a_teacher_that_the_server_and_local_client_load(grpc_teacher, tmp_path):
     from student_trainer.teachers import connect
-    from teacher_server.model_runner import load_teacher
+    from common.teacher_model import load_teacher
 
     s = train(train_args(tmp_path, "--method", "ce", "--batch-size", "32", "--train-size", "256",
                          "--epochs", "2", "--lr", "0.1"))

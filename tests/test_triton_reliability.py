@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from common.checkpoint import load_checkpoint
+from common.launch import start_teacher
 from student_trainer.cli import main as train
-from teacher_server.launch import start_teacher
 from tests.conftest import train_args
 from tests.test_triton import _stop, triton_unavailable
 

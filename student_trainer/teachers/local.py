@@ -7,13 +7,13 @@ do for ``python -m teacher_server``.
 """
 from __future__ import annotations
 
+import threading
 from urllib.parse import parse_qs
 
 import torch
 
 from common.reductions import REDUCTIONS
 from student_trainer.teachers.base import ServerStats, TeacherClient, TeacherInfo
-from teacher_server.counters import ServerCounters
 
 
 def parse_local_url(url: str) -> tuple[str, dict]:
@@ -53,12 +53,15 @@ class LocalTeacher(TeacherClient):
 
     def __init__(self, checkpoint: str, *, device: str = "cpu", arch: str | None = None,
                  num_classes: int | None = None, input_shape: tuple[int, int, int] | None = None, **_ignored):
-        from teacher_server.model_runner import load_teacher  # torchvision's models: only for a local teacher
+        from common.teacher_model import load_teacher  # torchvision's models: only for a local teacher
 
         super().__init__()
         self.teacher = load_teacher(checkpoint, arch=arch, num_classes=num_classes, input_shape=input_shape,
                                     device=device)
-        self.stats = ServerCounters()
+        # What this process's teacher ran, for server_stats (calls may come from several threads).
+        self._lock = threading.Lock()
+        self._requests = self._images = 0
+        self._forward_seconds = 0.0
         t = self.teacher
         self.info = TeacherInfo(t.name, t.arch, t.input_shape, t.num_classes, t.feature_names,
                                 t.flops_per_image, max_batch_size=1 << 30, output_shapes=dict(t.output_shapes),
@@ -69,12 +72,14 @@ class LocalTeacher(TeacherClient):
 
     def _infer(self, images: torch.Tensor, outputs: list[str]):
         result, seconds = self.teacher.forward(images, outputs)
-        self.stats.record(images=images.shape[0], bytes_in=0, bytes_out=0, seconds=seconds,
-                          flops=images.shape[0] * self.teacher.flops_per_image)
+        with self._lock:
+            self._requests += 1
+            self._images += images.shape[0]
+            self._forward_seconds += seconds
         # Ordinary tensors, as a decoded reply is: inference-mode ones cannot enter autograd (FitNet, CRD).
         return {k: v.clone() for k, v in result.items()}, 0, 0
 
     def server_stats(self) -> ServerStats:
-        s = self.stats.snapshot()
-        return ServerStats(images=s["images"], requests=s["requests"], forward_seconds=s["forward_seconds"],
-                           source="in-process", per_client=True)  # this process's own teacher
+        with self._lock:
+            return ServerStats(images=self._images, requests=self._requests, forward_seconds=self._forward_seconds,
+                               source="in-process", per_client=True)  # this process's own teacher

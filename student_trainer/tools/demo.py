@@ -10,8 +10,8 @@ import argparse
 from pathlib import Path
 
 from common.cli_errors import one_line_errors
+from common.launch import served_teacher
 from student_trainer.engine.summary import format_summary
-from teacher_server.launch import served_teacher
 
 
 def main(argv=None) -> None:

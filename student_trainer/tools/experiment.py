@@ -38,9 +38,9 @@ from pathlib import Path
 import torch
 
 from common.cli_errors import one_line_errors
+from common.launch import served_teacher
 from student_trainer.tools.paired import paired_difference
 from student_trainer.tools.report import load_run, write_report
-from teacher_server.launch import served_teacher
 
 log = logging.getLogger("experiment")
 RUN_FILES = ("summary.json", "metrics.jsonl")  # what a run record keeps: small, committed with the results

@@ -1,4 +1,8 @@
-"""The teacher model in inference mode, with the one lock that serialises forwards."""
+"""The teacher model in inference mode, with the one lock that serialises forwards.
+
+In ``common`` because three users run the same model: the server (gRPC and
+Triton), the exporter and the trainer's in-process ``local:`` teacher.
+"""
 from __future__ import annotations
 
 import threading

@@ -2,7 +2,8 @@
 
 Scripts (the demo, experiments, benchmarks) and tests run the teacher exactly
 as a user does: its own process, on a port it reports via --port-file once it
-is serving.
+is serving. In ``common`` because it imports nothing of the server: the
+trainer's scripts start one without depending on the server package.
 """
 from __future__ import annotations
 
