@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = p.add_argument_group("run")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    r.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch's intra-op threads in this process (default: torch's own, one per core); a local: "
+                        "teacher computes in the same threads, between the student's passes, never beside them")
     r.add_argument("--out", default="runs/student", help="folder for checkpoints and summary.json")
     r.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR (its last.pt)")
     r.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
@@ -150,6 +153,8 @@ def validate(args, world_size: int = 1) -> None:
         raise ValueError("--epochs and --max-steps must be at least 1")
     if not 0 < args.budget <= 1:
         raise ValueError(f"--budget is a fraction of the schedule's steps, in (0, 1]; got {args.budget}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
     if args.log_every < 1 or args.checkpoint_every < 0:
         raise ValueError("--log-every must be at least 1 and --checkpoint-every at least 0")
     check_world(args, world_size)

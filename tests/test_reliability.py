@@ -211,3 +211,36 @@ def test_training_survives_a_teacher_restart_with_nothing_lost_or_counted_twice(
     uninterrupted = load_checkpoint(tmp_path / "clean" / "last.pt")["state_dict"]
     for name, tensor in uninterrupted.items():
         assert torch.allclose(interrupted[name].float(), tensor.float(), atol=1e-4), name
+
+
+def test_with_a_serial_teacher_an_outage_also_saves_progress_and_resume_finishes_the_run(grpc_teacher, tmp_path):
+    """--serial-teacher waits for each answer before the student's forward: a teacher gone past
+    --teacher-max-wait still ends the run with its progress saved, and --resume finishes it as one run."""
+    flags = ["--method", "kd", "--batch-size", "16", "--train-size", "320", "--serial-teacher"]
+    teacher_flags = ["--arch", "resnet8", "--num-classes", "10", "--input-shape", "3,32,32", "--seed", "0"]
+    first, port = start_server(tmp_path, "life1", *teacher_flags)
+    second = None
+    run_dir, url = tmp_path / "interrupted", f"grpc://127.0.0.1:{port}"
+    trainer = subprocess.Popen([sys.executable, "-m", "student_trainer", "--teacher-url", url, "--teacher-max-wait",
+                                "1", *train_args(run_dir, *flags)], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_requests(port, 3, trainer)
+        assert stop_server(first) == 0
+        out, err = trainer.communicate(timeout=120)
+        assert trainer.returncode == 2, err[-3000:]
+        assert f"progress saved, continue with --resume {run_dir}" in err.strip().splitlines()[-1]
+        saved = load_checkpoint(run_dir / "last.pt")
+        assert 3 <= saved["counters"]["steps"] < 20
+        second, _ = start_server(tmp_path, "life2", *teacher_flags, port=port)
+        s = train(["--teacher-url", url, *train_args(run_dir, *flags, "--resume", run_dir)])
+        assert stop_server(second) == 0
+    finally:
+        for proc in (trainer, first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    clean = train(train_args(tmp_path / "clean", "--teacher-url", grpc_teacher[0], *flags))
+    assert s["steps"] == clean["steps"] == 20 and s["teacher_images"] == clean["teacher_images"] == 320
+    interrupted = load_checkpoint(run_dir / "last.pt")["state_dict"]
+    for name, tensor in load_checkpoint(tmp_path / "clean" / "last.pt")["state_dict"].items():
+        assert torch.equal(interrupted[name], tensor), name

@@ -24,7 +24,7 @@ from student_trainer.engine.distiller import Distiller, build_distiller
 from student_trainer.engine.distributed import (DistInfo, broadcast_buffers, ddp, eval_shard, per_rank_flags,
                                                 rank_device, rank_name)
 from student_trainer.engine.timing import PhaseTimer
-from student_trainer.teachers import USES, ClientCounters, TeacherClient, connect, teacher_options
+from student_trainer.teachers import CLIENTS, ClientCounters, TeacherClient, connect, teacher_options
 
 
 @dataclass
@@ -95,8 +95,8 @@ def connect_teacher(args, spec, device, dist: DistInfo) -> TeacherClient | None:
         raise ValueError(f"--loss {args.loss} needs --teacher-url "
                          f"(grpc://HOST:PORT, grpcs://, triton://HOST:PORT/MODEL or local:PATH)")
     options = teacher_options(args)
-    scheme = args.teacher_url.split(":", 1)[0]
-    if dist.enabled and "client_id" in USES.get(scheme, ()):  # each rank asks under its own id
+    kind = CLIENTS.get(args.teacher_url.split(":", 1)[0])
+    if dist.enabled and kind is not None and "client_id" in kind.uses:  # each rank asks under its own id
         options["client_id"] = rank_name(args.client_id, dist)
     teacher = connect(args.teacher_url, wire_dtype=args.wire_dtype, timeout=args.teacher_timeout,
                       connect_timeout=args.connect_timeout, device=str(device), **options)
@@ -109,6 +109,8 @@ def build_run(args: argparse.Namespace, dist: DistInfo = DistInfo()) -> Run:
     local = per_rank_flags(args, dist.world_size)  # N/P images a step, k/P for the teacher
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.deterministic:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False

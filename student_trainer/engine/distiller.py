@@ -33,7 +33,8 @@ from student_trainer.query import Query, QueryPolicy, build_policy
 
 @dataclass
 class StepOutput:
-    """A trained step: the loss to back-propagate, its parts as numbers for the log, the work it took."""
+    """A trained step: the loss to back-propagate, its parts as numbers for the log (``loss`` first), the
+    work it took."""
     loss: torch.Tensor
     parts: dict[str, float] = field(default_factory=dict)
     student_forward: int = 0
@@ -116,10 +117,14 @@ class Distiller(nn.Module):
         if q.teacher_rows == 0:  # every answer remembered (--query cached)
             return completed({})
         images = q.asked_images()
-        if self.serial:
-            with self.timer.phase("teacher"):
-                return completed(self.teacher.infer(images, self.keys))
-        return self.teacher.submit(images, self.keys)
+        with self.timer.phase("teacher"):  # a remote teacher's submit returns at once; an in-process one answers
+            answer = self.teacher.submit(images, self.keys)
+            if self.serial:
+                try:
+                    answer.result()  # the wait, here and counted as the teacher's
+                except Exception:  # it stays in the future: the step raises it where it needs the answer
+                    pass
+            return answer
 
     def resend(self, prepared: Prepared) -> None:
         """Ask again for an answer a saved run never got (the teacher was gone, or the run stopped)."""
@@ -141,7 +146,8 @@ class Distiller(nn.Module):
             ce = self.ce_weight * l_ce
             total = ce + sum(terms.values(), torch.zeros((), device=logits.device))
         k = q.images.shape[0]
-        parts = {"loss_ce": l_ce.item(), **{name: t.item() for name, t in terms.items()}, **q.parts}
+        values = torch.stack([total.detach(), l_ce.detach(), *(t.detach() for t in terms.values())]).tolist()
+        parts = dict(zip(["loss", "loss_ce", *terms], values)) | q.parts  # one read of the device a step
         return StepOutput(total, parts, q.choosing_forward + k, k, q.teacher_rows if self.keys else 0,
                           logits=logits, losses={"loss_ce": ce, **terms})
 

@@ -29,7 +29,7 @@ def train_one_epoch(run: Run, state: RunState, log: RunLog) -> dict:
     run.model.train()
     log.start_epoch()
     for prepared, context in epoch_steps(state):
-        with saved_on_outage(state):
+        with saved_on_outage(state, prepared):
             out = run.distiller.train_on(prepared, context)  # the student's forward and the losses
         with run.timer.phase("student"):
             run.optimizer.zero_grad(set_to_none=True)

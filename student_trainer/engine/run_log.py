@@ -60,7 +60,7 @@ class RunLog:
                 f.write(json.dumps(record) + "\n")
         self.steps += 1
         self.window_steps += 1
-        for name, value in {"loss": out.loss.item(), **out.parts}.items():
+        for name, value in out.parts.items():
             self.sums[name] = self.sums.get(name, 0.0) + value
             self.window[name] = self.window.get(name, 0.0) + value
         if work.steps % args.log_every == 0:

@@ -169,20 +169,23 @@ class RunState:
 
 
 @contextmanager
-def saved_on_outage(state: RunState):
-    """A step whose teacher is gone: save the run as it stood before the step, then stop in one line.
+def saved_on_outage(state: RunState, prepared: Prepared):
+    """Training ``prepared`` while its teacher may be gone: if it is, save the run as it stood before the
+    step, then stop in one line.
 
     The steps in flight are saved with their images (and answers where they came), so a
     resumed run sends them again and trains exactly as an uninterrupted one. The student's
-    forward ran before the wait, so its BatchNorm statistics are put back first.
+    forward runs before the wait, so its BatchNorm statistics are put back first; a step
+    whose answer is already in cannot fail so, and keeps no copy of them.
     """
-    distiller = state.run.distiller
-    before = distiller.student_buffers()
+    distiller, answer = state.run.distiller, prepared.answer
+    settled = answer is None or (answer.done() and answer.exception() is None)
+    before = None if settled else distiller.student_buffers()
     try:
         yield
     except TeacherUnavailable as e:
         out = state.run.out
-        if state.run.dist.enabled:  # the other ranks are elsewhere (a collective): no checkpoint together now
+        if state.run.dist.enabled or before is None:  # other ranks are in a collective: no checkpoint together
             raise TeacherUnavailable(f"{e}; continue with --resume {out} from its last checkpoint") from None
         distiller.restore_student_buffers(before)
         state.save()

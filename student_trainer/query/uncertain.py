@@ -75,7 +75,7 @@ class Uncertain(QueryPolicy):
             raise ValueError(f"--w must be >= 0, got {args.w}")
 
     def scores(self, student: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), bn_mode(student, self.bn):
+        with torch.inference_mode(), bn_mode(student, self.bn):
             probs = F.softmax(student(images).float(), dim=1)
             return uncertainty(self.measure, probs, self.gen)
 

@@ -8,12 +8,13 @@ do for ``python -m teacher_server``.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 from urllib.parse import parse_qs
 
 import torch
 
 from common.reductions import REDUCTIONS
-from student_trainer.teachers.base import ServerStats, TeacherClient, TeacherInfo
+from student_trainer.teachers.base import ServerStats, TeacherClient, TeacherFuture, TeacherInfo
 
 
 def parse_local_url(url: str) -> tuple[str, dict]:
@@ -59,7 +60,7 @@ class LocalTeacher(TeacherClient):
         self.teacher = load_teacher(checkpoint, arch=arch, num_classes=num_classes, input_shape=input_shape,
                                     device=device)
         # What this process's teacher ran, for server_stats (calls may come from several threads).
-        self._lock = threading.Lock()
+        self._counts_lock = threading.Lock()
         self._requests = self._images = 0
         self._forward_seconds = 0.0
         t = self.teacher
@@ -70,9 +71,20 @@ class LocalTeacher(TeacherClient):
     def describe(self) -> TeacherInfo:
         return self.info
 
+    def submit(self, images: torch.Tensor, outputs=("logits",)) -> Future:
+        """The answer at once, computed in the caller's thread: in this process the teacher shares the
+        student's cores, and a forward beside the student's would only fight it for them (twice the
+        threads on the same cores)."""
+        future = TeacherFuture(lambda: self.counters)
+        try:
+            future.set_result(self._ask(images.detach(), list(outputs)))
+        except Exception as e:  # the future carries it, as a remote kind's does
+            future.set_exception(e)
+        return future
+
     def _infer(self, images: torch.Tensor, outputs: list[str]):
         result, seconds = self.teacher.forward(images, outputs)
-        with self._lock:
+        with self._counts_lock:
             self._requests += 1
             self._images += images.shape[0]
             self._forward_seconds += seconds
@@ -80,6 +92,6 @@ class LocalTeacher(TeacherClient):
         return {k: v.clone() for k, v in result.items()}, 0, 0
 
     def server_stats(self) -> ServerStats:
-        with self._lock:
+        with self._counts_lock:
             return ServerStats(images=self._images, requests=self._requests, forward_seconds=self._forward_seconds,
                                source="in-process", per_client=True)  # this process's own teacher
