@@ -44,7 +44,7 @@ def train_one_epoch(run: Run, state: RunState, log: RunLog) -> dict:
     return log.end_epoch_steps()
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(model, loader, device) -> float:
     """Top-1 accuracy in percent; under torchrun each rank's loader holds its part of the test set,
     and the counts are summed over the ranks."""
