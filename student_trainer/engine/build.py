@@ -119,7 +119,8 @@ def build_run(args: argparse.Namespace, dist: DistInfo = DistInfo()) -> Run:
     spec = build_dataset(args.dataset, args.data_root, train_size=args.train_size, test_size=args.test_size,
                          image_shape=args.image_shape, num_classes=args.num_classes, seed=args.data_seed,
                          augment=not args.no_augment, download=args.download)
-    student = build_model(args.arch, num_classes=spec.num_classes, in_channels=spec.input_shape[0]).to(device)
+    student = build_model(args.arch, num_classes=spec.num_classes, in_channels=spec.input_shape[0],
+                          image_size=spec.input_shape[1:]).to(device)
     timer = PhaseTimer(device)
     teacher = connect_teacher(args, spec, device, dist)
     distiller = build_distiller(local, student, teacher, input_shape=spec.input_shape,
