@@ -123,8 +123,9 @@ def _timm_twin(model, arch, size):
     """The same network straight from timm (its own forward), holding the same weights."""
     import timm
 
-    options = {"img_size": size} if "vit" in arch or "volo" in arch else {}
-    twin = timm.create_model(arch.removeprefix("timm."), pretrained=False, num_classes=10, **options).eval()
+    name = arch.removeprefix("timm.")
+    options = {"img_size": size} if timm.models.get_pretrained_cfg(name).fixed_input_size else {}
+    twin = timm.create_model(name, pretrained=False, num_classes=10, **options).eval()
     twin.load_state_dict(model.state_dict())
     return twin
 
