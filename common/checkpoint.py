@@ -10,9 +10,12 @@ Every checkpoint is read with ``torch.load(..., weights_only=True)``
 (``read_checkpoint_file``): tensors, numbers, strings and containers, never a
 pickled callable, so opening a file cannot run code. What we write keeps to
 that (the trainer stores RNG state as tensors and lists, not numpy objects).
+The one class let through is ``argparse.Namespace`` (``SAFE_CLASSES``): timm's and
+DeiT's ``train.py`` save their flags in one beside the weights, and it only holds values.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 import re
@@ -25,6 +28,7 @@ from torch import nn
 
 FORMAT = "unix-kd/1"
 REQUIRED = ("arch", "num_classes", "in_channels", "input_shape", "state_dict")
+SAFE_CLASSES = [argparse.Namespace]  # plain attribute holders, beside containers and tensors
 
 
 class CheckpointError(ValueError):
@@ -92,7 +96,8 @@ def read_checkpoint_file(path: str | os.PathLike, map_location: str = "cpu"):
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(SAFE_CLASSES):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         names = _unsafe_globals(path, e)
         if names:
@@ -150,6 +155,7 @@ def load_state_strictly(model: nn.Module, state_dict: dict, *, arch: str, source
 def model_from_checkpoint(ckpt: dict, source: str | os.PathLike = "checkpoint") -> nn.Module:
     from common.models import build_model
 
-    model = build_model(ckpt["arch"], num_classes=ckpt["num_classes"], in_channels=ckpt["in_channels"])
+    model = build_model(ckpt["arch"], num_classes=ckpt["num_classes"], in_channels=ckpt["in_channels"],
+                        image_size=tuple(ckpt["input_shape"])[1:])
     load_state_strictly(model, ckpt["state_dict"], arch=ckpt["arch"], source=source)
     return model

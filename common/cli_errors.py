@@ -10,6 +10,18 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, C
                                                OSError, KeyError)
 
 
+WORKER_TRACEBACK = "\nOriginal Traceback (most recent call last):"
+"""What torch puts in the message of an error raised in a DataLoader process (a file it could not read)."""
+
+
+def _message(e: BaseException) -> str:
+    # OSError's args[0] is the errno: its str() is the readable line ("[Errno 2] No such file ...: 'x'")
+    msg = str(e) if isinstance(e, OSError) or not e.args else e.args[0]
+    if isinstance(msg, str) and WORKER_TRACEBACK in msg:  # the worker's own line is the traceback's last
+        msg = msg.rstrip().splitlines()[-1].partition(": ")[2]
+    return msg
+
+
 @contextmanager
 def one_line_errors(prog: str, quiet: bool = False):
     """``quiet``: exit with the same code but print nothing (a process whose twin says it already)."""
@@ -19,11 +31,20 @@ def one_line_errors(prog: str, quiet: bool = False):
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
     except USER_ERRORS as e:
-        # OSError's args[0] is the errno: its str() is the readable line ("[Errno 2] No such file ...: 'x'")
-        msg = str(e) if isinstance(e, OSError) or not e.args else e.args[0]
         if not quiet:
-            print(f"{prog}: error: {msg}", file=sys.stderr)
+            print(f"{prog}: error: {_message(e)}", file=sys.stderr)
         sys.exit(2)
+
+
+def parse_numbers(text: str) -> tuple[float, ...]:
+    """'0.5,0.5,0.5' -> (0.5, 0.5, 0.5), for argparse (--mean, --std)."""
+    import argparse
+
+    try:
+        return tuple(float(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas like 0.485,0.456,0.406, "
+                                         f"got {text!r}") from None
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:

@@ -6,8 +6,9 @@ branch on the data set.  Adding a data set is one ``@register`` function.
 
 A builder takes ``root`` plus the keyword options it understands.  Options it
 does not take are handled here instead: ``train_size``/``test_size`` become
-seeded subsets, and ``image_shape``/``num_classes`` are refused, since a real
-data set's shape and classes are facts, not settings.
+seeded subsets, and the ``SETTINGS`` (``image_shape``, ``num_classes``,
+``image_size``, ``mean``, ``std``) are refused, since a real data set's shape
+and classes are facts, not settings. A name may carry its root: ``folder:ROOT``.
 """
 from __future__ import annotations
 
@@ -48,7 +49,10 @@ class DataSpec:
 
     ``train_views``: the training split in memory with its augmentation, for sets that fit
     (rendered a batch at a time from recipes, ``common.views``); None for those read from
-    files item by item (ImageNet)."""
+    files item by item (ImageNet, image folders).
+
+    ``classes``: the class names where the data set has them (an image folder's folder names).
+    ``measured_on``: the training images ``mean``/``std`` were measured on (0: given, or published)."""
 
     name: str
     train: Dataset
@@ -58,6 +62,8 @@ class DataSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     train_views: StoredImages | None = None
+    classes: tuple[str, ...] = ()
+    measured_on: int = 0
 
 
 DATASETS: dict[str, Callable[..., DataSpec]] = {}
@@ -74,20 +80,33 @@ def list_datasets() -> list[str]:
     return sorted(DATASETS)
 
 
+SETTINGS = ("image_shape", "num_classes", "image_size", "mean", "std")
+"""Options that only some data sets take; given to one that does not, they are refused, not ignored."""
+
+
 def build_dataset(name: str, root: str | None = None, *, train_size: int | None = None,
                   test_size: int | None = None, image_shape: tuple[int, int, int] | None = None,
-                  num_classes: int | None = None, seed: int = 0, augment: bool = True,
-                  download: bool = False) -> DataSpec:
+                  num_classes: int | None = None, image_size: int | None = None,
+                  mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None, seed: int = 0,
+                  augment: bool = True, download: bool = False) -> DataSpec:
+    """``name`` may carry its root after a colon: ``folder:ROOT`` is ``folder`` with ``root=ROOT``."""
+    name, colon, named_root = name.partition(":")
+    if colon:
+        if root is not None and root != named_root:
+            raise ValueError(f"data set {name}:{named_root} names its folder, and --data-root {root} another; "
+                             "give one")
+        root = named_root
     key = name.lower().replace("_", "-")
     if key not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; known: {', '.join(list_datasets())}")
     builder = DATASETS[key]
     accepted = inspect.signature(builder).parameters
-    options = dict(train_size=train_size, test_size=test_size, image_shape=image_shape,
-                   num_classes=num_classes, seed=seed, augment=augment, download=download)
-    for fixed in ("image_shape", "num_classes"):
-        if options[fixed] is not None and fixed not in accepted:
-            raise ValueError(f"{fixed} is only for generated data (synthetic); {key} has its own")
+    options = dict(train_size=train_size, test_size=test_size, image_shape=image_shape, num_classes=num_classes,
+                   image_size=image_size, mean=mean, std=std, seed=seed, augment=augment, download=download)
+    for setting in SETTINGS:
+        if options[setting] is not None and setting not in accepted:
+            takers = [n for n, b in DATASETS.items() if setting in inspect.signature(b).parameters]
+            raise ValueError(f"{setting} does not apply to {key} (it has its own); it is for {', '.join(takers)}")
     spec = builder(root, **{k: v for k, v in options.items() if k in accepted})
     if "train_size" not in accepted:
         train = _subset_indices(spec.train, train_size, seed, "train_size")
@@ -241,27 +260,46 @@ def fashion_mnist(root, *, augment, download) -> DataSpec:
                     10, (1, 28, 28), mean, std, views)
 
 
-# --- ImageNet (any ImageFolder tree) ----------------------------------------
+# --- image folders: ImageNet's tree, or any in its layout (common.image_folders) -----------------
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _image_folders(name: str, root, *, augment: bool, image_size: int, mean, std, seed: int = 0) -> DataSpec:
+    """``root``/train and ``root``/val read image by image at ``image_size``; ``mean``/``std`` None: measured."""
+    from common import image_folders
+
+    if image_size < 1:
+        raise ValueError(f"--image-size must be at least 1, got {image_size}")
+    root = Path(root or DEFAULT_ROOT)
+    try:
+        classes = image_folders.check_layout(name, root)
+    except FileNotFoundError as e:
+        raise DatasetNotFoundError(str(e)) from None
+    train_geometry, evaluation = image_folders.geometry(image_size, augment)
+    train = image_folders.open_split(name, root / "train", None)
+    measured_on = 0
+    if mean is None or std is None:
+        mean, std, measured_on = image_folders.measure_normalisation(train, evaluation, seed)
+    image_folders.check_normalisation(mean, std)
+    finish = [transforms.ToTensor(), transforms.Normalize(mean, std)]
+    train.transform = transforms.Compose(train_geometry + finish)
+    test = image_folders.open_split(name, root / "val", transforms.Compose(evaluation + finish))
+    return DataSpec(name, train, test, len(classes), (3, image_size, image_size), tuple(mean), tuple(std),
+                    classes=tuple(classes), measured_on=measured_on)
+
 
 @register("imagenet")
-def imagenet(root, *, augment) -> DataSpec:
-    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    root = Path(root or DEFAULT_ROOT)
-    missing = [str(root / s) for s in ("train", "val") if not (root / s).is_dir()]
-    if missing:
-        raise DatasetNotFoundError(
-            f"imagenet not found: no class folders in {' or '.join(missing)}; pass --data-root "
-            f"DIR with DIR/train/<class>/*.JPEG and DIR/val/<class>/*.JPEG")
-    finish = [transforms.ToTensor(), transforms.Normalize(mean, std)]
-    crop = [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip()] if augment \
-        else [transforms.Resize(256), transforms.CenterCrop(224)]
-    train = datasets.ImageFolder(root / "train", transforms.Compose(crop + finish))
-    test = datasets.ImageFolder(root / "val", transforms.Compose(
-        [transforms.Resize(256), transforms.CenterCrop(224)] + finish))
-    if test.class_to_idx != train.class_to_idx:
-        # ImageFolder numbers classes per folder; differing sets would silently shift labels.
-        raise ValueError(f"imagenet: {root / 'val'} and {root / 'train'} hold different class folders")
-    return DataSpec("imagenet", train, test, len(train.classes), (3, 224, 224), mean, std)
+def imagenet(root, *, augment, image_size=None) -> DataSpec:
+    return _image_folders("imagenet", root, augment=augment, image_size=image_size or 224, mean=IMAGENET_MEAN,
+                          std=IMAGENET_STD)
+
+
+@register("folder")
+def folder(root, *, augment, image_size=None, mean=None, std=None, seed=0) -> DataSpec:
+    """Any folder in ImageFolder's layout (``--dataset folder:ROOT``); normalisation given or measured."""
+    return _image_folders(f"folder:{root}", root, augment=augment, image_size=image_size or 224, mean=mean,
+                          std=std, seed=seed)
 
 
 # --- synthetic ---------------------------------------------------------------

@@ -102,26 +102,34 @@ def _prepare(model: nn.Module, device: str, half: bool) -> tuple[nn.Module, torc
 
 def load_teacher(checkpoint: str | None = None, *, arch: str | None = None, num_classes: int | None = None,
                  input_shape: tuple[int, int, int] | None = None, seed: int = 0,
-                 device: str = "cpu", half: bool = False) -> TeacherModel:
+                 device: str = "cpu", half: bool = False, use_ema: bool = False) -> TeacherModel:
     """From a checkpoint, or (``arch`` alone) a randomly initialised model for smoke tests.
 
     The checkpoint is ours (``arch``, ``num_classes``, ``input_shape`` optional, and
     checked against the file if given) or another project's state dict (bare, or
-    under ``model`` / ``state_dict`` / ``net``: ``arch`` and ``num_classes`` needed);
-    see ``common.foreign_checkpoints``. Either is read weights-only.
+    under ``model`` / ``state_dict`` / ``net``, or a ``.safetensors`` file: ``arch`` and
+    ``num_classes`` needed; ``use_ema``: a timm file's EMA weights); see
+    ``common.foreign_checkpoints``. Each is read weights-only.
     """
     if checkpoint:
-        loaded = model_from_file(checkpoint, arch=arch, num_classes=num_classes, input_shape=input_shape)
+        loaded = model_from_file(checkpoint, arch=arch, num_classes=num_classes, input_shape=input_shape,
+                                 use_ema=use_ema)
         model, arch, num_classes, input_shape = loaded.model, loaded.arch, loaded.num_classes, loaded.input_shape
         name = loaded.name
+    elif use_ema:
+        raise ValueError("--use-ema picks the EMA weights of a --checkpoint; a random teacher has none")
     elif arch:
         num_classes = 10 if num_classes is None else num_classes
         input_shape = tuple(input_shape or DEFAULT_INPUT_SHAPE)
         torch.manual_seed(seed)
-        model = build_model(arch, num_classes=num_classes, in_channels=input_shape[0])
+        model = build_model(arch, num_classes=num_classes, in_channels=input_shape[0], image_size=input_shape[1:])
         name = f"{arch}-random-seed{seed}"
     else:
         raise ValueError("give --checkpoint PATH, or --arch NAME for a randomly initialised teacher")
-    flops = forward_flops_per_image(model, input_shape)
+    try:  # the first forward: where a model meets images it cannot take
+        flops = forward_flops_per_image(model, input_shape)
+    except (RuntimeError, IndexError, AssertionError) as e:
+        raise ValueError(f"{arch} cannot take {'x'.join(map(str, input_shape))} images: "
+                         f"{' '.join(str(e).split())[:300]}") from None
     model, dev, dtype = _prepare(model, device, half)
     return TeacherModel(model, arch, name, tuple(input_shape), int(num_classes), dev, dtype, flops)

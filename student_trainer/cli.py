@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from common.cli_errors import one_line_errors, parse_shape
+from common.cli_errors import one_line_errors, parse_numbers, parse_shape
 from common.codec import WIRE_DTYPES
 from student_trainer.distill import LOSSES, add_loss_arguments, loss_classes, loss_needs_teacher
 from student_trainer.engine.distributed import check_world, env_info
@@ -68,13 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "triton://, Triton's access token, for its statistics endpoint")
     m.add_argument("--client-id", help="name in the teacher's metrics (default: a random uuid; grpc(s):// only)")
     d = p.add_argument_group("data")
-    d.add_argument("--dataset", default="synthetic")
-    d.add_argument("--data-root", default=None)
+    d.add_argument("--dataset", default="synthetic",
+                   help="a registered data set (common.data.list_datasets()), or NAME:ROOT with its folder, e.g. "
+                   "folder:ROOT for any ROOT/train/CLASS/* and ROOT/val/CLASS/* images (ImageFolder's layout)")
+    d.add_argument("--data-root", default=None, help="the data set's folder (or give it as --dataset NAME:ROOT)")
     d.add_argument("--download", action="store_true", help="let torchvision download CIFAR")
     d.add_argument("--train-size", type=int, default=None, help="use a seeded subset of the train split")
     d.add_argument("--test-size", type=int, default=None, help="use a seeded subset of the test split")
     d.add_argument("--image-shape", type=parse_shape, default=None, metavar="C,H,W", help="synthetic only")
     d.add_argument("--num-classes", type=int, default=None, help="synthetic only")
+    d.add_argument("--image-size", type=int, default=None, metavar="N",
+                   help="folder, imagenet: train and test on N x N crops (default 224)")
+    d.add_argument("--mean", type=parse_numbers, default=None, metavar="R,G,B",
+                   help="folder: the normalisation's mean (with --std; default: measured once on the training "
+                   "split, saved in OUT/data.json and reused by --resume)")
+    d.add_argument("--std", type=parse_numbers, default=None, metavar="R,G,B", help="folder: see --mean")
     d.add_argument("--data-seed", type=int, default=0)
     d.add_argument("--no-augment", action="store_true")
     d.add_argument("--augment-draws", choices=("batched", "per-item"), default="batched",
@@ -138,6 +146,8 @@ def validate(args, world_size: int = 1) -> None:
     torchrun started for this student."""
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if (args.mean is None) != (args.std is None):
+        raise ValueError("give --mean and --std together (or neither: a folder's are measured)")
     resolve_method(args)
     if args.prefetch < 0:
         raise ValueError(f"--prefetch must be >= 0, got {args.prefetch}")

@@ -14,11 +14,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m teacher_server", description=__doc__)
     src = p.add_argument_group("teacher")
     src.add_argument("--checkpoint", help="a checkpoint written by the student trainer (--method ce), or "
-                     "another project's state dict (bare, or under 'model', 'state_dict' or 'net'; "
-                     "give --arch and --num-classes with it); read weights-only")
+                     "another project's weights: a state dict (bare, or under 'model', 'state_dict' or 'net': "
+                     "timm's .pth.tar, torchvision's, the KD projects') or a .safetensors file (the Hugging "
+                     "Face hub's); give --arch and --num-classes with it; read weights-only")
     src.add_argument("--arch", help="with --checkpoint: the network of a state dict from another project "
                      "(optional for ours, checked against the file); alone: serve a randomly initialised "
                      "ARCH (smoke tests)")
+    src.add_argument("--use-ema", action="store_true",
+                     help="load the EMA weights of a file that has them (timm's state_dict_ema, DeiT's model_ema) "
+                     "instead of the trained ones")
     src.add_argument("--num-classes", type=int, default=None,
                      help="classes (needed for another project's file; default 10 for a random teacher)")
     src.add_argument("--input-shape", type=parse_shape, default=None, metavar="C,H,W",
@@ -61,5 +65,5 @@ def main(argv=None) -> None:
 
         teacher = load_teacher(args.checkpoint, arch=args.arch, num_classes=args.num_classes,
                                input_shape=args.input_shape, seed=args.seed,
-                               device=args.device, half=args.half)
+                               device=args.device, half=args.half, use_ema=args.use_ema)
         serve(teacher, args)  # BACKENDS[--backend], until SIGTERM/SIGINT

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -79,14 +82,31 @@ class ExportFormat:
 def _write_torchscript(wrapper, example, path, input_name, output_names) -> None:
     with warnings.catch_warnings():  # TorchScript is deprecated in torch, but it is what LibTorch loads
         warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # (verify() runs the file on another batch)
         traced = torch.jit.trace(wrapper, example, check_trace=False)
     traced.save(str(path))
 
 
+@contextmanager
+def _stdout_silenced():
+    """fd 1 to /dev/null: when the TorchScript-based ONNX exporter fails it prints the whole graph there
+    (thousands of lines) from C++, since its log switch is always on in this torch release."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _write_onnx(wrapper, example, path, input_name, output_names) -> None:
     batch = {0: "batch"}
-    with warnings.catch_warnings():  # the TorchScript-based exporter: no onnxscript needed
+    with warnings.catch_warnings(), _stdout_silenced():  # the TorchScript-based exporter: no onnxscript needed
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
                           input_names=[input_name], output_names=output_names,
                           dynamic_axes={name: batch for name in [input_name, *output_names]})
@@ -136,8 +156,12 @@ def export(teacher: TeacherModel, out: str | Path, fmt: str, *, model_name: str 
     folder = Path(out) / model_name
     (folder / "1").mkdir(parents=True, exist_ok=True)
     input_name, output_names = f.tensor_names(list(shapes))
-    with torch.no_grad():
-        f.write(wrapper, example, folder / "1" / f.filename, input_name, output_names)
+    try:
+        with torch.no_grad():
+            f.write(wrapper, example, folder / "1" / f.filename, input_name, output_names)
+    except Exception as e:  # what tracing or the ONNX exporter cannot take (an operator, a Python branch)
+        detail = " ".join(str(e).split())[:300] or type(e).__name__
+        raise ValueError(f"{teacher.arch} cannot be exported as {fmt}: {detail}") from None
     config = model_config(teacher, f, shapes, model_name=model_name, max_batch=max_batch,
                           queue_delay_us=queue_delay_us, instances=instances, instance_kind=instance_kind,
                           input_dtype=input_dtype)
@@ -179,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m teacher_server.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="a checkpoint written by the student trainer, or another project's "
-                   "state dict (with --arch and --num-classes); read weights-only")
+                   "state dict or .safetensors file (with --arch and --num-classes); read weights-only")
+    p.add_argument("--use-ema", action="store_true", help="load the EMA weights of a file that has them (timm's)")
     p.add_argument("--arch", help="with --checkpoint: the network of another project's state dict; "
                    "alone: export a randomly initialised ARCH")
     p.add_argument("--num-classes", type=int, default=None,
@@ -207,7 +232,7 @@ def main(argv=None) -> None:
             raise ValueError("give --checkpoint PATH (with --arch and --num-classes for another project's "
                              "state dict), or --arch NAME alone for a randomly initialised model")
         teacher = load_teacher(args.checkpoint, arch=args.arch, num_classes=args.num_classes,
-                               input_shape=args.input_shape, seed=args.seed)
+                               input_shape=args.input_shape, seed=args.seed, use_ema=args.use_ema)
         folder = export(teacher, args.out, args.format, model_name=args.model_name, max_batch=args.max_batch,
                         queue_delay_us=args.queue_delay_us, instances=args.instances,
                         instance_kind=args.instance_kind, input_dtype=args.input_dtype)

@@ -337,3 +337,122 @@ def test_local_teacher_accepts_a_foreign_file(tmp_path):
         connect(f"local:{path}?arch=resnet8&classes=10")
     with pytest.raises(ValueError, match="num_classes"):
         connect(f"local:{path}?arch=resnet8&num_classes=ten")
+
+
+# --- timm's files and the hub's ---------------------------------------------------------------------
+
+def _timm_trained_like(name="resnet10t", seed=0):
+    """A timm model straight from timm, its weights moved away from any initialisation."""
+    import timm
+
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False, num_classes=10)
+    _nudge(model)
+    return model.eval()
+
+
+def _nudge(model):
+    """Zero-mean changes to every weight (variances stay positive): logits move, but keep their scale."""
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point():
+                tensor.add_(0.05 * (torch.rand_like(tensor) if name.endswith("running_var") else torch.randn_like(tensor)))
+
+
+def test_a_timm_model_as_the_hubs_safetensors_is_served_with_timms_logits_and_features(tmp_path):
+    """``model.safetensors`` as the hub holds it (timm's ``save_for_hf`` writes ``save_file(state_dict)``),
+    through ``python -m teacher_server --arch timm.NAME``; logits and a reduced feature over gRPC."""
+    from safetensors.torch import save_file
+
+    from common.launch import start_teacher, stop_teacher
+    from common.reductions import attention
+    from student_trainer.teachers import connect
+
+    model = _timm_trained_like()
+    path = tmp_path / "model.safetensors"
+    save_file(model.state_dict(), path)
+    log = (tmp_path / "server.log").open("w")
+    try:
+        proc, port = start_teacher("--checkpoint", path, "--arch", "timm.resnet10t", "--num-classes", "10",
+                                   "--port", "0", port_file=tmp_path / "port", timeout=120, stdout=log, cwd=ROOT)
+    except (ChildProcessError, TimeoutError) as e:
+        pytest.fail(f"{e}: {(tmp_path / 'server.log').read_text()}")
+    try:
+        with connect(f"grpc://127.0.0.1:{port}", wire_dtype="float32") as client:
+            info = client.describe()
+            got = client.infer(IMAGES, ["logits", "stage3.attention"])
+    finally:
+        stop_teacher(proc, timeout=30)
+    with torch.no_grad():
+        maps = model.forward_intermediates(IMAGES, intermediates_only=True)
+        want = model(IMAGES)
+    assert (info.arch, tuple(info.input_shape), info.num_classes) == ("timm.resnet10t", (3, 32, 32), 10)
+    assert {"stage0", "stage4", "pool"} <= set(info.feature_names)
+    assert torch.allclose(got["logits"], want, atol=1e-4, rtol=1e-4)
+    assert (want - _timm_trained_like(seed=1)(IMAGES)).abs().max() > 0.1  # the check can tell
+    assert torch.allclose(got["stage3.attention"], attention(maps[3]), atol=1e-4, rtol=1e-4)
+    assert "a safetensors file (the Hugging Face hub's model.safetensors), loaded into timm.resnet10t by name" \
+        in (tmp_path / "server.log").read_text()
+
+
+def _timm_training_checkpoint(tmp_path, model):
+    """What timm's train.py leaves: CheckpointSaver's file, with the EMA weights and the flags (a Namespace)."""
+    import argparse
+
+    from timm.utils import CheckpointSaver, ModelEmaV3
+
+    ema = ModelEmaV3(model, decay=0.5)
+    _nudge(model)
+    ema.update(model)  # now halfway between: different weights
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    args = argparse.Namespace(model="resnet10t", lr=0.1, epochs=3, data_dir="/data/imagenet")
+    saver = CheckpointSaver(model, optimizer, args=args, model_ema=ema, checkpoint_dir=str(tmp_path))
+    saver.save_checkpoint(epoch=2, metric=71.5)
+    return tmp_path / "checkpoint-2.pth.tar", ema.module.eval()
+
+
+def test_timms_training_checkpoint_serves_the_trained_weights_or_with_use_ema_the_ema(tmp_path, caplog):
+    from common.teacher_model import load_teacher
+
+    model = _timm_trained_like()
+    path, ema = _timm_training_checkpoint(tmp_path, model)
+    with caplog.at_level("INFO", logger="common.foreign_checkpoints"):
+        teacher, got = _served_logits(path, arch="timm.resnet10t", num_classes=10)
+    with torch.no_grad():
+        assert torch.allclose(got, model.eval()(IMAGES), atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(got, ema(IMAGES), atol=1e-2)
+    assert "{'state_dict': state dict} file (UNIXKD reference, pytorch/examples, timm's train.py); the trained " \
+           "weights, not the EMA ones under 'state_dict_ema' (--use-ema takes those)" in caplog.text
+    _, got = _served_logits(path, arch="timm.resnet10t", num_classes=10, use_ema=True)
+    with torch.no_grad():
+        assert torch.allclose(got, ema(IMAGES), atol=1e-4, rtol=1e-4)
+    bare = tmp_path / "bare.pth"
+    torch.save(model.state_dict(), bare)
+    with pytest.raises(CheckpointError, match="holds no EMA weights .* leave out --use-ema"):
+        load_teacher(str(bare), arch="timm.resnet10t", num_classes=10, use_ema=True)
+
+
+def test_use_ema_reaches_every_place_that_reads_a_teacher(tmp_path, capsys):
+    from student_trainer.teachers import connect
+    from teacher_server.export import main as export_main
+
+    model = _timm_trained_like()
+    path, ema = _timm_training_checkpoint(tmp_path, model)
+    with connect(f"local:{path}?arch=timm.resnet10t&num_classes=10&use_ema=1") as client:
+        got = client.infer(IMAGES, ["logits"])["logits"]
+    with torch.no_grad():
+        assert torch.allclose(got, ema(IMAGES), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="use_ema: expected 0 or 1"):
+        connect(f"local:{path}?arch=timm.resnet10t&num_classes=10&use_ema=yes")
+    export_main(["--checkpoint", str(path), "--arch", "timm.resnet10t", "--num-classes", "10", "--use-ema",
+                 "--format", "onnx", "--out", str(tmp_path / "repo")])  # (verified against the EMA model's logits)
+    line = _serve_main(capsys, "--arch", "timm.resnet10t", "--use-ema")
+    assert "--use-ema picks the EMA weights of a --checkpoint" in line
+
+
+@pytest.mark.parametrize("content", [b"", b"\x08\x00\x00\x00\x00\x00\x00\x00{not json", b"PK\x03\x04 a zip"])
+def test_a_damaged_safetensors_file_is_one_line(tmp_path, capsys, content):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(content)
+    line = _serve_main(capsys, "--checkpoint", path, "--arch", "timm.resnet10t", "--num-classes", "10")
+    assert f"cannot read {path} as safetensors: " in line

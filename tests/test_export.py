@@ -123,3 +123,35 @@ def test_bad_input_is_one_line(argv, fragment, capsys, tmp_path):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0], err
+
+
+# --- timm -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+@pytest.mark.parametrize("arch", ["timm.mobilenetv3_small_050", "timm.vit_tiny_patch16_224"])
+def test_timm_models_export_with_their_named_features(tmp_path, arch, fmt):
+    """A CNN and a ViT (its tokens as maps): the file answers the eager logits and every feature and reduction."""
+    from teacher_server.export import run_exported
+
+    out = tmp_path / "repo"
+    export_main(["--arch", arch, "--input-shape", "3,32,32", "--format", fmt, "--out", str(out),
+                 "--input-dtype", "float32"])  # (it also reloads the file and compares with the eager logits)
+    teacher = load_teacher(arch=arch, input_shape=(3, 32, 32))
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    got = run_exported(out / "teacher", images)
+    assert list(got) == list(teacher.output_keys)
+    expected, _ = teacher.forward(images, list(teacher.output_keys))
+    for key, value in got.items():
+        torch.testing.assert_close(torch.as_tensor(value), expected[key], atol=1e-5, rtol=1e-4, msg=key)
+    assert {"stage4.attention", "pool"} <= set(got)
+
+
+def test_a_timm_model_onnx_cannot_take_is_refused_in_one_line(tmp_path, capfd):
+    """VOLO's outlook attention folds with col2im, which ONNX has only from opset 18 (we write 17)."""
+    with pytest.raises(SystemExit) as exit_:
+        export_main(["--arch", "timm.volo_d1_224", "--input-shape", "3,32,32", "--format", "onnx",
+                     "--out", str(tmp_path / "repo")])
+    assert exit_.value.code == 2
+    out, err = capfd.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1, err  # (torch's exporter would print its graph)
+    assert "timm.volo_d1_224 cannot be exported as onnx: Exporting the operator 'aten::col2im'" in err

@@ -125,3 +125,43 @@ def local_teacher(tmp_path_factory):
 def test_every_loss_trains_with_an_in_process_teacher(local_teacher, tmp_path, loss):
     s = train(_flags(local_teacher, tmp_path, "--loss", loss, "--query", "unix", "--max-steps", "2"))
     assert s["steps"] == 2 and s["teacher_images"] == 24 and s["bytes_sent"] == 0
+
+
+@pytest.fixture(scope="module")
+def timm_teacher(tmp_path_factory):
+    """A timm resnet10t saved as the hub's model.safetensors, served as ``--arch timm.resnet10t`` over gRPC."""
+    import timm
+    from safetensors.torch import save_file
+
+    from common.teacher_model import load_teacher
+    from teacher_server.server import build_server
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("timm") / "model.safetensors"
+    save_file(timm.create_model("resnet10t", pretrained=False, num_classes=10).state_dict(), path)
+    teacher = load_teacher(str(path), arch="timm.resnet10t", num_classes=10, input_shape=(3, 32, 32))
+    server, servicer, port = build_server(teacher, host="127.0.0.1", port=0, max_batch=64)
+    yield f"grpc://127.0.0.1:{port}", servicer
+    server.stop(grace=None).wait()
+
+
+@pytest.mark.parametrize("loss, pairs, part", [
+    ("fitnet", "stage3:stage2", "loss_fitnet"),         # the student's 64x8x8 map to timm's layer2, 128x4x4
+    ("kd+at", "stage2:stage1,stage3:stage2", "loss_at"),  # timm's maps reduced to attention on the server
+])
+def test_a_feature_loss_trains_against_a_timm_teacher_with_named_pairs(timm_teacher, tmp_path, loss, pairs, part):
+    url, servicer = timm_teacher
+    before = servicer.counters.snapshot()["images"]
+    s = train(_flags(url, tmp_path, "--loss", loss, "--feature-pairs", pairs, "--query", "all", "--max-steps", "2"))
+    assert s["steps"] == 2 and s["teacher_images"] == 32 == servicer.counters.snapshot()["images"] - before
+    last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last[part] > 0
+
+
+def test_a_pair_a_timm_teacher_does_not_offer_names_what_it_does(timm_teacher, tmp_path, capsys):
+    url, _ = timm_teacher
+    with pytest.raises(SystemExit):
+        train(_flags(url, tmp_path, "--loss", "at", "--feature-pairs", "stage3:layer3", "--max-steps", "1"))
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown teacher feature 'layer3'" in err
+    assert "teacher offers stage0 64x16x16, stage1 64x8x8, stage2 128x4x4, stage3 256x2x2, stage4 512x1x1, pool 512" in err

@@ -55,7 +55,7 @@ def run_with_features(model, x):
 
 def test_registry_lists_the_zoo_and_torchvision():
     names = list_models()
-    assert {n for n in names if not n.startswith("torchvision.")} == set(ZOO)
+    assert {n for n in names if not n.startswith(("torchvision.", "timm."))} == set(ZOO)
     assert {f"torchvision.{n}" for n in torchvision.models.list_models(module=torchvision.models)} \
         <= set(names)
 
@@ -110,3 +110,88 @@ def test_unknown_name_suggests_close_match():
     assert "\n" not in message and "list_models()" in message
     with pytest.raises(ValueError, match="torchvision.resnet18"):
         build_model("torchvision.resnet19", 10)
+
+
+# --- timm -------------------------------------------------------------------------------------------
+
+# One small member of each family tried (ResNet, MobileNet, EfficientNet, ViT, ConvNeXt), at 32x32.
+TIMM_FAMILIES = ["timm.resnet10t", "timm.mobilenetv3_small_050", "timm.efficientnet_lite0",
+                 "timm.vit_tiny_patch16_224", "timm.convnext_atto"]
+
+
+def _timm_twin(model, arch, size):
+    """The same network straight from timm (its own forward), holding the same weights."""
+    import timm
+
+    name = arch.removeprefix("timm.")
+    options = {"img_size": size} if timm.models.get_pretrained_cfg(name).fixed_input_size else {}
+    twin = timm.create_model(name, pretrained=False, num_classes=10, **options).eval()
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+def test_registry_lists_every_timm_name():
+    import timm
+
+    names = list_models()
+    assert {f"timm.{n}" for n in timm.list_models()} <= set(names)
+    assert names.index("resnet8") < names.index("torchvision.resnet18") < names.index("timm.resnet10t")
+
+
+@pytest.mark.parametrize("arch", TIMM_FAMILIES)
+def test_timm_models_answer_timms_logits_and_name_timms_features(arch):
+    from common.flops import forward_flops_per_image
+
+    model = build_model(arch, 10, 3, image_size=(32, 32)).eval()
+    twin = _timm_twin(model, arch, 32)
+    x = torch.randn(2, 3, 32, 32)
+    logits, feats = run_with_features(model, x)
+    with torch.no_grad():
+        final, maps = twin.forward_intermediates(x)
+        torch.testing.assert_close(logits, twin(x))
+        torch.testing.assert_close(feats["pool"], twin.forward_head(final, pre_logits=True))
+    assert list(feats) == [f"stage{i}" for i in range(len(twin.feature_info))] + ["pool"]
+    for i, expected in enumerate(maps):  # timm's own N x C x H x W maps, a ViT's tokens included
+        assert feats[f"stage{i}"].ndim == 4
+        torch.testing.assert_close(feats[f"stage{i}"], expected)
+    assert list(model.state_dict()) == list(twin.state_dict())  # timm's checkpoints load by name
+    assert forward_flops_per_image(model, (3, 32, 32)) == forward_flops_per_image(twin, (3, 32, 32)) > 0
+
+
+def test_timm_models_take_other_channel_counts_and_copy_with_their_taps():
+    import copy
+
+    model = build_model("timm.resnet10t", 10, 1)
+    assert model.conv1[0].in_channels == 1
+    twin = copy.deepcopy(model)  # (the backward FLOP count measures a copy)
+    x = torch.randn(2, 1, 32, 32)
+    logits, feats = run_with_features(twin, x)
+    assert logits.shape == (2, 10) and feats["stage4"].shape == (2, 512, 1, 1)
+
+
+def test_a_timm_pool_is_what_the_classifier_reads_and_the_logits_stay_timms():
+    """VOLO's head adds an auxiliary head's answer to the classifier's: ``pool`` is still the classifier's input."""
+    model = build_model("timm.volo_d1_224", 10, image_size=(32, 32)).eval()
+    twin = _timm_twin(model, "timm.volo_d1_224", 32)
+    x = torch.randn(2, 3, 32, 32)
+    logits, feats = run_with_features(model, x)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, twin(x))
+        assert not torch.allclose(model.head(feats["pool"]), logits)
+        torch.testing.assert_close(feats["pool"], twin.forward_head(twin.forward_features(x), pre_logits=True))
+
+
+def test_a_timm_model_without_one_classifier_offers_no_pool():
+    model = build_model("timm.deit_tiny_distilled_patch16_224", 10, image_size=(32, 32)).eval()
+    logits, feats = run_with_features(model, torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 10) and "pool" not in feats and feats["stage11"].shape == (2, 192, 2, 2)
+
+
+def test_a_teacher_that_cannot_take_the_images_is_one_line():
+    from common.teacher_model import load_teacher
+
+    with pytest.raises(ValueError, match="timm.vit_tiny_patch16_224 cannot take 3x8x8 images: ") as info:
+        load_teacher(arch="timm.vit_tiny_patch16_224", input_shape=(3, 8, 8))  # 16x16 patches
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="timm.resnet10t"):
+        build_model("timm.resnet10u", 10)

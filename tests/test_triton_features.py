@@ -26,3 +26,16 @@ def test_libtorch_names_split_back_to_the_keys(random_teacher):
         assert name[:at] == key and name[at + 2:].isdigit() and int(name[at + 2:]) == position, name
         assert plain_name(name) == key
     assert FORMATS["onnx"].tensor_names(keys) == ("images", keys)  # ONNX keeps the keys as they are
+
+
+def test_a_timm_teachers_named_features_are_triton_outputs():
+    """A timm teacher (``--arch timm.NAME``) on Triton: each ``stageN`` map of timm's feature_info and the
+    embedding, with their reductions, under names the LibTorch convention splits back."""
+    from common.teacher_model import load_teacher
+
+    teacher = load_teacher(arch="timm.resnet10t", input_shape=(3, 32, 32))
+    shapes = output_shapes(teacher)
+    assert shapes["stage1"] == (64, 8, 8) and shapes["stage4.attention"] == (1, 1) and shapes["pool"] == (512,)
+    assert shapes["logits"] == (10,) and "pool.attention" not in shapes
+    _, names = FORMATS["torchscript"].tensor_names(list(shapes))
+    assert [plain_name(n) for n in names] == list(shapes)

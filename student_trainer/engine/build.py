@@ -6,6 +6,8 @@ the epochs start; the loop (``loop.py``) only uses them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +106,29 @@ def connect_teacher(args, spec, device, dist: DistInfo) -> TeacherClient | None:
     return teacher
 
 
+DATA_RECORD = "data.json"
+"""The run's data as it trained on it: classes, input shape, the normalisation and where it came from."""
+
+
+def saved_normalisation(args) -> tuple[tuple | None, tuple | None, int]:
+    """(mean, std, images it was measured on): --mean/--std, else, resuming, what the run measured at its start
+    (measured once)."""
+    if args.mean is not None or not args.resume:
+        return args.mean, args.std, 0
+    resumed = Path(args.resume)
+    record = (resumed if resumed.is_dir() else resumed.parent) / DATA_RECORD
+    saved = json.loads(record.read_text()) if record.is_file() else {}
+    if not saved.get("measured_on"):
+        return None, None, 0
+    return tuple(saved["mean"]), tuple(saved["std"]), saved["measured_on"]
+
+
+def data_record(spec: DataSpec, args) -> dict:
+    return {"dataset": spec.name, "data_root": args.data_root, "input_shape": list(spec.input_shape),
+            "num_classes": spec.num_classes, "classes": list(spec.classes), "mean": list(spec.mean),
+            "std": list(spec.std), "measured_on": spec.measured_on}
+
+
 def build_run(args: argparse.Namespace, dist: DistInfo = DistInfo()) -> Run:
     device = rank_device(resolve_device(args.device), dist)
     local = per_rank_flags(args, dist.world_size)  # N/P images a step, k/P for the teacher
@@ -116,10 +141,17 @@ def build_run(args: argparse.Namespace, dist: DistInfo = DistInfo()) -> Run:
         torch.backends.cudnn.benchmark = False
     seed_everything(args.seed)
 
+    mean, std, measured_on = saved_normalisation(args)
     spec = build_dataset(args.dataset, args.data_root, train_size=args.train_size, test_size=args.test_size,
-                         image_shape=args.image_shape, num_classes=args.num_classes, seed=args.data_seed,
-                         augment=not args.no_augment, download=args.download)
-    student = build_model(args.arch, num_classes=spec.num_classes, in_channels=spec.input_shape[0]).to(device)
+                         image_shape=args.image_shape, num_classes=args.num_classes, image_size=args.image_size,
+                         mean=mean, std=std, seed=args.data_seed, augment=not args.no_augment,
+                         download=args.download)
+    if measured_on:
+        spec = dataclasses.replace(spec, measured_on=measured_on)
+    if dist.is_main:
+        (out / DATA_RECORD).write_text(json.dumps(data_record(spec, args), indent=2) + "\n")
+    student = build_model(args.arch, num_classes=spec.num_classes, in_channels=spec.input_shape[0],
+                          image_size=spec.input_shape[1:]).to(device)
     timer = PhaseTimer(device)
     teacher = connect_teacher(args, spec, device, dist)
     distiller = build_distiller(local, student, teacher, input_shape=spec.input_shape,

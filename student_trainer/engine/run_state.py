@@ -111,7 +111,9 @@ class RunState:
         run, args, p = self.run, self.run.args, self.progress
         meta = {"dataset": run.spec.name, "method": args.method, "seed": args.seed,
                 "teacher": run.teacher.describe().model_name if run.teacher else None,
-                "epoch": p.epochs_done, "steps": self.work.steps, "top1": p.top1}
+                "epoch": p.epochs_done, "steps": self.work.steps, "top1": p.top1,
+                "mean": list(run.spec.mean), "std": list(run.spec.std),
+                **({"classes": list(run.spec.classes)} if run.spec.classes else {})}
         return make_checkpoint(
             run.student, arch=args.arch, num_classes=run.spec.num_classes, input_shape=run.spec.input_shape,
             meta=meta, optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),

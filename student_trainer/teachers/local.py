@@ -1,9 +1,10 @@
 """A teacher in this process (``local:CHECKPOINT``): the same model, no wire, for comparisons.
 
-``local:PATH`` reads our own checkpoint; another project's state dict names its
-network in the query: ``local:PATH?arch=resnet56&num_classes=100&input_shape=3,32,32``
-(``input_shape`` defaults to 3,32,32), as ``--arch --num-classes --input-shape``
-do for ``python -m teacher_server``.
+``local:PATH`` reads our own checkpoint; another project's state dict (or
+``.safetensors`` file) names its network in the query:
+``local:PATH?arch=resnet56&num_classes=100&input_shape=3,32,32`` (``input_shape``
+defaults to 3,32,32), as ``--arch --num-classes --input-shape`` do for
+``python -m teacher_server``; ``use_ema=1`` is its ``--use-ema``.
 """
 from __future__ import annotations
 
@@ -17,8 +18,14 @@ from common.reductions import REDUCTIONS
 from student_trainer.teachers.base import ServerStats, TeacherClient, TeacherFuture, TeacherInfo
 
 
+def _flag(text: str) -> bool:
+    if text not in ("0", "1"):
+        raise ValueError(f"expected 0 or 1, got {text!r}")
+    return text == "1"
+
+
 def parse_local_url(url: str) -> tuple[str, dict]:
-    """``local:PATH[?arch=A&num_classes=C&input_shape=C,H,W]`` -> (PATH, load_teacher's options)."""
+    """``local:PATH[?arch=A&num_classes=C&input_shape=C,H,W&use_ema=1]`` -> (PATH, load_teacher's options)."""
     from common.cli_errors import parse_shape
 
     path, _, query = url.split(":", 1)[1].partition("?")
@@ -28,12 +35,12 @@ def parse_local_url(url: str) -> tuple[str, dict]:
         given = {key: values[-1] for key, values in parse_qs(query, strict_parsing=bool(query)).items()}
     except ValueError:
         given = {"?": query}
-    unknown = sorted(set(given) - {"arch", "num_classes", "input_shape"})
+    unknown = sorted(set(given) - {"arch", "num_classes", "input_shape", "use_ema"})
     if unknown:
         raise ValueError(f"teacher URL {url!r}: unknown option {unknown[0]!r}; a local: teacher takes "
-                         "?arch=NAME&num_classes=N&input_shape=C,H,W")
-    options = {"arch": given.get("arch"), "num_classes": None, "input_shape": None}
-    for key, convert in (("num_classes", int), ("input_shape", parse_shape)):
+                         "?arch=NAME&num_classes=N&input_shape=C,H,W&use_ema=1")
+    options = {"arch": given.get("arch"), "num_classes": None, "input_shape": None, "use_ema": False}
+    for key, convert in (("num_classes", int), ("input_shape", parse_shape), ("use_ema", _flag)):
         if key in given:
             try:
                 options[key] = convert(given[key])
@@ -53,12 +60,13 @@ class LocalTeacher(TeacherClient):
         return cls(path, device=device, **options)
 
     def __init__(self, checkpoint: str, *, device: str = "cpu", arch: str | None = None,
-                 num_classes: int | None = None, input_shape: tuple[int, int, int] | None = None, **_ignored):
+                 num_classes: int | None = None, input_shape: tuple[int, int, int] | None = None,
+                 use_ema: bool = False, **_ignored):
         from common.teacher_model import load_teacher  # torchvision's models: only for a local teacher
 
         super().__init__()
         self.teacher = load_teacher(checkpoint, arch=arch, num_classes=num_classes, input_shape=input_shape,
-                                    device=device)
+                                    device=device, use_ema=use_ema)
         # What this process's teacher ran, for server_stats (calls may come from several threads).
         self._counts_lock = threading.Lock()
         self._requests = self._images = 0
