@@ -38,6 +38,7 @@ class TeacherModel:
     compute_dtype: torch.dtype
     flops_per_image: float
     output_shapes: dict[str, tuple[int, ...]] | None = None
+    dataset: str | None = None  # the data set it was trained on, where its checkpoint records it
 
     def __post_init__(self):
         # The one lock around the model. In the gRPC server only the batcher's thread calls forward, so it is
@@ -113,15 +114,16 @@ def load_teacher(checkpoint: str | None = None, *, arch: str | None = None, num_
     if checkpoint:
         loaded = model_from_file(checkpoint, arch=arch, num_classes=num_classes, input_shape=input_shape)
         model, arch, num_classes, input_shape = loaded.model, loaded.arch, loaded.num_classes, loaded.input_shape
-        name = loaded.name
+        name, dataset = loaded.name, loaded.dataset
     elif arch:
         num_classes = 10 if num_classes is None else num_classes
         input_shape = tuple(input_shape or DEFAULT_INPUT_SHAPE)
         torch.manual_seed(seed)
         model = build_model(arch, num_classes=num_classes, in_channels=input_shape[0])
-        name = f"{arch}-random-seed{seed}"
+        name, dataset = f"{arch}-random-seed{seed}", None
     else:
         raise ValueError("give --checkpoint PATH, or --arch NAME for a randomly initialised teacher")
     flops = forward_flops_per_image(model, input_shape)
     model, dev, dtype = _prepare(model, device, half)
-    return TeacherModel(model, arch, name, tuple(input_shape), int(num_classes), dev, dtype, flops)
+    return TeacherModel(model, arch, name, tuple(input_shape), int(num_classes), dev, dtype, flops,
+                        dataset=dataset)

@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "triton://, Triton's access token, for its statistics endpoint")
     m.add_argument("--client-id", help="name in the teacher's metrics (default: a random uuid; grpc(s):// only)")
     d = p.add_argument_group("data")
-    d.add_argument("--dataset", default="synthetic")
+    d.add_argument("--dataset", default=None,
+                   help="data set to train on (default: the one the teacher says it was trained on, else synthetic)")
     d.add_argument("--data-root", default=None)
     d.add_argument("--download", action="store_true", help="let torchvision download CIFAR")
     d.add_argument("--train-size", type=int, default=None, help="use a seeded subset of the train split")

@@ -6,6 +6,7 @@ the epochs start; the loop (``loop.py``) only uses them.
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,9 @@ from student_trainer.engine.distiller import Distiller, build_distiller
 from student_trainer.engine.distributed import (DistInfo, broadcast_buffers, ddp, eval_shard, per_rank_flags,
                                                 rank_device, rank_name)
 from student_trainer.engine.timing import PhaseTimer
-from student_trainer.teachers import CLIENTS, ClientCounters, TeacherClient, connect, teacher_options
+from student_trainer.teachers import CLIENTS, ClientCounters, TeacherClient, TeacherInfo, connect, teacher_options
+
+log = logging.getLogger("student_trainer")
 
 
 @dataclass
@@ -78,17 +81,32 @@ def scaled_steps(epochs: float, steps_per_epoch: int, budget: float = 1.0) -> in
     return round(epochs * steps_per_epoch * budget)
 
 
-def check_teacher_fits(info, spec) -> None:
-    """A teacher for another data set gives silent garbage: refuse it up front."""
+def dataset_name(args, teacher: TeacherClient | None) -> str:
+    """``--dataset``; without it the data set the teacher was trained on (said in the log), where it says,
+    else synthetic."""
+    if args.dataset:
+        return args.dataset
+    info = teacher.describe() if teacher else None
+    if info is None or info.dataset is None:
+        return "synthetic"
+    log.info("training on %s, the data set teacher %s was trained on (--dataset to choose another)",
+             info.dataset, info.model_name)
+    return info.dataset
+
+
+def check_teacher_fits(info: TeacherInfo, spec) -> None:
+    """A teacher for another data set gives silent garbage: refuse it up front, naming the flag that fixes it."""
     if tuple(info.input_shape) != tuple(spec.input_shape) or info.num_classes != spec.num_classes:
+        fix = (f"train on its data set with --dataset {info.dataset}" if info.dataset
+               else "give --dataset the data set it was trained on")
         raise ValueError(
             f"teacher {info.model_name} takes {'x'.join(map(str, info.input_shape))} images in "
             f"{info.num_classes} classes, but {spec.name} has {'x'.join(map(str, spec.input_shape))} "
-            f"in {spec.num_classes}")
+            f"in {spec.num_classes}: {fix}")
 
 
-def connect_teacher(args, spec, device, dist: DistInfo) -> TeacherClient | None:
-    """The teacher the loss needs (None for one that needs none), checked to fit the data set."""
+def connect_teacher(args, device, dist: DistInfo) -> TeacherClient | None:
+    """The teacher the loss needs (None for one that needs none)."""
     if not loss_needs_teacher(args.loss):
         return None
     if not args.teacher_url:
@@ -98,10 +116,8 @@ def connect_teacher(args, spec, device, dist: DistInfo) -> TeacherClient | None:
     kind = CLIENTS.get(args.teacher_url.split(":", 1)[0])
     if dist.enabled and kind is not None and "client_id" in kind.uses:  # each rank asks under its own id
         options["client_id"] = rank_name(args.client_id, dist)
-    teacher = connect(args.teacher_url, wire_dtype=args.wire_dtype, timeout=args.teacher_timeout,
-                      connect_timeout=args.connect_timeout, device=str(device), **options)
-    check_teacher_fits(teacher.describe(), spec)
-    return teacher
+    return connect(args.teacher_url, wire_dtype=args.wire_dtype, timeout=args.teacher_timeout,
+                   connect_timeout=args.connect_timeout, device=str(device), **options)
 
 
 def build_run(args: argparse.Namespace, dist: DistInfo = DistInfo()) -> Run:
@@ -114,14 +130,18 @@ def build_run(args: argparse.Namespace, dist: DistInfo = DistInfo()) -> Run:
     if args.deterministic:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
+    # The teacher first, for it may say which data set to train on; before the seed, so that the student
+    # and the loss draw the same numbers whatever kind it is (a local: one builds a model as it loads).
+    teacher = connect_teacher(args, device, dist)
     seed_everything(args.seed)
 
-    spec = build_dataset(args.dataset, args.data_root, train_size=args.train_size, test_size=args.test_size,
-                         image_shape=args.image_shape, num_classes=args.num_classes, seed=args.data_seed,
-                         augment=not args.no_augment, download=args.download)
+    spec = build_dataset(dataset_name(args, teacher), args.data_root, train_size=args.train_size,
+                         test_size=args.test_size, image_shape=args.image_shape, num_classes=args.num_classes,
+                         seed=args.data_seed, augment=not args.no_augment, download=args.download)
+    if teacher:
+        check_teacher_fits(teacher.describe(), spec)
     student = build_model(args.arch, num_classes=spec.num_classes, in_channels=spec.input_shape[0]).to(device)
     timer = PhaseTimer(device)
-    teacher = connect_teacher(args, spec, device, dist)
     distiller = build_distiller(local, student, teacher, input_shape=spec.input_shape,
                                 num_classes=spec.num_classes, dataset_size=len(spec.train), device=device,
                                 timer=timer)
