@@ -10,6 +10,10 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, C
                                                OSError, KeyError)
 
 
+class AlreadyReported(Exception):
+    """An error a twin process has reported already (torchrun's rank 0): exit as it does, without a word."""
+
+
 @contextmanager
 def one_line_errors(prog: str, quiet: bool = False):
     """``quiet``: exit with the same code but print nothing (a process whose twin says it already)."""
@@ -18,6 +22,8 @@ def one_line_errors(prog: str, quiet: bool = False):
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
+    except AlreadyReported:
+        sys.exit(2)
     except USER_ERRORS as e:
         # OSError's args[0] is the errno: its str() is the readable line ("[Errno 2] No such file ...: 'x'")
         msg = str(e) if isinstance(e, OSError) or not e.args else e.args[0]

@@ -106,8 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch's intra-op threads in this process (default: torch's own, one per core); a local: "
                         "teacher computes in the same threads, between the student's passes, never beside them")
-    r.add_argument("--out", default="runs/student", help="folder for checkpoints and summary.json")
-    r.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR (its last.pt)")
+    r.add_argument("--out", default="runs/student", help="folder for checkpoints and summary.json; one that "
+                   "holds a run already is refused unless --resume continues it or --overwrite replaces it")
+    again = r.add_mutually_exclusive_group()
+    again.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR (its last.pt)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace the run in --out: remove its checkpoints, metrics, summary and TensorBoard "
+                            "events first")
     r.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
                    help="also write last.pt every STEPS steps (0: only at epoch ends)")
     r.add_argument("--deterministic", action="store_true", help="torch deterministic algorithms")

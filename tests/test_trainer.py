@@ -1,5 +1,5 @@
-"""The real trainer against the real server: counts, the k/N ratio, checkpoints, summaries, and the data
-set the teacher says it was trained on."""
+"""The real trainer against the real server: counts, the k/N ratio, checkpoints, summaries, the run's
+folder, and the data set the teacher says it was trained on."""
 import json
 import logging
 
@@ -114,6 +114,36 @@ def test_teacher_for_other_data_is_refused(grpc_teacher, tmp_path, capsys):
     assert e.value.code == 2
     assert ("in 10 classes, but synthetic has 3x32x32 in 5: give --dataset the data set it was trained on"
             in capsys.readouterr().err)
+
+
+def _files(run_dir) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_path, capsys):
+    flags = train_args(tmp_path, "--method", "ce", "--batch-size", "32", "--train-size", "64")  # TensorBoard on
+    train(flags)
+    first = _files(tmp_path)
+    assert {"last.pt", "best.pt", "metrics.jsonl", "summary.json"} <= set(first)
+    old_events = {p.name for p in (tmp_path / "tensorboard").iterdir()}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        train(flags)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"student_trainer: error: {tmp_path} holds a run already (best.pt, last.pt, metrics.jsonl, summary.json, "
+        f"tensorboard): continue it with --resume {tmp_path}, or replace it with --overwrite"]
+    assert _files(tmp_path) == first  # byte for byte
+
+    train([*flags, "--epochs", "2", "--resume", str(tmp_path / "last.pt")])  # its own checkpoint: continued
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+    s = train([*flags, "--overwrite", "--seed", "1"])
+    assert s["seed"] == 1 and s["epochs"] == 1
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert load_checkpoint(tmp_path / "best.pt")["meta"]["seed"] == 1
+    new_events = {p.name for p in (tmp_path / "tensorboard").iterdir()}
+    assert len(new_events) == 1 and not new_events & old_events  # the old run's events are gone
 
 
 def test_without_dataset_the_run_trains_on_the_data_set_the_teacher_was_trained_on(shipped_grpc_teacher, tmp_path,

@@ -24,6 +24,7 @@ from student_trainer.engine.data_order import EpochSampler, RenderedViews, Seede
 from student_trainer.engine.distiller import Distiller, build_distiller
 from student_trainer.engine.distributed import (DistInfo, broadcast_buffers, ddp, eval_shard, per_rank_flags,
                                                 rank_device, rank_name)
+from student_trainer.engine.run_dir import claim
 from student_trainer.engine.timing import PhaseTimer
 from student_trainer.teachers import CLIENTS, ClientCounters, TeacherClient, TeacherInfo, connect, teacher_options
 
@@ -123,8 +124,6 @@ def connect_teacher(args, device, dist: DistInfo) -> TeacherClient | None:
 def build_run(args: argparse.Namespace, dist: DistInfo = DistInfo()) -> Run:
     device = rank_device(resolve_device(args.device), dist)
     local = per_rank_flags(args, dist.world_size)  # N/P images a step, k/P for the teacher
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.deterministic:
@@ -177,6 +176,8 @@ def build_run(args: argparse.Namespace, dist: DistInfo = DistInfo()) -> Run:
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=[scaled_steps(m, steps_per_epoch, args.budget) for m in args.milestones],
         gamma=args.lr_gamma)
+    # Last, once everything the flags name is found and fits: a run that cannot start leaves an old one as it was.
+    out = claim(args)
     return Run(args, dist, device, out, spec, student, model, teacher, distiller, optimizer, scheduler, sampler,
                train_loader, test_loader, timer,
                flops_per_image(student, spec.input_shape, teacher, distiller.flops_per_image),
