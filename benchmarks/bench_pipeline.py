@@ -73,6 +73,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -202,6 +203,7 @@ def measure(out: Path) -> dict:
 
 def run_arm(args, cfg: Config, arm: Arm, help_text: str, cores: list[int], work: Path, rnd: int) -> dict:
     out = work / cfg.name / f"{arm.name}-r{rnd}"
+    shutil.rmtree(out, ignore_errors=True)  # a --work-dir used before: the trainer refuses a folder with a run
     out.mkdir(parents=True, exist_ok=True)
     cmd = trainer_command(args, cfg, arm, help_text, out)
     on, threads = ({cores[0], cores[1]}, 2) if arm.teacher == "local" else ({cores[1]}, 1)

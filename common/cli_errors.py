@@ -14,6 +14,10 @@ WORKER_TRACEBACK = "\nOriginal Traceback (most recent call last):"
 """What torch puts in the message of an error raised in a DataLoader process (a file it could not read)."""
 
 
+class AlreadyReported(Exception):
+    """An error a twin process has reported already (torchrun's rank 0): exit as it does, without a word."""
+
+
 def _message(e: BaseException) -> str:
     # OSError's args[0] is the errno: its str() is the readable line ("[Errno 2] No such file ...: 'x'")
     msg = str(e) if isinstance(e, OSError) or not e.args else e.args[0]
@@ -30,6 +34,8 @@ def one_line_errors(prog: str, quiet: bool = False):
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
+    except AlreadyReported:
+        sys.exit(2)
     except USER_ERRORS as e:
         if not quiet:
             print(f"{prog}: error: {_message(e)}", file=sys.stderr)

@@ -199,6 +199,7 @@ class LoadedModel:
     input_shape: tuple[int, int, int]
     name: str
     layout: str
+    dataset: str | None = None  # what it was trained on, where the file says (our checkpoints' meta)
 
 
 def _show(value) -> str:
@@ -233,7 +234,7 @@ def model_from_file(path: str | os.PathLike, *, arch: str | None = None, num_cla
         meta = ckpt.get("meta") or {}
         name = meta.get("name") or f"{ckpt['arch']}-{meta.get('dataset', 'trained')}"
         return LoadedModel(model_from_checkpoint(ckpt, path), ckpt["arch"], int(ckpt["num_classes"]),
-                           tuple(ckpt["input_shape"]), name, "unix-kd")
+                           tuple(ckpt["input_shape"]), name, "unix-kd", meta.get("dataset"))
     description, state_dict = find_state_dict(obj, path, use_ema)
     if not arch or num_classes is None:
         raise CheckpointError(f"{path} is {description}, which does not say what network it is: give --arch "

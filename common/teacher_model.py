@@ -38,6 +38,7 @@ class TeacherModel:
     compute_dtype: torch.dtype
     flops_per_image: float
     output_shapes: dict[str, tuple[int, ...]] | None = None
+    dataset: str | None = None  # the data set it was trained on, where its checkpoint records it
 
     def __post_init__(self):
         # The one lock around the model. In the gRPC server only the batcher's thread calls forward, so it is
@@ -115,7 +116,7 @@ def load_teacher(checkpoint: str | None = None, *, arch: str | None = None, num_
         loaded = model_from_file(checkpoint, arch=arch, num_classes=num_classes, input_shape=input_shape,
                                  use_ema=use_ema)
         model, arch, num_classes, input_shape = loaded.model, loaded.arch, loaded.num_classes, loaded.input_shape
-        name = loaded.name
+        name, dataset = loaded.name, loaded.dataset
     elif use_ema:
         raise ValueError("--use-ema picks the EMA weights of a --checkpoint; a random teacher has none")
     elif arch:
@@ -123,7 +124,7 @@ def load_teacher(checkpoint: str | None = None, *, arch: str | None = None, num_
         input_shape = tuple(input_shape or DEFAULT_INPUT_SHAPE)
         torch.manual_seed(seed)
         model = build_model(arch, num_classes=num_classes, in_channels=input_shape[0], image_size=input_shape[1:])
-        name = f"{arch}-random-seed{seed}"
+        name, dataset = f"{arch}-random-seed{seed}", None
     else:
         raise ValueError("give --checkpoint PATH, or --arch NAME for a randomly initialised teacher")
     try:  # the first forward: where a model meets images it cannot take
@@ -132,4 +133,5 @@ def load_teacher(checkpoint: str | None = None, *, arch: str | None = None, num_
         raise ValueError(f"{arch} cannot take {'x'.join(map(str, input_shape))} images: "
                          f"{' '.join(str(e).split())[:300]}") from None
     model, dev, dtype = _prepare(model, device, half)
-    return TeacherModel(model, arch, name, tuple(input_shape), int(num_classes), dev, dtype, flops)
+    return TeacherModel(model, arch, name, tuple(input_shape), int(num_classes), dev, dtype, flops,
+                        dataset=dataset)

@@ -68,7 +68,7 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("model_name", "arch", "input_shape", "num_classes", "feature_names", "flops_per_image", "max_batch_size", "max_message_bytes", "device", "compute_dtype", "outputs", "reductions")
+    __slots__ = ("model_name", "arch", "input_shape", "num_classes", "feature_names", "flops_per_image", "max_batch_size", "max_message_bytes", "device", "compute_dtype", "outputs", "reductions", "dataset")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     ARCH_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,7 @@ class DescribeResponse(_message.Message):
     COMPUTE_DTYPE_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     REDUCTIONS_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     arch: str
     input_shape: _containers.RepeatedScalarFieldContainer[int]
@@ -93,7 +94,8 @@ class DescribeResponse(_message.Message):
     compute_dtype: str
     outputs: _containers.RepeatedCompositeFieldContainer[OutputInfo]
     reductions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model_name: _Optional[str] = ..., arch: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., feature_names: _Optional[_Iterable[str]] = ..., flops_per_image: _Optional[float] = ..., max_batch_size: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., device: _Optional[str] = ..., compute_dtype: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[OutputInfo, _Mapping]]] = ..., reductions: _Optional[_Iterable[str]] = ...) -> None: ...
+    dataset: str
+    def __init__(self, model_name: _Optional[str] = ..., arch: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., feature_names: _Optional[_Iterable[str]] = ..., flops_per_image: _Optional[float] = ..., max_batch_size: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., device: _Optional[str] = ..., compute_dtype: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[OutputInfo, _Mapping]]] = ..., reductions: _Optional[_Iterable[str]] = ..., dataset: _Optional[str] = ...) -> None: ...
 
 class OutputInfo(_message.Message):
     __slots__ = ("name", "shape")

@@ -68,9 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "triton://, Triton's access token, for its statistics endpoint")
     m.add_argument("--client-id", help="name in the teacher's metrics (default: a random uuid; grpc(s):// only)")
     d = p.add_argument_group("data")
-    d.add_argument("--dataset", default="synthetic",
+    d.add_argument("--dataset", default=None,
                    help="a registered data set (common.data.list_datasets()), or NAME:ROOT with its folder, e.g. "
-                   "folder:ROOT for any ROOT/train/CLASS/* and ROOT/val/CLASS/* images (ImageFolder's layout)")
+                   "folder:ROOT for any ROOT/train/CLASS/* and ROOT/val/CLASS/* images (ImageFolder's layout); "
+                   "default: the one the teacher says it was trained on, else synthetic")
     d.add_argument("--data-root", default=None, help="the data set's folder (or give it as --dataset NAME:ROOT)")
     d.add_argument("--download", action="store_true", help="let torchvision download CIFAR")
     d.add_argument("--train-size", type=int, default=None, help="use a seeded subset of the train split")
@@ -113,8 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch's intra-op threads in this process (default: torch's own, one per core); a local: "
                         "teacher computes in the same threads, between the student's passes, never beside them")
-    r.add_argument("--out", default="runs/student", help="folder for checkpoints and summary.json")
-    r.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR (its last.pt)")
+    r.add_argument("--out", default="runs/student", help="folder for checkpoints and summary.json; one that "
+                   "holds a run already is refused unless --resume continues it or --overwrite replaces it")
+    again = r.add_mutually_exclusive_group()
+    again.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR (its last.pt)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace the run in --out: remove its checkpoints, metrics, summary and TensorBoard "
+                            "events first")
     r.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
                    help="also write last.pt every STEPS steps (0: only at epoch ends)")
     r.add_argument("--deterministic", action="store_true", help="torch deterministic algorithms")

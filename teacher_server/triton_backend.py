@@ -12,8 +12,8 @@ output per key the teacher offers (``common.reductions``): ``logits``
 reduction of each (``stage3.attention`` [-1, H, W], ``stage3.pool`` [-1, C]),
 reduced on the server; Triton computes only the outputs a request names. The
 teacher's own facts that Triton's model config has no field for (arch, FLOPs
-per image, the reductions offered) ride in the config's ``parameters`` so a
-client reads them with the config.
+per image, the reductions offered, the data set it was trained on) ride in the
+config's ``parameters`` so a client reads them with the config.
 """
 from __future__ import annotations
 
@@ -100,13 +100,15 @@ def teacher_parameters(teacher: TeacherModel) -> dict[str, str]:
     """What a client needs beyond tensor names and shapes; string values, as Triton's parameters are.
 
     ``reductions`` lists those offered (comma-separated); an output named
-    ``NAME.REDUCTION`` is ``NAME`` reduced by it.
+    ``NAME.REDUCTION`` is ``NAME`` reduced by it. ``dataset``, the data set it
+    was trained on, only where its checkpoint records one.
     """
     return {"teacher_name": teacher.name, "arch": teacher.arch,
             "flops_per_image": repr(float(teacher.flops_per_image)),
             "input_shape": ",".join(map(str, teacher.input_shape)),
             "num_classes": str(teacher.num_classes),
-            "reductions": ",".join(reductions.REDUCTIONS)}
+            "reductions": ",".join(reductions.REDUCTIONS),
+            **({"dataset": teacher.dataset} if teacher.dataset else {})}
 
 
 class BatchInfer:

@@ -1,11 +1,15 @@
 """Shared fixtures: a real gRPC teacher server on a free localhost port."""
 import os
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# The teacher `make serve-teacher` serves: a resnet20 trained on Fashion-MNIST, as its checkpoint records.
+SHIPPED_TEACHER = Path(__file__).resolve().parents[1] / "experiments/teachers/fashion-mnist-resnet20.pt"
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +28,27 @@ def grpc_teacher(random_teacher):
     server, servicer, port = build_server(random_teacher, host="127.0.0.1", port=0, max_batch=64)
     yield f"grpc://127.0.0.1:{port}", servicer
     server.stop(grace=None).wait()
+
+
+@pytest.fixture(scope="module")
+def shipped_grpc_teacher():
+    """The shipped teacher behind the real server, in this process: its URL."""
+    from common.teacher_model import load_teacher
+    from teacher_server.server import build_server
+
+    server, _, port = build_server(load_teacher(str(SHIPPED_TEACHER)), host="127.0.0.1", port=0, max_batch=64)
+    yield f"grpc://127.0.0.1:{port}"
+    server.stop(grace=None).wait()
+
+
+def fashion_mnist_or_skip() -> None:
+    """Skip the test where ``common.data`` cannot find Fashion-MNIST (``make data`` fetches it)."""
+    from common.data import DatasetNotFoundError, build_dataset
+
+    try:
+        build_dataset("fashion-mnist", augment=False)
+    except DatasetNotFoundError as e:
+        pytest.skip(f"Fashion-MNIST is not here: {e}")
 
 
 def train_args(tmp_path, *extra):

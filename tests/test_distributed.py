@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -216,6 +217,24 @@ def test_resuming_a_two_rank_checkpoint_with_one_process_is_one_line(straight, t
     assert len(errors) == 1, done.stderr[-3000:]
     assert "saved by a run of 2 process(es), and this run has 1" in errors[0]
     assert "--nproc_per_node=2" in errors[0]
+
+
+def test_a_two_rank_run_into_a_folder_holding_a_run_is_refused_in_one_line_and_overwrite_replaces_it(
+        straight, teacher, tmp_path):
+    url, _ = teacher
+    out = tmp_path / "again"
+    shutil.copytree(straight["out"], out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    done = torchrun(2, unix_flags(url, out))
+    assert done.returncode != 0
+    assert our_errors(done) == [  # rank 0's alone
+        f"student_trainer[rank 0]: error: {out} holds a run already (best.pt, indices.rank0.jsonl, "
+        f"indices.rank1.jsonl, last.pt, metrics.jsonl, summary.json, tensorboard): continue it with --resume {out}, "
+        f"or replace it with --overwrite"], done.stderr[-3000:]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    ok(torchrun(2, unix_flags(url, out, "--overwrite")))  # without --record-indices: none are left
+    assert_same_run(straight["out"], out)
+    assert not list(out.glob("indices.rank*.jsonl")) and len(list((out / "tensorboard").iterdir())) == 1
 
 
 def test_a_global_batch_that_does_not_split_is_one_line(teacher, tmp_path):

@@ -56,6 +56,14 @@ def test_describe_reports_the_model(grpc_teacher, random_teacher, stub):
     assert d.max_message_bytes >= 64 * 3 * 32 * 32 * 4
 
 
+def test_describe_says_the_data_set_the_checkpoint_records_and_nothing_where_it_records_none(shipped_grpc_teacher,
+                                                                                              stub):
+    with grpc.insecure_channel(shipped_grpc_teacher.removeprefix("grpc://")) as channel:
+        assert pb_grpc.TeacherStub(channel).Describe(pb.DescribeRequest()).dataset == "fashion-mnist"
+    s, _ = stub  # random weights: no checkpoint to say
+    assert s.Describe(pb.DescribeRequest()).dataset == ""
+
+
 def test_batches_over_max_batch_are_split_by_the_client(grpc_teacher, random_teacher):
     url, servicer = grpc_teacher
     before = servicer.counters.snapshot()

@@ -11,7 +11,7 @@ from student_trainer.cli import main as train
 from student_trainer.teachers import CLIENTS, FLAGS, TeacherRefused, connect, teacher_options
 from student_trainer.teachers.base import RetryPolicy
 from teacher_server.server import build_server
-from tests.conftest import train_args
+from tests.conftest import SHIPPED_TEACHER, train_args
 
 URLS = {"grpc": "grpc://127.0.0.1:1", "grpcs": "grpcs://127.0.0.1:1", "triton": "triton://127.0.0.1:1/teacher",
         "local": "local:/nonexistent/teacher.pt"}
@@ -79,3 +79,16 @@ def test_server_counts_that_cannot_be_read_are_null_with_the_reason_and_warned_o
         assert not stats.available and stats.images is None and stats.requests is None
         assert stats.source.startswith(f"unavailable: teacher at grpc://127.0.0.1:{port} gave no answer to Stats")
     assert len([r for r in caplog.records if "cannot read the counts" in r.getMessage()]) == 1
+
+
+def test_every_kind_says_the_data_set_the_teacher_was_trained_on_or_none(shipped_grpc_teacher, grpc_teacher,
+                                                                         tmp_path):
+    from common.checkpoint import make_checkpoint, save_checkpoint
+    from common.models import build_model
+
+    unsaid = save_checkpoint(make_checkpoint(build_model("resnet8", 10), arch="resnet8", num_classes=10,
+                                             input_shape=(3, 32, 32)), tmp_path / "no-meta.pt")
+    for url, dataset in ((shipped_grpc_teacher, "fashion-mnist"), (f"local:{SHIPPED_TEACHER}", "fashion-mnist"),
+                         (grpc_teacher[0], None), (f"local:{unsaid}", None)):
+        with connect(url) as client:
+            assert client.describe().dataset == dataset, url

@@ -1,12 +1,14 @@
-"""The real trainer against the real server: counts, the k/N ratio, checkpoints, summaries."""
+"""The real trainer against the real server: counts, the k/N ratio, checkpoints, summaries, the run's
+folder, and the data set the teacher says it was trained on."""
 import json
+import logging
 
 import pytest
 import torch
 
 from common.checkpoint import load_checkpoint, model_from_checkpoint
 from student_trainer.cli import main as train
-from tests.conftest import train_args
+from tests.conftest import fashion_mnist_or_skip, train_args
 
 
 def _server_images(servicer):
@@ -110,4 +112,70 @@ def test_teacher_for_other_data_is_refused(grpc_teacher, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         train(train_args(tmp_path, "--method", "kd", "--teacher-url", url, "--num-classes", "5"))
     assert e.value.code == 2
-    assert "in 10 classes, but synthetic has 3x32x32 in 5" in capsys.readouterr().err
+    assert ("in 10 classes, but synthetic has 3x32x32 in 5: give --dataset the data set it was trained on"
+            in capsys.readouterr().err)
+
+
+def _files(run_dir) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_path, capsys):
+    flags = train_args(tmp_path, "--method", "ce", "--batch-size", "32", "--train-size", "64")  # TensorBoard on
+    train(flags)
+    first = _files(tmp_path)
+    assert {"last.pt", "best.pt", "metrics.jsonl", "summary.json"} <= set(first)
+    old_events = {p.name for p in (tmp_path / "tensorboard").iterdir()}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        train(flags)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"student_trainer: error: {tmp_path} holds a run already (best.pt, last.pt, metrics.jsonl, summary.json, "
+        f"tensorboard): continue it with --resume {tmp_path}, or replace it with --overwrite"]
+    assert _files(tmp_path) == first  # byte for byte
+
+    train([*flags, "--epochs", "2", "--resume", str(tmp_path / "last.pt")])  # its own checkpoint: continued
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+    s = train([*flags, "--overwrite", "--seed", "1"])
+    assert s["seed"] == 1 and s["epochs"] == 1
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert load_checkpoint(tmp_path / "best.pt")["meta"]["seed"] == 1
+    new_events = {p.name for p in (tmp_path / "tensorboard").iterdir()}
+    assert len(new_events) == 1 and not new_events & old_events  # the old run's events are gone
+
+
+def test_without_dataset_the_run_trains_on_the_data_set_the_teacher_was_trained_on(shipped_grpc_teacher, tmp_path,
+                                                                                   caplog):
+    fashion_mnist_or_skip()
+    with caplog.at_level(logging.INFO, logger="student_trainer"):
+        s = train(["--teacher-url", shipped_grpc_teacher, "--method", "kd", "--max-steps", "2", "--batch-size", "16",
+                   "--train-size", "32", "--test-size", "64", "--epochs", "1", "--workers", "0", "--no-progress",
+                   "--no-tensorboard", "--out", str(tmp_path)])
+    assert s["dataset"] == "fashion-mnist" and s["teacher_images"] == 32 == s["server_images_delta"]
+    assert load_checkpoint(tmp_path / "last.pt")["input_shape"] == (1, 28, 28)
+    assert ("training on fashion-mnist, the data set teacher fashion-mnist-resnet20 was trained on "
+            "(--dataset to choose another)") in caplog.text
+
+
+def test_the_data_set_is_the_flags_else_the_teachers_else_synthetic(shipped_grpc_teacher, grpc_teacher):
+    from argparse import Namespace
+
+    from student_trainer.engine.build import dataset_name
+    from student_trainer.teachers import connect
+
+    given, not_given = Namespace(dataset="synthetic"), Namespace(dataset=None)
+    with connect(shipped_grpc_teacher) as says, connect(grpc_teacher[0]) as does_not_say:
+        assert dataset_name(not_given, says) == "fashion-mnist" and dataset_name(given, says) == "synthetic"
+        assert dataset_name(not_given, does_not_say) == "synthetic"
+    assert dataset_name(not_given, None) == "synthetic"  # no teacher (ce)
+
+
+def test_a_dataset_the_teacher_was_not_trained_on_is_refused_naming_its_own(shipped_grpc_teacher, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        train(train_args(tmp_path, "--method", "kd", "--teacher-url", shipped_grpc_teacher))
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "student_trainer: error: teacher fashion-mnist-resnet20 takes 1x28x28 images in 10 classes, but synthetic "
+        "has 3x32x32 in 10: train on its data set with --dataset fashion-mnist"]

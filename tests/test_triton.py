@@ -106,6 +106,7 @@ def test_server_reports_model_version_readiness_and_liveness(triton_server):
     assert [g["count"] for g in config["instance_group"]] == [2]
     assert config["parameters"]["arch"]["string_value"] == "resnet8"
     assert config["parameters"]["reductions"]["string_value"] == "none,attention,pool"
+    assert "dataset" not in config["parameters"]  # random weights: no checkpoint says what they learnt
     client.close()
     http = f"http://127.0.0.1:{triton_server['ports']['http']}"
     for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/teacher/versions/1/ready"):
@@ -120,7 +121,7 @@ def test_logits_and_features_equal_the_in_process_forward(triton_server, random_
         info = client.describe()
         got = client.infer(x, outputs=names)
     assert (info.arch, info.input_shape, info.num_classes, info.max_batch_size) == ("resnet8", (3, 32, 32), 10, 64)
-    assert info.feature_names == random_teacher.feature_names
+    assert info.feature_names == random_teacher.feature_names and info.dataset is None
     assert info.flops_per_image == pytest.approx(random_teacher.flops_per_image)
     for name in names:
         assert got[name].dtype == torch.float32 and got[name].shape == expected[name].shape

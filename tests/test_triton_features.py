@@ -17,6 +17,14 @@ def test_pytriton_outputs_are_every_key_with_its_shape(random_teacher):
     assert teacher_parameters(random_teacher)["reductions"] == "none,attention,pool"
 
 
+def test_the_parameters_carry_the_data_set_where_the_checkpoint_records_one(random_teacher):
+    from common.teacher_model import load_teacher
+    from tests.conftest import SHIPPED_TEACHER
+
+    assert teacher_parameters(load_teacher(str(SHIPPED_TEACHER)))["dataset"] == "fashion-mnist"
+    assert "dataset" not in teacher_parameters(random_teacher)
+
+
 def test_libtorch_names_split_back_to_the_keys(random_teacher):
     keys = list(random_teacher.output_keys)
     input_name, names = FORMATS["torchscript"].tensor_names(keys)

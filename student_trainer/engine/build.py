@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,11 @@ from student_trainer.engine.data_order import EpochSampler, RenderedViews, Seede
 from student_trainer.engine.distiller import Distiller, build_distiller
 from student_trainer.engine.distributed import (DistInfo, broadcast_buffers, ddp, eval_shard, per_rank_flags,
                                                 rank_device, rank_name)
+from student_trainer.engine.run_dir import DATA_RECORD, claim
 from student_trainer.engine.timing import PhaseTimer
-from student_trainer.teachers import CLIENTS, ClientCounters, TeacherClient, connect, teacher_options
+from student_trainer.teachers import CLIENTS, ClientCounters, TeacherClient, TeacherInfo, connect, teacher_options
+
+log = logging.getLogger("student_trainer")
 
 
 @dataclass
@@ -80,17 +84,32 @@ def scaled_steps(epochs: float, steps_per_epoch: int, budget: float = 1.0) -> in
     return round(epochs * steps_per_epoch * budget)
 
 
-def check_teacher_fits(info, spec) -> None:
-    """A teacher for another data set gives silent garbage: refuse it up front."""
+def dataset_name(args, teacher: TeacherClient | None) -> str:
+    """``--dataset``; without it the data set the teacher was trained on (said in the log), where it says,
+    else synthetic."""
+    if args.dataset:
+        return args.dataset
+    info = teacher.describe() if teacher else None
+    if info is None or info.dataset is None:
+        return "synthetic"
+    log.info("training on %s, the data set teacher %s was trained on (--dataset to choose another)",
+             info.dataset, info.model_name)
+    return info.dataset
+
+
+def check_teacher_fits(info: TeacherInfo, spec) -> None:
+    """A teacher for another data set gives silent garbage: refuse it up front, naming the flag that fixes it."""
     if tuple(info.input_shape) != tuple(spec.input_shape) or info.num_classes != spec.num_classes:
+        fix = (f"train on its data set with --dataset {info.dataset}" if info.dataset
+               else "give --dataset the data set it was trained on")
         raise ValueError(
             f"teacher {info.model_name} takes {'x'.join(map(str, info.input_shape))} images in "
             f"{info.num_classes} classes, but {spec.name} has {'x'.join(map(str, spec.input_shape))} "
-            f"in {spec.num_classes}")
+            f"in {spec.num_classes}: {fix}")
 
 
-def connect_teacher(args, spec, device, dist: DistInfo) -> TeacherClient | None:
-    """The teacher the loss needs (None for one that needs none), checked to fit the data set."""
+def connect_teacher(args, device, dist: DistInfo) -> TeacherClient | None:
+    """The teacher the loss needs (None for one that needs none)."""
     if not loss_needs_teacher(args.loss):
         return None
     if not args.teacher_url:
@@ -100,14 +119,8 @@ def connect_teacher(args, spec, device, dist: DistInfo) -> TeacherClient | None:
     kind = CLIENTS.get(args.teacher_url.split(":", 1)[0])
     if dist.enabled and kind is not None and "client_id" in kind.uses:  # each rank asks under its own id
         options["client_id"] = rank_name(args.client_id, dist)
-    teacher = connect(args.teacher_url, wire_dtype=args.wire_dtype, timeout=args.teacher_timeout,
-                      connect_timeout=args.connect_timeout, device=str(device), **options)
-    check_teacher_fits(teacher.describe(), spec)
-    return teacher
-
-
-DATA_RECORD = "data.json"
-"""The run's data as it trained on it: classes, input shape, the normalisation and where it came from."""
+    return connect(args.teacher_url, wire_dtype=args.wire_dtype, timeout=args.teacher_timeout,
+                   connect_timeout=args.connect_timeout, device=str(device), **options)
 
 
 def saved_normalisation(args) -> tuple[tuple | None, tuple | None, int]:
@@ -132,28 +145,28 @@ def data_record(spec: DataSpec, args) -> dict:
 def build_run(args: argparse.Namespace, dist: DistInfo = DistInfo()) -> Run:
     device = rank_device(resolve_device(args.device), dist)
     local = per_rank_flags(args, dist.world_size)  # N/P images a step, k/P for the teacher
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.deterministic:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
+    # The teacher first, for it may say which data set to train on; before the seed, so that the student
+    # and the loss draw the same numbers whatever kind it is (a local: one builds a model as it loads).
+    teacher = connect_teacher(args, device, dist)
     seed_everything(args.seed)
 
     mean, std, measured_on = saved_normalisation(args)
-    spec = build_dataset(args.dataset, args.data_root, train_size=args.train_size, test_size=args.test_size,
-                         image_shape=args.image_shape, num_classes=args.num_classes, image_size=args.image_size,
-                         mean=mean, std=std, seed=args.data_seed, augment=not args.no_augment,
-                         download=args.download)
+    spec = build_dataset(dataset_name(args, teacher), args.data_root, train_size=args.train_size,
+                         test_size=args.test_size, image_shape=args.image_shape, num_classes=args.num_classes,
+                         image_size=args.image_size, mean=mean, std=std, seed=args.data_seed,
+                         augment=not args.no_augment, download=args.download)
     if measured_on:
         spec = dataclasses.replace(spec, measured_on=measured_on)
-    if dist.is_main:
-        (out / DATA_RECORD).write_text(json.dumps(data_record(spec, args), indent=2) + "\n")
+    if teacher:
+        check_teacher_fits(teacher.describe(), spec)
     student = build_model(args.arch, num_classes=spec.num_classes, in_channels=spec.input_shape[0],
                           image_size=spec.input_shape[1:]).to(device)
     timer = PhaseTimer(device)
-    teacher = connect_teacher(args, spec, device, dist)
     distiller = build_distiller(local, student, teacher, input_shape=spec.input_shape,
                                 num_classes=spec.num_classes, dataset_size=len(spec.train), device=device,
                                 timer=timer)
@@ -189,6 +202,10 @@ def build_run(args: argparse.Namespace, dist: DistInfo = DistInfo()) -> Run:
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=[scaled_steps(m, steps_per_epoch, args.budget) for m in args.milestones],
         gamma=args.lr_gamma)
+    # Last, once everything the flags name is found and fits: a run that cannot start leaves an old one as it was.
+    out = claim(args)
+    if dist.is_main:
+        (out / DATA_RECORD).write_text(json.dumps(data_record(spec, args), indent=2) + "\n")
     return Run(args, dist, device, out, spec, student, model, teacher, distiller, optimizer, scheduler, sampler,
                train_loader, test_loader, timer,
                flops_per_image(student, spec.input_shape, teacher, distiller.flops_per_image),

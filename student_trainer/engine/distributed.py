@@ -18,13 +18,14 @@ import copy
 import os
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from common.cli_errors import AlreadyReported
 from student_trainer.distill import loss_classes
 from student_trainer.query import POLICIES
 
@@ -144,6 +145,19 @@ def gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def decided_on_master(decide: Callable[[], None]) -> None:
+    """``decide()`` on rank 0 alone, the other ranks waiting for it (a check that writes must not race);
+    an error it raises stops every rank, and rank 0 alone says it (the others raise ``AlreadyReported``)."""
+    error = None
+    if is_main_process():
+        try:
+            decide()
+        except Exception as e:  # whatever it is, every rank must stop with it
+            error = e
+    if gather_objects(error is not None)[0]:
+        raise error if error is not None else AlreadyReported("rank 0 reported the error")
 
 
 def broadcast_buffers(module: nn.Module, src: int = 0) -> None:

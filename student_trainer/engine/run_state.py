@@ -118,7 +118,7 @@ class RunState:
             run.student, arch=args.arch, num_classes=run.spec.num_classes, input_shape=run.spec.input_shape,
             meta=meta, optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
             progress=asdict(p), **rank_entries(gather_objects(self.rank_state())),
-            run_flags={k: plain(v) for k, v in vars(args).items() if k not in ("resume",)})
+            run_flags={k: plain(v) for k, v in vars(args).items() if k not in ("resume", "overwrite")})
 
     def load_state_dict(self, ckpt: dict, path) -> None:
         """Restore this rank's run from ``ckpt`` (read from ``path``, named in messages)."""

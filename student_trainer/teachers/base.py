@@ -118,6 +118,8 @@ class TeacherInfo:
     output_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     # reductions the teacher applies on request (keys NAME.REDUCTION); empty: full outputs only.
     reductions: list[str] = field(default_factory=list)
+    # the data set it was trained on (a --dataset name), so the trainer can default to it; None: unknown.
+    dataset: str | None = None
 
 
 @dataclass

@@ -74,7 +74,7 @@ class LocalTeacher(TeacherClient):
         t = self.teacher
         self.info = TeacherInfo(t.name, t.arch, t.input_shape, t.num_classes, t.feature_names,
                                 t.flops_per_image, max_batch_size=1 << 30, output_shapes=dict(t.output_shapes),
-                                reductions=list(REDUCTIONS))
+                                reductions=list(REDUCTIONS), dataset=t.dataset)
 
     def describe(self) -> TeacherInfo:
         return self.info

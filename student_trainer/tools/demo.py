@@ -2,7 +2,8 @@
 
 The teacher runs as its own process behind the gRPC server, exactly as on a
 separate GPU box; the students talk to it over localhost. At the end the two
-summaries are printed side by side.
+summaries are printed side by side. Each demo replaces the previous one's runs
+(``OUT/kd``, ``OUT/unix``: the trainer's ``--overwrite``).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def main(argv=None) -> None:
                 flags = ["--method", method, "--teacher-url", f"grpc://127.0.0.1:{port}",
                          "--dataset", args.dataset, "--arch", args.arch, "--epochs", str(args.epochs),
                          "--milestones", "", "--workers", str(args.workers),
-                         "--out", f"{args.out}/{method}", *extra]
+                         "--out", f"{args.out}/{method}", "--overwrite", *extra]
                 if args.train_size:
                     flags += ["--train-size", str(args.train_size)]
                 summaries.append(train(flags))
