@@ -131,8 +131,8 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_pat
         train(flags)
     assert e.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"student_trainer: error: {tmp_path} holds a run already (best.pt, last.pt, metrics.jsonl, summary.json, "
-        f"tensorboard): continue it with --resume {tmp_path}, or replace it with --overwrite"]
+        f"student_trainer: error: {tmp_path} holds a run already (best.pt, data.json, last.pt, metrics.jsonl, "
+        f"summary.json, tensorboard): continue it with --resume {tmp_path}, or replace it with --overwrite"]
     assert _files(tmp_path) == first  # byte for byte
 
     train([*flags, "--epochs", "2", "--resume", str(tmp_path / "last.pt")])  # its own checkpoint: continued
