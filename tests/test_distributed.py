@@ -228,7 +228,7 @@ def test_a_two_rank_run_into_a_folder_holding_a_run_is_refused_in_one_line_and_o
     done = torchrun(2, unix_flags(url, out))
     assert done.returncode != 0
     assert our_errors(done) == [  # rank 0's alone
-        f"student_trainer[rank 0]: error: {out} holds a run already (best.pt, indices.rank0.jsonl, "
+        f"student_trainer[rank 0]: error: {out} holds a run already (best.pt, data.json, indices.rank0.jsonl, "
         f"indices.rank1.jsonl, last.pt, metrics.jsonl, summary.json, tensorboard): continue it with --resume {out}, "
         f"or replace it with --overwrite"], done.stderr[-3000:]
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
