@@ -65,9 +65,14 @@ class Prepared:
     def wait(self) -> dict[str, torch.Tensor]:
         return self.answer.result() if self.answer is not None else {}
 
+    @property
+    def answered(self) -> bool:
+        """The teacher's answer is here (not pending, not failed)."""
+        return self.answer is not None and self.answer.done() and self.answer.exception() is None
+
     def to_state(self) -> dict:
         """Plain tensors and numbers (a weights-only checkpoint); the answer only if it arrived."""
-        done = self.answer is not None and self.answer.done() and self.answer.exception() is None
+        done = self.answered
         q = self.query
         return {"images": q.images.cpu(), "labels_a": q.labels_a.cpu(), "labels_b": q.labels_b.cpu(),
                 "mix": q.mix.cpu(), "indices": q.indices.cpu(), "choosing_forward": q.choosing_forward,

@@ -180,8 +180,8 @@ def saved_on_outage(state: RunState, prepared: Prepared):
     forward runs before the wait, so its BatchNorm statistics are put back first; a step
     whose answer is already in cannot fail so, and keeps no copy of them.
     """
-    distiller, answer = state.run.distiller, prepared.answer
-    settled = answer is None or (answer.done() and answer.exception() is None)
+    distiller = state.run.distiller
+    settled = prepared.answer is None or prepared.answered
     before = None if settled else distiller.student_buffers()
     try:
         yield
