@@ -5,6 +5,7 @@ Triton), the exporter and the trainer's in-process ``local:`` teacher.
 """
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from dataclasses import dataclass
@@ -58,6 +59,14 @@ class TeacherModel:
         return {name: tuple(result[name].shape[1:]) for name in names}
 
     @property
+    def weights_sha256(self) -> str:
+        """Who answers: sha256 over the state dict's names, dtypes, shapes and bytes (as served: a teacher cast
+        to half is another teacher), so answers stored for one teacher are never given out as another's."""
+        if not hasattr(self, "_weights_sha256"):
+            self._weights_sha256 = weights_digest(self.model)
+        return self._weights_sha256
+
+    @property
     def feature_names(self) -> list[str]:
         return feature_names(self.model)
 
@@ -89,6 +98,15 @@ class TeacherModel:
             out = {key: reductions.reduce(reduction, result[name].float())
                    for key, (name, reduction) in parsed.items()}
         return {key: t.cpu() for key, t in out.items()}, seconds
+
+
+def weights_digest(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu", torch.float32 if tensor.is_floating_point() else tensor.dtype).contiguous()
+        digest.update(f"{name}|{str(t.dtype)}|{list(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
 
 
 def _prepare(model: nn.Module, device: str, half: bool) -> tuple[nn.Module, torch.device, torch.dtype]:

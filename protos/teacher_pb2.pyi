@@ -35,16 +35,36 @@ class Tensor(_message.Message):
     def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., scale: _Optional[float] = ..., offset: _Optional[float] = ...) -> None: ...
 
 class InferRequest(_message.Message):
-    __slots__ = ("images", "outputs", "request_id", "output_dtype")
+    __slots__ = ("images", "outputs", "request_id", "output_dtype", "views")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    VIEWS_FIELD_NUMBER: _ClassVar[int]
     images: Tensor
     outputs: _containers.RepeatedScalarFieldContainer[str]
     request_id: str
     output_dtype: DType
-    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., outputs: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., output_dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
+    views: ViewRecipes
+    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., outputs: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., output_dtype: _Optional[_Union[DType, str]] = ..., views: _Optional[_Union[ViewRecipes, _Mapping]] = ...) -> None: ...
+
+class ViewRecipes(_message.Message):
+    __slots__ = ("rows", "render_dtype")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    RENDER_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    rows: bytes
+    render_dtype: DType
+    def __init__(self, rows: _Optional[bytes] = ..., render_dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
+
+class DataSetInfo(_message.Message):
+    __slots__ = ("name", "size", "fingerprint")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size: int
+    fingerprint: str
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., fingerprint: _Optional[str] = ...) -> None: ...
 
 class InferResponse(_message.Message):
     __slots__ = ("outputs", "request_id", "compute_seconds")
@@ -68,7 +88,7 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("model_name", "arch", "input_shape", "num_classes", "feature_names", "flops_per_image", "max_batch_size", "max_message_bytes", "device", "compute_dtype", "outputs", "reductions", "dataset")
+    __slots__ = ("model_name", "arch", "input_shape", "num_classes", "feature_names", "flops_per_image", "max_batch_size", "max_message_bytes", "device", "compute_dtype", "outputs", "reductions", "dataset", "weights_sha256", "data")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     ARCH_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +102,8 @@ class DescribeResponse(_message.Message):
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     REDUCTIONS_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     arch: str
     input_shape: _containers.RepeatedScalarFieldContainer[int]
@@ -95,7 +117,9 @@ class DescribeResponse(_message.Message):
     outputs: _containers.RepeatedCompositeFieldContainer[OutputInfo]
     reductions: _containers.RepeatedScalarFieldContainer[str]
     dataset: str
-    def __init__(self, model_name: _Optional[str] = ..., arch: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., feature_names: _Optional[_Iterable[str]] = ..., flops_per_image: _Optional[float] = ..., max_batch_size: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., device: _Optional[str] = ..., compute_dtype: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[OutputInfo, _Mapping]]] = ..., reductions: _Optional[_Iterable[str]] = ..., dataset: _Optional[str] = ...) -> None: ...
+    weights_sha256: str
+    data: DataSetInfo
+    def __init__(self, model_name: _Optional[str] = ..., arch: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., feature_names: _Optional[_Iterable[str]] = ..., flops_per_image: _Optional[float] = ..., max_batch_size: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., device: _Optional[str] = ..., compute_dtype: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[OutputInfo, _Mapping]]] = ..., reductions: _Optional[_Iterable[str]] = ..., dataset: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., data: _Optional[_Union[DataSetInfo, _Mapping]] = ...) -> None: ...
 
 class OutputInfo(_message.Message):
     __slots__ = ("name", "shape")

@@ -177,7 +177,8 @@ class TeacherServicer(pb_grpc.TeacherServicer):
             max_batch_size=self.max_batch, max_message_bytes=self.max_message_bytes,
             device=str(t.device), compute_dtype=str(t.compute_dtype).removeprefix("torch."),
             outputs=[pb.OutputInfo(name=n, shape=list(shape)) for n, shape in t.output_shapes.items()],
-            reductions=list(reductions.REDUCTIONS), dataset=t.dataset or "")
+            reductions=list(reductions.REDUCTIONS), dataset=t.dataset or "",
+            weights_sha256=t.weights_sha256)
 
     def Stats(self, request: pb.StatsRequest, context) -> pb.StatsResponse:
         client = request.client_id or None

@@ -103,7 +103,7 @@ def teacher_parameters(teacher: TeacherModel) -> dict[str, str]:
     ``NAME.REDUCTION`` is ``NAME`` reduced by it. ``dataset``, the data set it
     was trained on, only where its checkpoint records one.
     """
-    return {"teacher_name": teacher.name, "arch": teacher.arch,
+    return {"teacher_name": teacher.name, "arch": teacher.arch, "weights_sha256": teacher.weights_sha256,
             "flops_per_image": repr(float(teacher.flops_per_image)),
             "input_shape": ",".join(map(str, teacher.input_shape)),
             "num_classes": str(teacher.num_classes),

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from common.views import StoredImages, draw, render
+from common.views import StoredImages, Views, draw, render
 
 _MIX = 1_000_003
 
@@ -91,7 +91,8 @@ class SeededItems(Dataset):
 
 class RenderedViews(Dataset):
     """Keys ``(epoch, index)`` rendered a batch at a time (``__getitems__``, which the DataLoader calls
-    with a batch's keys): ``(images, labels, indices)`` as one batch, the views drawn as recipes."""
+    with a batch's keys): ``(images, labels, indices, recipes)`` as one batch, the views drawn as recipes
+    (``recipes``: ``Views.as_array`` rows, int64, so they ride through the loader as a tensor)."""
 
     def __init__(self, stored: StoredImages, seed: int):
         self.stored, self.seed = stored, seed
@@ -105,10 +106,11 @@ class RenderedViews(Dataset):
             raise ValueError(f"a batch spans epochs {sorted(epochs)}")
         indices = torch.tensor([index for _, index in keys], dtype=torch.long)
         recipes = draw(self.seed, epochs.pop(), indices, self.stored.pad, self.stored.flip)
-        return render(self.stored, recipes), self.stored.labels[indices], indices
+        return (render(self.stored, recipes), self.stored.labels[indices], indices,
+                torch.from_numpy(self.stored.to_split(Views(recipes)).as_array()))
 
     def __getitem__(self, key):
-        images, labels, indices = self.__getitems__([key])
+        images, labels, indices, _ = self.__getitems__([key])
         return images[0], int(labels[0]), int(indices[0])
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from common.features import capture_features, feature_names
 from common.flops import count_flops
 from common.reductions import NONE, offered_keys
+from common.views import Views
 from student_trainer.distill import build_loss
 from student_trainer.distill.base import DistillBatch, DistillLoss, ModelShapes, StepContext
 from student_trainer.distill.functional import mixed_ce
@@ -78,13 +79,15 @@ class Prepared:
                 "mix": q.mix.cpu(), "indices": q.indices.cpu(), "choosing_forward": q.choosing_forward,
                 "parts": dict(q.parts), "batch_images": self.batch_images,
                 "ask": None if q.ask is None else q.ask.cpu(), "known": {k: v.cpu() for k, v in q.known.items()},
-                "answer": {k: v.cpu() for k, v in self.answer.result().items()} if done else None}
+                "answer": {k: v.cpu() for k, v in self.answer.result().items()} if done else None,
+                "views": None if q.views is None else torch.from_numpy(q.views.as_array())}
 
     @classmethod
     def from_state(cls, state: dict, device) -> "Prepared":
         q = Query(*(state[k].to(device) for k in ("images", "labels_a", "labels_b", "mix", "indices")),
                   choosing_forward=state["choosing_forward"], parts=dict(state["parts"]),
-                  ask=None if state.get("ask") is None else state["ask"].to(device), known=dict(state.get("known", {})))
+                  ask=None if state.get("ask") is None else state["ask"].to(device), known=dict(state.get("known", {})),
+                  views=None if state.get("views") is None else Views.from_array(state["views"].numpy()))
         return cls(q, state["batch_images"], completed(state["answer"]) if state["answer"] is not None else None)
 
 
@@ -111,9 +114,10 @@ class Distiller(nn.Module):
             return 0
         return self.policy.teacher_images_per_batch
 
-    def prepare(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> Prepared:
+    def prepare(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
+                views: Views | None = None) -> Prepared:
         """Choose the step's images and send them to the teacher; the answer is waited for in ``train_on``."""
-        q = self.policy.select(self.student[0], images, labels, indices, self.timer)
+        q = self.policy.select(self.student[0], images, labels, indices, self.timer, views=views)
         return Prepared(q, images.shape[0], self._ask(q))
 
     def _ask(self, q: Query):
@@ -123,7 +127,7 @@ class Distiller(nn.Module):
             return completed({})
         images = q.asked_images()
         with self.timer.phase("teacher"):  # a remote teacher's submit returns at once; an in-process one answers
-            answer = self.teacher.submit(images, self.keys)
+            answer = self.teacher.submit(images, self.keys, views=q.asked_views())
             if self.serial:
                 try:
                     answer.result()  # the wait, here and counted as the teacher's

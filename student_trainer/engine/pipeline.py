@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from common.views import Views
 from student_trainer.distill import StepContext
 from student_trainer.engine.distiller import Prepared
 from student_trainer.engine.run_state import RunState
@@ -38,5 +39,6 @@ def _fill(state: RunState, batches) -> None:
             batch = next(batches, None)
         if batch is None:
             return
-        images, labels, indices = (t.to(run.device, non_blocking=True) for t in batch)
-        state.inflight.append(run.distiller.prepare(images, labels, indices))
+        images, labels, indices = (t.to(run.device, non_blocking=True) for t in batch[:3])
+        views = Views.from_array(batch[3].numpy()) if len(batch) > 3 else None  # RenderedViews' recipes
+        state.inflight.append(run.distiller.prepare(images, labels, indices, views))

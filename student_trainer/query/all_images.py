@@ -15,5 +15,5 @@ class AllImages(QueryPolicy):
     def validate(cls, args):
         pass
 
-    def select(self, student, images, labels, indices, timer=NULL_TIMER):
-        return unmixed(images, labels, indices)
+    def select(self, student, images, labels, indices, timer=NULL_TIMER, views=None):
+        return unmixed(images, labels, indices, views=views)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.views import Views
 from student_trainer.engine.timing import NULL_TIMER, PhaseTimer
 from student_trainer.query.mixing import scaled_for_batch
 
@@ -30,6 +31,7 @@ class Query:
     parts: dict[str, float] = field(default_factory=dict)
     ask: torch.Tensor | None = None  # rows the teacher is asked about (None: every row)
     known: dict[str, torch.Tensor] = field(default_factory=dict)  # remembered answers for the other rows
+    views: Views | None = None   # each row's recipe (None: the data set's views are not recipes)
 
     @property
     def teacher_rows(self) -> int:
@@ -38,12 +40,19 @@ class Query:
     def asked_images(self) -> torch.Tensor:
         return self.images if self.ask is None else self.images[self.ask]
 
+    def asked_views(self) -> Views | None:
+        if self.views is None or self.ask is None:
+            return self.views
+        return self.views.take(self.ask.cpu().nonzero().flatten())
+
 
 def unmixed(images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, keep: torch.Tensor | None = None,
-            **extra) -> Query:
+            views: Views | None = None, **extra) -> Query:
     if keep is not None:
         images, labels, indices = images[keep], labels[keep], indices[keep]
-    return Query(images, labels, labels, torch.zeros(labels.shape[0], device=images.device), indices, **extra)
+        views = None if views is None else views.take(keep)
+    return Query(images, labels, labels, torch.zeros(labels.shape[0], device=images.device), indices, views=views,
+                 **extra)
 
 
 class QueryPolicy:
@@ -84,7 +93,9 @@ class QueryPolicy:
         return answer
 
     def select(self, student: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-               indices: torch.Tensor, timer: PhaseTimer = NULL_TIMER) -> Query:
+               indices: torch.Tensor, timer: PhaseTimer = NULL_TIMER, views: Views | None = None) -> Query:
+        """``views``: the batch's rows as recipes, where the data set's views are recipes; a policy passes
+        on the recipes of the rows it keeps (mixed ones with their partners)."""
         raise NotImplementedError
 
     def state_dict(self) -> dict:

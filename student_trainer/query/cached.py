@@ -47,14 +47,14 @@ class RememberedAnswers(QueryPolicy):
     def teacher_images_per_batch(self) -> int:
         return round(self.batch_size / self.refresh)
 
-    def select(self, student, images, labels, indices, timer=NULL_TIMER):
+    def select(self, student, images, labels, indices, timer=NULL_TIMER, views=None):
         with timer.phase("mixing"):
             idx = indices.cpu()
             ask = ~self.answered[idx] | ((self.visits[idx] + idx) % self.refresh == 0)
             self.visits[idx] += 1
             reuse = idx[~ask]
             known = {key: stored[reuse] for key, stored in self.store.items()} if len(reuse) else {}
-            q = unmixed(images, labels, indices, ask=ask.to(images.device), known=known)
+            q = unmixed(images, labels, indices, views=views, ask=ask.to(images.device), known=known)
             q.parts = {"teacher_fraction": q.teacher_rows / max(images.shape[0], 1)}
             return q
 

@@ -11,7 +11,7 @@ class RandomSubset(QueryPolicy):
     name = "random"
     about = "a random k of N, unmixed, no uncertainty pass"
 
-    def select(self, student, images, labels, indices, timer=NULL_TIMER):
+    def select(self, student, images, labels, indices, timer=NULL_TIMER, views=None):
         with timer.phase("mixing"):
             keep = torch.randperm(images.shape[0], generator=self.gen)[:self.k_for(images.shape[0])]
-            return unmixed(images, labels, indices, keep.to(images.device))
+            return unmixed(images, labels, indices, keep.to(images.device), views=views)

@@ -79,7 +79,7 @@ class Uncertain(QueryPolicy):
             probs = F.softmax(student(images).float(), dim=1)
             return uncertainty(self.measure, probs, self.gen)
 
-    def select(self, student, images, labels, indices, timer=NULL_TIMER):
+    def select(self, student, images, labels, indices, timer=NULL_TIMER, views=None):
         n = images.shape[0]
         with timer.phase("uncertainty"):
             scores = self.scores(student, images)
@@ -95,8 +95,13 @@ class Uncertain(QueryPolicy):
             parts["lambda"] = lam
         if len(mb.dropped):
             parts["uncertainty_dropped"] = scores[mb.dropped].mean().item()
+        chosen = None
+        if views is not None:
+            chosen = views.take(mb.selected.cpu())
+            if self.mixes:
+                chosen = chosen.mixed_with(views.take(mb.partners.cpu()), mb.mix)
         return Query(mb.images, mb.labels_a, mb.labels_b, mb.mix, indices[mb.selected], choosing_forward=n,
-                     parts=parts)
+                     parts=parts, views=chosen)
 
 
 class UncertainUnmixed(Uncertain):

@@ -120,6 +120,8 @@ class TeacherInfo:
     reductions: list[str] = field(default_factory=list)
     # the data set it was trained on (a --dataset name), so the trainer can default to it; None: unknown.
     dataset: str | None = None
+    # sha256 of its weights (``common.teacher_model.weights_digest``); None: the teacher does not say.
+    weights_sha256: str | None = None
 
 
 @dataclass
@@ -291,7 +293,7 @@ class TeacherClient(ABC):
             return answer
 
     # --- asking -------------------------------------------------------------
-    def submit(self, images: torch.Tensor, outputs=("logits",)) -> Future:
+    def submit(self, images: torch.Tensor, outputs=("logits",), views=None) -> Future:
         """Ask the teacher about ``images``; returns at once a Future of {output: float32 CPU tensor}.
 
         A batch over the server's max batch goes as chunks, up to ``max_in_flight``

@@ -142,7 +142,8 @@ class GrpcTeacherClient(RemoteTeacherClient):
         return TeacherInfo(d.model_name, d.arch, tuple(d.input_shape), d.num_classes,
                            list(d.feature_names), d.flops_per_image, d.max_batch_size,
                            output_shapes={o.name: tuple(o.shape) for o in d.outputs},
-                           reductions=list(d.reductions), dataset=d.dataset or None)
+                           reductions=list(d.reductions), dataset=d.dataset or None,
+                           weights_sha256=d.weights_sha256 or None)
 
     def _infer(self, images: torch.Tensor, outputs: list[str]):
         request = pb.InferRequest(images=codec.encode(images, self.wire_code), outputs=outputs,

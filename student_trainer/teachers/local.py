@@ -74,12 +74,13 @@ class LocalTeacher(TeacherClient):
         t = self.teacher
         self.info = TeacherInfo(t.name, t.arch, t.input_shape, t.num_classes, t.feature_names,
                                 t.flops_per_image, max_batch_size=1 << 30, output_shapes=dict(t.output_shapes),
-                                reductions=list(REDUCTIONS), dataset=t.dataset)
+                                reductions=list(REDUCTIONS), dataset=t.dataset,
+                                weights_sha256=t.weights_sha256)
 
     def describe(self) -> TeacherInfo:
         return self.info
 
-    def submit(self, images: torch.Tensor, outputs=("logits",)) -> Future:
+    def submit(self, images: torch.Tensor, outputs=("logits",), views=None) -> Future:
         """The answer at once, computed in the caller's thread: in this process the teacher shares the
         student's cores, and a forward beside the student's would only fight it for them (twice the
         threads on the same cores)."""

@@ -205,7 +205,8 @@ class TritonTeacherClient(RemoteTeacherClient):
             feature_names=[n for n in full if n != "logits"],
             flops_per_image=float(params.get("flops_per_image", 0.0)),
             max_batch_size=int(self.config["max_batch_size"]),
-            output_shapes=full, reductions=offered, dataset=params.get("dataset") or None)
+            output_shapes=full, reductions=offered, dataset=params.get("dataset") or None,
+            weights_sha256=params.get("weights_sha256") or None)
 
     def _infer(self, images: torch.Tensor, outputs: list[str]):
         from tritonclient.grpc import InferResult, service_pb2
