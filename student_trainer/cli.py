@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wait for the teacher before the student's forward (no overlap; same result, slower)")
     m.add_argument("--teacher-url", help="grpc://HOST:PORT, grpcs://HOST:PORT, triton://HOST:PORT/MODEL "
                    "or local:CHECKPOINT (not needed for ce)")
+    m.add_argument("--answer-store", metavar="URL",
+                   help="where --query replay keeps the teacher's answers with their views: a folder (an "
+                   "embedded LMDB store, lmdb:PATH) or redis://HOST:PORT/DB (a store several hosts share)")
+    m.add_argument("--teacher-id", metavar="SHA256",
+                   help="with --query replay and no --teacher-url: the teacher whose stored answers to train "
+                   "on (its weights' sha256, as a run with the teacher logs it)")
     m.add_argument("--k", type=int, default=48, help="images per batch sent to the teacher (all but --query all)")
     m.add_argument("--ce-weight", type=float, default=None,
                    help="weight of cross-entropy on the (mixed) labels (default: 0 with a teacher, 1 without)")
@@ -125,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write last.pt every STEPS steps (0: only at epoch ends)")
     r.add_argument("--deterministic", action="store_true", help="torch deterministic algorithms")
     r.add_argument("--log-every", type=int, default=20, metavar="STEPS", help="TensorBoard step interval")
+    r.add_argument("--eval-every", type=int, default=1, metavar="E",
+                   help="evaluate on the test split after every E-th epoch (and always after the last)")
     r.add_argument("--no-tensorboard", action="store_true")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--log-level", default="INFO")
@@ -161,6 +169,15 @@ def validate(args, world_size: int = 1) -> None:
         raise ValueError("--prefetch overlaps the teacher with training; --serial-teacher turns overlap off: "
                          "choose one")
     POLICIES[args.query].validate(args)
+    policy = POLICIES[args.query]
+    if policy.needs_store and not args.answer_store:
+        raise ValueError(f"--query {args.query} needs --answer-store (a folder for an embedded LMDB store, or "
+                         "redis://HOST:PORT/DB)")
+    if args.answer_store and not policy.needs_store:
+        raise ValueError(f"--answer-store is read by --query {', '.join(n for n, p in POLICIES.items() if p.needs_store)}"
+                         f", not by --query {args.query}")
+    if args.teacher_id and (args.teacher_url or not policy.needs_store):
+        raise ValueError("--teacher-id names a stored teacher for --query replay without --teacher-url")
     for loss in loss_classes(args.loss):
         loss.validate(args)
     if args.ce_weight == 0 and not loss_needs_teacher(args.loss):
@@ -171,6 +188,8 @@ def validate(args, world_size: int = 1) -> None:
         raise ValueError(f"--budget is a fraction of the schedule's steps, in (0, 1]; got {args.budget}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    if args.eval_every < 1:
+        raise ValueError(f"--eval-every must be at least 1, got {args.eval_every}")
     if args.log_every < 1 or args.checkpoint_every < 0:
         raise ValueError("--log-every must be at least 1 and --checkpoint-every at least 0")
     check_world(args, world_size)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from common.answer_store import AnswerStore, open_store
 from common.data import DataSpec, build_dataset
 from common.models import build_model
 from student_trainer.distill import loss_needs_teacher
@@ -29,6 +30,7 @@ from student_trainer.engine.distributed import (DistInfo, broadcast_buffers, ddp
 from student_trainer.engine.run_dir import DATA_RECORD, claim
 from student_trainer.engine.timing import PhaseTimer
 from student_trainer.teachers import CLIENTS, ClientCounters, TeacherClient, TeacherInfo, connect, teacher_options
+from student_trainer.teachers.stored import StoredTeacher, record_teacher
 
 log = logging.getLogger("student_trainer")
 
@@ -53,6 +55,7 @@ class Run:
     flops: dict[str, float]     # measured FLOPs per image of each kind of work (accounting)
     steps_per_epoch: int        # global steps: every rank draws its share of each
     total_steps: int
+    store: AnswerStore | None = None  # --answer-store
 
     def sync_buffers(self) -> None:
         """Rank 0's BatchNorm statistics (and the loss's buffers) on every rank, so all evaluate and save
@@ -108,10 +111,33 @@ def check_teacher_fits(info: TeacherInfo, spec) -> None:
             f"in {spec.num_classes}: {fix}")
 
 
-def connect_teacher(args, device, dist: DistInfo) -> TeacherClient | None:
-    """The teacher the loss needs (None for one that needs none)."""
+def check_store_fits(args, spec: DataSpec, teacher: TeacherClient | None, store: AnswerStore) -> None:
+    """A store is keyed by the teacher's weights and the data set's views: both must be known, and the live
+    teacher is recorded so that a later run can train on its answers alone."""
+    if spec.train_views is None or args.augment_draws != "batched":
+        raise ValueError(f"--query {args.query} stores views as recipes: it needs --augment-draws batched and a "
+                         f"data set held in memory ({spec.name} is read from files)"
+                         if spec.train_views is None else
+                         f"--query {args.query} stores views as recipes: it needs --augment-draws batched")
+    info = teacher.describe() if teacher else None
+    if info is not None and not info.weights_sha256:
+        raise ValueError(f"teacher {info.model_name} at {teacher.url} does not say its weights' sha256 (a server "
+                         "older than this trainer?): its answers cannot be stored apart from another teacher's")
+    if info is not None and not isinstance(teacher, StoredTeacher):
+        record_teacher(store, info)
+        log.info("answers of teacher %s (--teacher-id %s) go to %s", info.model_name, info.weights_sha256,
+                 store.url)
+
+
+def connect_teacher(args, device, dist: DistInfo, store: AnswerStore | None = None) -> TeacherClient | None:
+    """The teacher the loss needs (None for one that needs none; the store's record of it for --teacher-id)."""
     if not loss_needs_teacher(args.loss):
         return None
+    if store is not None and args.teacher_id:
+        return StoredTeacher.from_store(store, args.teacher_id)
+    if not args.teacher_url and store is not None:
+        raise ValueError(f"--loss {args.loss} needs --teacher-url, or --teacher-id SHA256 to train on the answers "
+                         f"stored in {store.url} alone")
     if not args.teacher_url:
         raise ValueError(f"--loss {args.loss} needs --teacher-url "
                          f"(grpc://HOST:PORT, grpcs://, triton://HOST:PORT/MODEL or local:PATH)")
@@ -152,7 +178,8 @@ def build_run(args: argparse.Namespace, dist: DistInfo = DistInfo()) -> Run:
         torch.backends.cudnn.benchmark = False
     # The teacher first, for it may say which data set to train on; before the seed, so that the student
     # and the loss draw the same numbers whatever kind it is (a local: one builds a model as it loads).
-    teacher = connect_teacher(args, device, dist)
+    store = open_store(args.answer_store) if args.answer_store else None
+    teacher = connect_teacher(args, device, dist, store)
     seed_everything(args.seed)
 
     mean, std, measured_on = saved_normalisation(args)
@@ -164,12 +191,16 @@ def build_run(args: argparse.Namespace, dist: DistInfo = DistInfo()) -> Run:
         spec = dataclasses.replace(spec, measured_on=measured_on)
     if teacher:
         check_teacher_fits(teacher.describe(), spec)
+    if store is not None:
+        check_store_fits(args, spec, teacher, store)
     student = build_model(args.arch, num_classes=spec.num_classes, in_channels=spec.input_shape[0],
                           image_size=spec.input_shape[1:]).to(device)
     timer = PhaseTimer(device)
     distiller = build_distiller(local, student, teacher, input_shape=spec.input_shape,
                                 num_classes=spec.num_classes, dataset_size=len(spec.train), device=device,
-                                timer=timer)
+                                timer=timer, stored=spec.train_views, store=store)
+    if isinstance(teacher, StoredTeacher):
+        distiller.policy.check_all_stored(len(spec.train))
     # Several ranks: the training forward goes through DDP, which averages the student's gradients in
     # backward; the loss's own modules (a regressor, ...) are averaged by hand after it (the loop).
     model = ddp(student, device)
@@ -209,4 +240,4 @@ def build_run(args: argparse.Namespace, dist: DistInfo = DistInfo()) -> Run:
     return Run(args, dist, device, out, spec, student, model, teacher, distiller, optimizer, scheduler, sampler,
                train_loader, test_loader, timer,
                flops_per_image(student, spec.input_shape, teacher, distiller.flops_per_image),
-               steps_per_epoch, total_steps)
+               steps_per_epoch, total_steps, store)

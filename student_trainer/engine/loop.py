@@ -68,14 +68,18 @@ def end_epoch(run: Run, state: RunState, log: RunLog, parts: dict, epoch_seconds
     """
     p = state.progress
     complete = p.step_in_epoch >= run.steps_per_epoch
-    with run.timer.phase("eval"):
-        run.sync_buffers()
-        p.top1 = evaluate(run.student, run.test_loader, run.device)
+    # --eval-every E: every E-th epoch, and always where the run stops (the summary's top-1 is the last one)
+    evaluated = not complete or p.epoch % run.args.eval_every == 0 or state.work.steps >= run.total_steps \
+        or p.epoch >= run.args.epochs
+    if evaluated:
+        with run.timer.phase("eval"):
+            run.sync_buffers()
+            p.top1 = evaluate(run.student, run.test_loader, run.device)
     if complete:
         p.epochs_done = p.epoch
-    log.epoch(parts, epoch_seconds, complete)
-    best = p.top1 > p.best_top1
-    p.best_top1 = max(p.best_top1, p.top1)
+    log.epoch(parts, epoch_seconds, complete, evaluated)
+    best = evaluated and p.top1 > p.best_top1
+    p.best_top1 = max(p.best_top1, p.top1) if evaluated else p.best_top1
     if complete:
         p.epoch, p.step_in_epoch = p.epoch + 1, 0
     state.save(best=best)
@@ -92,6 +96,8 @@ def train(run: Run, state: RunState, log: RunLog) -> dict:
     finally:
         if run.teacher:
             run.teacher.close()
+        if run.store:
+            run.store.close()  # its counters stay readable for the summary
         log.close()
     return finish(run, state, server_end)
 
@@ -107,7 +113,7 @@ def finish(run: Run, state: RunState, server_end) -> dict:
                             server_start=server_start, server_end=server_end, flops=run.flops, cost=cost,
                             kd_cost=kd_cost, wall_seconds=state.wall(), time_split=run.timer.as_dict(),
                             k=run.distiller.images_per_batch * run.dist.world_size,
-                            processes=run.dist.world_size)
+                            processes=run.dist.world_size, store=run.store)
     if run.dist.is_main:
         (run.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(format_summary(summary))

@@ -100,13 +100,14 @@ class RunLog:
         self.writer.add_scalar("compute/flops", costs(work, self.run.flops)[0], step)
 
     # --- epochs ---------------------------------------------------------------------------------------
-    def epoch(self, parts: dict, epoch_seconds: float, complete: bool) -> None:
-        """The epoch's line in metrics.jsonl (``partial`` when --max-steps or --budget ended it early)."""
+    def epoch(self, parts: dict, epoch_seconds: float, complete: bool, evaluated: bool = True) -> None:
+        """The epoch's line in metrics.jsonl (``partial`` when --max-steps or --budget ended it early; top-1
+        null when --eval-every skipped its evaluation)."""
         run, p = self.run, self.state.progress
         parts = mean_over_ranks(parts)
         work, client = summed_work(self.state.work), summed_client(run.teacher_counters())
         cost, kd_cost = costs(work, run.flops)
-        record = {"epoch": p.epoch, "top1": p.top1, "lr": run.optimizer.param_groups[0]["lr"], **parts,
+        record = {"epoch": p.epoch, "top1": p.top1 if evaluated else None, "lr": run.optimizer.param_groups[0]["lr"], **parts,
                   **work.as_dict(), "compute_flops": cost, "kd_flops": kd_cost,
                   "epoch_seconds": epoch_seconds, **({} if complete else {"partial": True})}
         if client:
@@ -114,12 +115,13 @@ class RunLog:
         if run.dist.is_main:
             with self.metrics.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-        if self.writer:
+        if self.writer and evaluated:
             self.writer.add_scalar("test/top1", p.top1, p.epoch)
             self.writer.add_scalar("test/top1_by_teacher_images", p.top1, work.teacher_images)
             self.writer.flush()
-        log.info("epoch %d/%d  loss %.4f  top-1 %.2f%%  teacher images %d of %d  (%.1f s)", p.epoch,
-                 run.args.epochs, parts.get("loss", float("nan")), p.top1, work.teacher_images,
+        log.info("epoch %d/%d  loss %.4f  top-1 %s  teacher images %d of %d  (%.1f s)", p.epoch,
+                 run.args.epochs, parts.get("loss", float("nan")), f"{p.top1:.2f}%" if evaluated else "not measured",
+                 work.teacher_images,
                  work.student_images, epoch_seconds)
 
     def close(self) -> None:

@@ -30,8 +30,10 @@ def _stats_source(start, end) -> str | None:
 
 
 def build_summary(*, args, spec, work, top1, best_top1, epochs, teacher, server_start, server_end,
-                  flops, cost, kd_cost, wall_seconds, time_split=None, k=0, client=None, processes=1) -> dict:
-    """``client``: the teacher client's counters as a dict (summed over the ranks), default the teacher's own."""
+                  flops, cost, kd_cost, wall_seconds, time_split=None, k=0, client=None, processes=1,
+                  store=None) -> dict:
+    """``client``: the teacher client's counters as a dict (summed over the ranks), default the teacher's own;
+    ``store``: the answer store's counters (this process's)."""
     c = client if client is not None else (teacher.counters.as_dict() if teacher else None)
     info = teacher.describe() if teacher else None
     s = {
@@ -40,6 +42,7 @@ def build_summary(*, args, spec, work, top1, best_top1, epochs, teacher, server_
         "dataset": spec.name,
         "teacher": info.model_name if info else None,
         "teacher_arch": info.arch if info else None,
+        "teacher_id": info.weights_sha256 if info else None,
         "teacher_url": args.teacher_url if teacher else None,
         "wire_dtype": args.wire_dtype if teacher else None,
         "batch_size": args.batch_size,     # the global batch (each of the processes draws its share)
@@ -78,6 +81,8 @@ def build_summary(*, args, spec, work, top1, best_top1, epochs, teacher, server_
         # Wall seconds by phase: data loading, uncertainty pass, mixing, waiting for the
         # teacher, student forward/backward/step, evaluation, checkpoints.
         "time_split": {k: round(v, 3) for k, v in (time_split or {}).items()},
+        # --answer-store: views read back (hits), slots found empty or damaged (misses), entries written.
+        "answer_store": None if store is None else {"url": store.url, **store.counters.as_dict()},
     }
     return s
 

@@ -55,6 +55,14 @@ def unmixed(images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, k
                  **extra)
 
 
+@dataclass
+class PolicyContext:
+    """What some policies need beyond the flags: the training split in memory (to render a stored view) and
+    the shelf of stored views in the answer store."""
+    stored: object | None = None     # common.views.StoredImages
+    shelf: object | None = None      # student_trainer.query.stored_views.ViewShelf
+
+
 class QueryPolicy:
     """Subclasses set ``name``/``about`` and implement ``select``; RNG state rides in checkpoints."""
     name: ClassVar[str] = ""
@@ -64,7 +72,9 @@ class QueryPolicy:
     # Why the policy cannot be split over several processes (state kept per data-set index); "" if it can.
     per_image_state: ClassVar[str] = ""
 
-    def __init__(self, args: argparse.Namespace, dataset_size: int = 0):
+    needs_store: ClassVar[bool] = False  # True: the policy keeps answers in --answer-store (``context.shelf``)
+
+    def __init__(self, args: argparse.Namespace, dataset_size: int = 0, context: PolicyContext | None = None):
         self.batch_size = args.batch_size
         self.k = args.k
         self.rng = np.random.default_rng(args.seed)

@@ -24,8 +24,8 @@ class RememberedAnswers(QueryPolicy):
     uses_k = False
     per_image_state = "--query cached remembers each training image's answer"
 
-    def __init__(self, args, dataset_size: int = 0):
-        super().__init__(args, dataset_size)
+    def __init__(self, args, dataset_size: int = 0, context=None):
+        super().__init__(args, dataset_size, context)
         if dataset_size < 1:
             raise ValueError("--query cached needs the training set's size")
         self.refresh = args.refresh_every

@@ -55,8 +55,8 @@ class Uncertain(QueryPolicy):
     about = "UNIX-KD: the k most uncertain of N, mixed with partners (the more certain, the more mixed)"
     mixes = True
 
-    def __init__(self, args, dataset_size: int = 0):
-        super().__init__(args, dataset_size)
+    def __init__(self, args, dataset_size: int = 0, context=None):
+        super().__init__(args, dataset_size, context)
         self.b, self.w, self.measure, self.bn = args.b, args.w, args.selection, args.uncertainty_bn
 
     @classmethod

@@ -109,7 +109,8 @@ class NotRecorded(Exception):
 
 
 def _train(flags: list[str], scratch: Path, record: Path, teacher: dict | None = None,
-           url: str | None = None, threads: int | None = None, train: bool = True) -> dict:
+           url: str | None = None, threads: int | None = None, train: bool = True,
+           fresh_store: Path | None = None) -> dict:
     """Train one run, or reuse its record when that was made with exactly these flags and teacher.
 
     ``record`` keeps what is small enough to commit (``summary.json``, ``metrics.jsonl``
@@ -127,6 +128,8 @@ def _train(flags: list[str], scratch: Path, record: Path, teacher: dict | None =
         raise NotRecorded(str(record))
     log.info("training %s", record)
     shutil.rmtree(scratch, ignore_errors=True)  # never continue a stale run under new flags
+    if fresh_store is not None:  # a run (or a sweep's first) pays its teacher from an empty store
+        shutil.rmtree(fresh_store, ignore_errors=True)
     summary = _run_trainer([*flags, *(["--teacher-url", url] if url else [])], scratch, threads)
     record.mkdir(parents=True, exist_ok=True)
     for name in RUN_FILES:
@@ -355,7 +358,8 @@ def results_markdown(results: dict) -> str:
 
 def _group_options(group: dict, finished: dict[str, list[dict]]) -> dict:
     """The group's trainer options; ``match_compute = G`` becomes ``--budget`` = G's measured compute vs KD."""
-    options = {k: v for k, v in group.items() if k not in ("name", "seeds", "series", "match_compute")}
+    options = {k: v for k, v in group.items()
+               if k not in ("name", "seeds", "series", "match_compute", "answer_store")}
     target = group.get("match_compute")
     if target:
         if target not in finished:
@@ -390,18 +394,34 @@ def train_groups(config: dict, base: list[str], out: Path, records: Path, teache
             return None  # what it matches was not run: nor is it
         flags = [*base, *to_flags(_group_options(group, finished)), "--seed", str(seed)]
         name = group["name"]
+        # answer_store = "own": each run its own, empty store; "shared": the group's seeds one after another on
+        # one store (a sweep: the first pays the teacher, the others find its answers)
+        mode, fresh = group.get("answer_store"), None
+        if mode not in (None, "own", "shared"):
+            raise ValueError(f"group {name}: answer_store is 'own' or 'shared', not {mode!r}")
+        if mode:
+            store = out / "stores" / name / (f"seed{seed}" if mode == "own" else "shared")
+            flags += ["--answer-store", str(store)]
+            seeds = group.get("seeds", [0])
+            if mode == "shared":
+                for earlier in runs[name][:seeds.index(seed)]:
+                    earlier.result()
+            fresh = store if mode == "own" or seed == seeds[0] else None
         # A run that asks the teacher nothing (ce) does not depend on it: its record holds across teachers.
         asks = _asks_teacher(flags)
         try:
             return _train(flags, out / name / f"seed{seed}", records / name / f"seed{seed}",
-                          teacher if asks else None, url if asks else None, threads, train=url is not None)
+                          teacher if asks else None, url if asks else None, threads, train=url is not None,
+                          fresh_store=fresh)
         except NotRecorded:
             return None
 
     with ThreadPoolExecutor(jobs) as pool:
         try:
             for group in config["groups"]:
-                runs[group["name"]] = [pool.submit(one, group, seed) for seed in group.get("seeds", [0])]
+                runs[group["name"]] = queued = []  # grown one seed at a time: a sweep's seed waits for the ones before
+                for seed in group.get("seeds", [0]):
+                    queued.append(pool.submit(one, group, seed))
             return {name: [f.result() for f in fs] for name, fs in runs.items()}
         except BaseException:
             pool.shutdown(cancel_futures=True)

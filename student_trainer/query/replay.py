@@ -1,0 +1,151 @@
+"""Beyond the paper: pay the teacher once per view. Each image keeps at most V stored views with their answers
+(FKD's stored soft labels with their crops); once an image has V, a visit replays one of them."""
+from __future__ import annotations
+
+import logging
+import uuid
+
+import torch
+
+from common.answer_store.codec import Entry
+from common.views import Views, render_views
+from student_trainer.engine.timing import NULL_TIMER
+from student_trainer.query.base import QueryPolicy, unmixed
+from student_trainer.query.stored_views import recipe_of, views_of
+
+log = logging.getLogger("student_trainer")
+
+
+class Replay(QueryPolicy):
+    """A visit to an image with fewer than V stored views trains on a fresh view, asks the teacher about it
+    and stores the answer with the view's recipe; a visit to an image with V views trains on one of them (a
+    seeded choice), exactly as stored, with the stored answer, and asks the teacher nothing.
+
+    The student never learns from an answer computed on another view than its own (Beyer et al.'s
+    consistency, which ``cached`` gives up). Views are unmixed. The store (``--answer-store``) outlives
+    the run: another seed, another student or another host with the same teacher and data starts with
+    every view stored before. A resumed run is exact: views its crashed twin stored after the checkpoint
+    count as not yet there (it finds each one again, as the view it draws, and takes the stored answer).
+    """
+    name = "replay"
+    about = ("every image, unmixed; each image's first V views go to the teacher and into --answer-store, "
+             "later visits replay a stored view with its stored answer (beyond the paper)")
+    uses_k = False
+    needs_store = True
+
+    def __init__(self, args, dataset_size: int = 0, context=None):
+        super().__init__(args, dataset_size, context)
+        if context is None or context.shelf is None or context.stored is None:
+            raise ValueError("--query replay needs an answer store and a data set held in memory")
+        self.shelf, self.stored, self.v = context.shelf, context.stored, args.views
+        self.run_id = uuid.uuid4().hex[:16]   # who wrote an entry; restored on resume
+        self.selects = 0                       # steps chosen so far; an entry records the one it was chosen in
+
+    @classmethod
+    def add_arguments(cls, group):
+        group.add_argument("--views", type=int, default=1, metavar="V",
+                           help="replay: views stored per image (the teacher sees each image V times in all)")
+
+    @classmethod
+    def validate(cls, args):
+        if args.views < 1:
+            raise ValueError(f"--views must be at least 1, got {args.views}")
+
+    @property
+    def teacher_images_per_batch(self) -> int:
+        return self.batch_size  # until the views are stored; the counters say what was really sent
+
+    def check_all_stored(self, size: int) -> None:
+        """With no teacher to ask: refuse, before training, a run whose views are not all stored."""
+        samples = self.stored.origin.tolist() if self.stored.origin is not None else list(range(size))
+        short = 0
+        for first in range(0, len(samples), 4096):
+            short += sum(sum(e is not None for e in slots) < self.v
+                         for slots in self.shelf.read(samples[first:first + 4096]))
+        if short:
+            raise ValueError(f"{short} of {len(samples)} training images have fewer than --views {self.v} views "
+                             f"stored in {self.shelf.store.url}: give --teacher-url to ask the teacher about them")
+        log.info("every training image has its %d views stored in %s: no teacher is needed", self.v,
+                 self.shelf.store.url)
+
+    def _counted(self, entry: Entry | None) -> bool:
+        """Was the entry there when this step was chosen in the uninterrupted run? (Not when this very run
+        wrote it at a later step: a resumed run finds its crashed twin's later writes.)"""
+        return entry is not None and not (entry.header.get("run") == self.run_id
+                                          and entry.header.get("select", -1) >= self.selects)
+
+    def select(self, student, images, labels, indices, timer=NULL_TIMER, views=None):
+        if views is None:
+            raise ValueError("--query replay needs each view as a recipe (--augment-draws batched and a data "
+                             "set held in memory)")
+        with timer.phase("store"):
+            drawn = views.as_array().tolist()
+            samples = [row[0] for row in drawn]
+            slots = self.shelf.read(samples)
+        choice = torch.rand(len(samples), generator=self.gen)  # a fixed draw a step, whatever is stored
+        ask = torch.zeros(len(samples), dtype=torch.bool)
+        rows, replayed, known = list(drawn), [], {k: [] for k in self.shelf.keys}
+        for i, entries in enumerate(slots):
+            there = [e for e in entries if self._counted(e)]
+            if len(there) >= self.v:
+                entry = there[min(int(choice[i] * len(there)), len(there) - 1)]
+                rows[i] = recipe_of(entry)
+                replayed.append(i)
+            else:
+                entry = next((e for e in entries if e is not None and recipe_of(e) == drawn[i]), None)
+                if entry is None:
+                    ask[i] = True
+                    continue
+            for k in known:
+                known[k].append(entry.tensors[k])
+        self.selects += 1
+        if replayed:
+            with timer.phase("data"):
+                again = views_of([rows[i] for i in replayed])
+                images = images.clone()
+                images[torch.tensor(replayed, device=images.device)] = render_views(
+                    self.stored, self.stored.to_rows(again)).to(images.device, images.dtype)
+        q = unmixed(images, labels, indices, views=views_of(rows), ask=ask.to(images.device),
+                    known={k: torch.stack(v).float() for k, v in known.items() if v})
+        q.parts = {"teacher_fraction": q.teacher_rows / max(len(samples), 1),
+                   "replayed_fraction": len(replayed) / max(len(samples), 1)}
+        return q
+
+    def complete(self, query, answer):
+        ask = query.ask.cpu()
+        out = {}
+        for key in self.shelf.keys:
+            fresh = answer.get(key)
+            like = fresh if fresh is not None else query.known[key]
+            full = torch.empty(len(ask), *like.shape[1:], dtype=torch.float32)
+            if fresh is not None:
+                full[ask] = fresh.cpu().float()
+            if bool((~ask).any()):
+                full[~ask] = query.known[key].cpu().float()
+            out[key] = full
+        if bool(ask.any()):
+            self._store(query, answer)
+        return out
+
+    def _store(self, query, answer) -> None:
+        """Each asked view into its image's first free slot (none taken twice, a view never stored twice)."""
+        rows = query.views.as_array()[query.ask.cpu().numpy()].tolist()
+        samples = [row[0] for row in rows]
+        slots = self.shelf.read(samples)
+        keep, free, entries = [], [], []
+        for i, (row, entries_i) in enumerate(zip(rows, slots)):
+            if any(e is not None and recipe_of(e) == row for e in entries_i):
+                continue
+            keep.append(samples[i])
+            free.append([j for j, e in enumerate(entries_i) if e is None])
+            entries.append(Entry({"recipe": row, "run": self.run_id, "select": self.selects},
+                                 {k: answer[k][i].cpu().contiguous() for k in self.shelf.keys}))
+        if keep:
+            self.shelf.write(keep, free, entries)
+
+    def state_dict(self):
+        return {**super().state_dict(), "run_id": self.run_id, "selects": self.selects}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.run_id, self.selects = state["run_id"], state["selects"]

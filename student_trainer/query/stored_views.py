@@ -1,0 +1,75 @@
+"""Where replayed views live in an answer store: V slots an image, each a view's recipe with the teacher's
+answer for it.
+
+An image's slots are keys ``namespace + (sample, slot)``; the namespace is the
+teacher (its weights' sha256), the data set (its fingerprint) and the outputs
+stored, so a store written for another teacher, data set or loss is never read
+as this one's. Slots are written put-if-absent: runs that fill one store at
+once never overwrite each other, and an image never holds more than V views.
+"""
+from __future__ import annotations
+
+import struct
+
+import torch
+
+from common.answer_store import AnswerStore, namespace
+from common.answer_store.codec import Entry
+from common.views import Views
+
+_SLOT = struct.Struct("<qI")
+
+
+class ViewShelf:
+    """The stored views of every image, for one teacher, data set and set of outputs."""
+
+    def __init__(self, store: AnswerStore, *, teacher_sha256: str, data_fingerprint: str, keys: list[str],
+                 views: int):
+        self.store, self.keys, self.views = store, sorted(keys), views
+        self.prefix = namespace("replayed-views", teacher_sha256, data_fingerprint, ",".join(self.keys))
+
+    def _key(self, sample: int, slot: int) -> bytes:
+        return self.prefix + _SLOT.pack(sample, slot)
+
+    def read(self, samples: list[int]) -> list[list[Entry | None]]:
+        """Each sample's V slots (None: empty, or damaged and counted so by the store)."""
+        entries = self.store.read([self._key(s, j) for s in samples for j in range(self.views)])
+        return [[self._usable(e) for e in entries[i * self.views:(i + 1) * self.views]] for i in range(len(samples))]
+
+    def _usable(self, entry: Entry | None) -> Entry | None:
+        """An entry that holds a recipe and every output this shelf stores, else None (as a miss)."""
+        if entry is None:
+            return None
+        recipe = entry.header.get("recipe")
+        if not (isinstance(recipe, list) and len(recipe) == Views.COLUMNS and all(isinstance(v, int) for v in recipe)):
+            return None
+        if any(k not in entry.tensors for k in self.keys):
+            return None
+        return entry
+
+    def write(self, samples: list[int], free: list[list[int]], entries: list[Entry]) -> int:
+        """Put each entry in its sample's first free slot that is still free (another run may have taken it
+        meanwhile); returns how many were stored. A sample with no free slot left stores nothing."""
+        left = list(range(len(samples)))
+        tried = [0] * len(samples)
+        stored = 0
+        while left:
+            batch = [(i, free[i][tried[i]]) for i in left if tried[i] < len(free[i])]
+            if not batch:
+                break
+            done = self.store.write([(self._key(samples[i], slot), entries[i]) for i, slot in batch])
+            stored += sum(done)
+            left = []
+            for (i, _), ok in zip(batch, done):
+                if not ok:
+                    tried[i] += 1
+                    left.append(i)
+        return stored
+
+
+def recipe_of(entry: Entry) -> list[int]:
+    return list(entry.header["recipe"])
+
+
+def views_of(recipes: list[list[int]]) -> Views:
+    return Views.from_array(torch.tensor(recipes, dtype=torch.long).numpy())
