@@ -175,6 +175,7 @@ def aggregate(name: str, group: dict, summaries: list[dict]) -> dict:
         "top1_std": _mean_std(top1)[1], "best_top1": best, "best_top1_mean": _mean_std(best)[0],
         "best_top1_std": _mean_std(best)[1],
         "teacher_images": statistics.fmean(s["teacher_images"] for s in summaries),
+        "teacher_images_per_seed": [s["teacher_images"] for s in summaries],
         "student_images": statistics.fmean(s["student_images"] for s in summaries),
         "steps": statistics.fmean(s["steps"] for s in summaries),
         "bytes_sent": statistics.fmean(s["bytes_sent"] for s in summaries),
@@ -249,10 +250,15 @@ def paired(groups: list[dict], a: str, b: str) -> dict:
     if a not in by or b not in by:
         raise ValueError(f"pair {a} - {b}: no group named {(a if a not in by else b)!r}")
     ga, gb = by[a], by[b]
-    if ga["seeds"] != gb["seeds"]:
-        raise ValueError(f"pair {a} - {b}: the groups ran different seeds ({ga['seeds']} vs {gb['seeds']})")
-    last, best = paired_difference(ga["top1"], gb["top1"]), paired_difference(ga["best_top1"], gb["best_top1"])
-    return {"a": a, "b": b, "seeds": ga["seeds"],
+    seeds = [s for s in ga["seeds"] if s in gb["seeds"]]  # paired on the seeds both ran
+    if len(seeds) < 2:
+        raise ValueError(f"pair {a} - {b}: the groups share fewer than 2 seeds ({ga['seeds']} vs {gb['seeds']})")
+
+    def on(group, key):
+        return [group[key][group["seeds"].index(s)] for s in seeds]
+    last = paired_difference(on(ga, "top1"), on(gb, "top1"))
+    best = paired_difference(on(ga, "best_top1"), on(gb, "best_top1"))
+    return {"a": a, "b": b, "seeds": seeds,
             "last": {**asdict(last), "text": str(last), "verdict": last.verdict},
             "best": {**asdict(best), "text": str(best), "verdict": best.verdict},
             "compute_ratio": ga["compute_flops"] / gb["compute_flops"] if gb["compute_flops"] else float("nan")}
@@ -402,11 +408,7 @@ def train_groups(config: dict, base: list[str], out: Path, records: Path, teache
         if mode:
             store = out / "stores" / name / (f"seed{seed}" if mode == "own" else "shared")
             flags += ["--answer-store", str(store)]
-            seeds = group.get("seeds", [0])
-            if mode == "shared":
-                for earlier in runs[name][:seeds.index(seed)]:
-                    earlier.result()
-            fresh = store if mode == "own" or seed == seeds[0] else None
+            fresh = store if mode == "own" or seed == group.get("seeds", [0])[0] else None
         # A run that asks the teacher nothing (ce) does not depend on it: its record holds across teachers.
         asks = _asks_teacher(flags)
         try:
@@ -419,13 +421,27 @@ def train_groups(config: dict, base: list[str], out: Path, records: Path, teache
     with ThreadPoolExecutor(jobs) as pool:
         try:
             for group in config["groups"]:
-                runs[group["name"]] = queued = []  # grown one seed at a time: a sweep's seed waits for the ones before
-                for seed in group.get("seeds", [0]):
-                    queued.append(pool.submit(one, group, seed))
+                seeds = group.get("seeds", [0])
+                if group.get("answer_store") == "shared":  # a sweep: its seeds in order, in one worker
+                    runs[group["name"]] = [Future() for _ in seeds]
+                    pool.submit(_in_order, one, group, seeds, runs[group["name"]])
+                else:
+                    runs[group["name"]] = [pool.submit(one, group, seed) for seed in seeds]
             return {name: [f.result() for f in fs] for name, fs in runs.items()}
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
+
+
+def _in_order(one, group: dict, seeds: list[int], futures: list[Future]) -> None:
+    """Train a group's seeds one after another, each result into its future (a failure into this and the rest)."""
+    for i, seed in enumerate(seeds):
+        try:
+            futures[i].set_result(one(group, seed))
+        except BaseException as e:
+            for f in futures[i:]:
+                f.set_exception(e)
+            return
 
 
 def run_experiment(config: dict, command: str, jobs: int = 1, threads: int | None = None,
