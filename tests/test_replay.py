@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _flags(url, out, store, *extra):
     return train_args(out, *(["--teacher-url", url] if url else []), "--query", "replay", "--loss", "kd",
-                      "--answer-store", store, "--batch-size", "16", "--train-size", "160", "--epochs", "2",
+                      "--answer-store", store, "--batch-size", "16", "--train-size", "96", "--epochs", "2",
                       "--milestones", "1", "--wire-dtype", "float32", "--no-tensorboard", *map(str, extra))
 
 
@@ -56,18 +56,18 @@ def _served(servicer, run):
 def test_each_view_is_paid_once_and_a_second_seed_pays_nothing(grpc_teacher, second_teacher, store_url, tmp_path):
     url, servicer = grpc_teacher
     first, served = _served(servicer, lambda: train(_flags(url, tmp_path / "a", store_url, "--seed", 0)))
-    assert first["teacher_images"] == served == 160       # each training image once, in epoch 1
-    assert first["student_images"] == 320
-    assert first["answer_store"]["written"] == 161    # 160 views and the teacher's record
+    assert first["teacher_images"] == served == 96        # each training image once, in epoch 1
+    assert first["student_images"] == 192
+    assert first["answer_store"]["written"] == 97     # 96 views and the teacher's record
 
     again, served = _served(servicer, lambda: train(_flags(url, tmp_path / "b", store_url, "--seed", 1)))
     assert again["teacher_images"] == served == 0
-    assert again["answer_store"]["hits"] == 320 and again["answer_store"]["written"] == 0
+    assert again["answer_store"]["hits"] == 192 and again["answer_store"]["written"] == 0
     assert again["compute_vs_kd"] < first["compute_vs_kd"]
 
     other_url, other = second_teacher                    # the same store, another teacher: nothing of the first's
     third, served = _served(other, lambda: train(_flags(other_url, tmp_path / "c", store_url, "--seed", 0)))
-    assert third["teacher_images"] == served == 160
+    assert third["teacher_images"] == served == 96
     assert third["teacher_id"] != first["teacher_id"]
 
 
@@ -82,36 +82,33 @@ def test_a_stored_teacher_trains_without_a_server_and_refuses_what_is_not_stored
     with pytest.raises(SystemExit):
         train(_flags(None, tmp_path / "c", store, "--teacher-id", first["teacher_id"], "--views", 2))
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "160 of 160 training images have fewer than --views 2" in err[0]
+    assert len(err) == 1 and "96 of 96 training images have fewer than --views 2" in err[0]
     with pytest.raises(SystemExit):
         train(_flags(None, tmp_path / "d", store, "--teacher-id", "ab" * 32))
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds no answers of teacher abababababab" in err[0]
+    _stored_answers_are_the_teachers_for_their_views(store, first["teacher_id"])
 
 
-def test_a_replayed_view_is_the_stored_view_with_its_stored_answer(grpc_teacher, tmp_path):
-    """Two views a image, three epochs: epoch 3 replays; what the student saw must equal what was stored."""
+def _stored_answers_are_the_teachers_for_their_views(store, teacher_id):
     from common.answer_store import open_store
     from common.data import build_dataset
-    from common.views import Views, render_views
-
-    url, _ = grpc_teacher
-    store = str(tmp_path / "answers")
-    s = train(_flags(url, tmp_path / "a", store, "--views", 2, "--epochs", 3, "--record-indices"))
-    # synthetic views are only flipped or not: a fresh view that is already stored is not asked for again
-    assert 160 < s["teacher_images"] == s["answer_store"]["written"] - 1 <= 320
-    spec = build_dataset("synthetic", train_size=160, test_size=64, seed=0)
-    from student_trainer.query.stored_views import ViewShelf
-    with open_store(store) as opened:
-        shelf = ViewShelf(opened, teacher_sha256=s["teacher_id"], data_fingerprint=spec.train_views.fingerprint,
-                          keys=["logits"], views=2)
-        entries = [e for slots in shelf.read(list(range(8))) for e in slots if e is not None]
-    assert len(entries) >= 8
     from common.teacher_model import load_teacher
+    from common.views import Views, render_views
+    from student_trainer.query.stored_views import ViewShelf
+
+    spec = build_dataset("synthetic", train_size=96, test_size=64, seed=0)
+    with open_store(store) as opened:
+        shelf = ViewShelf(opened, teacher_sha256=teacher_id, data_fingerprint=spec.train_views.fingerprint,
+                          keys=["logits"], views=1)
+        entries = [slots[0] for slots in shelf.read(list(range(96)))]
+    assert all(e is not None for e in entries)
     teacher = load_teacher(arch="resnet8", num_classes=10, input_shape=(3, 32, 32), seed=0)
     views = Views.from_array([e.header["recipe"] for e in entries])
     logits, _ = teacher.forward(render_views(spec.train_views, spec.train_views.to_rows(views)), ["logits"])
     assert torch.allclose(logits["logits"], torch.stack([e.tensors["logits"] for e in entries]), atol=1e-5)
+
+
 
 
 def test_resume_is_exact_even_after_the_crashed_run_stored_more(grpc_teacher, tmp_path):
@@ -119,10 +116,10 @@ def test_resume_is_exact_even_after_the_crashed_run_stored_more(grpc_teacher, tm
     flags = ("--views", 2, "--epochs", 3, "--prefetch", 1)
     whole = train(_flags(url, tmp_path / "whole", str(tmp_path / "s1"), *flags))
     cut, store = tmp_path / "cut", str(tmp_path / "s2")
-    train(_flags(url, cut, store, *flags, "--max-steps", 14))                    # mid epoch 2: a checkpoint
+    train(_flags(url, cut, store, *flags, "--max-steps", 8))                     # mid epoch 2: a checkpoint
     shutil.copytree(cut, tmp_path / "saved")
     # the run goes on past its checkpoint, storing more views, and dies; its last checkpoint is the saved one
-    train(_flags(url, cut, store, *flags, "--max-steps", 26, "--resume", cut))
+    train(_flags(url, cut, store, *flags, "--max-steps", 15, "--resume", cut))
     shutil.rmtree(cut)
     shutil.copytree(tmp_path / "saved", cut)
     resumed = train(_flags(url, cut, store, *flags, "--resume", cut))
@@ -147,3 +144,45 @@ def test_a_damaged_store_is_one_line_and_needs_views_as_recipes(grpc_teacher, tm
     with pytest.raises(SystemExit):
         train(train_args(tmp_path / "c", "--query", "replay", "--loss", "kd", "--teacher-url", url))
     assert "needs --answer-store" in capsys.readouterr().err
+
+
+def test_select_replays_exactly_the_stored_view_and_answer(tmp_path):
+    """The policy alone: a visit to an image with V stored views trains on one of them, rendered from its recipe,
+    with its answer; the others get a fresh view and are asked about."""
+    import argparse
+
+    from common.answer_store import open_store
+    from common.answer_store.codec import Entry
+    from common.views import StoredImages, Views, draw, render, render_views
+    from student_trainer.query import PolicyContext, build_policy
+    from student_trainer.query.stored_views import ViewShelf
+
+    g = torch.Generator().manual_seed(0)
+    whole = StoredImages(torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8, generator=g),
+                         torch.arange(40) % 10, 2, True, (0.5,), (0.25,))
+    stored = whole.subset(torch.arange(10, 30))            # a training subset: recipes name the whole split
+    with open_store(str(tmp_path / "s")) as store:
+        shelf = ViewShelf(store, teacher_sha256="t", data_fingerprint=whole.fingerprint, keys=["logits"], views=2)
+        kept = {}
+        for sample in range(10, 20):                        # samples 10..19 have both views stored
+            views = Views(draw(5, 1, torch.tensor([sample - 10, sample - 10]), 2, True))
+            rows = stored.to_split(views).as_array()
+            rows[1, 1] = (rows[0, 1] + 1) % 5               # two different views
+            answers = torch.randn(2, 10, generator=g)
+            shelf.write([sample, sample], [[0], [1]], [Entry({"recipe": r.tolist()}, {"logits": a})
+                                                      for r, a in zip(rows, answers)])
+            kept[sample] = {tuple(r.tolist()): a for r, a in zip(rows, answers)}
+        args = argparse.Namespace(batch_size=8, k=8, seed=0, views=2)
+        policy = build_policy(argparse.Namespace(**vars(args), query="replay"), 20, PolicyContext(stored, shelf))
+        local = torch.tensor([0, 5, 9, 10, 15, 19, 2, 12])  # rows 0-9 of the subset are samples 10-19
+        recipes = draw(0, 1, local, 2, True)
+        q = policy.select(None, render(stored, recipes), stored.labels[local], local,
+                          views=stored.to_split(Views(recipes)))
+    ask = q.ask.tolist()
+    assert ask == [False, False, False, True, True, True, False, True]
+    replayed = q.views.take(torch.tensor([i for i, a in enumerate(ask) if not a]))
+    assert torch.equal(q.images[~q.ask], render_views(whole, replayed))   # the stored views, from their recipes
+    want = torch.stack([kept[r[0]][r] for r in map(tuple, replayed.as_array().tolist())])
+    assert torch.equal(q.known["logits"], want)
+    fresh = torch.tensor([i for i, a in enumerate(ask) if a])
+    assert torch.equal(q.images[fresh], render(stored, recipes)[fresh])   # the drawn views, unchanged

@@ -39,7 +39,7 @@ class Replay(QueryPolicy):
             raise ValueError("--query replay needs an answer store and a data set held in memory")
         self.shelf, self.stored, self.v = context.shelf, context.stored, args.views
         self.run_id = uuid.uuid4().hex[:16]   # who wrote an entry; restored on resume
-        self.selects = 0                       # steps chosen so far; an entry records the one it was chosen in
+        self.completes = 0                     # steps answered so far; an entry records the one it was stored in
 
     @classmethod
     def add_arguments(cls, group):
@@ -72,7 +72,7 @@ class Replay(QueryPolicy):
         """Was the entry there when this step was chosen in the uninterrupted run? (Not when this very run
         wrote it at a later step: a resumed run finds its crashed twin's later writes.)"""
         return entry is not None and not (entry.header.get("run") == self.run_id
-                                          and entry.header.get("select", -1) >= self.selects)
+                                          and entry.header.get("step", -1) >= self.completes)
 
     def select(self, student, images, labels, indices, timer=NULL_TIMER, views=None):
         if views is None:
@@ -98,7 +98,6 @@ class Replay(QueryPolicy):
                     continue
             for k in known:
                 known[k].append(entry.tensors[k])
-        self.selects += 1
         if replayed:
             with timer.phase("data"):
                 again = views_of([rows[i] for i in replayed])
@@ -125,6 +124,7 @@ class Replay(QueryPolicy):
             out[key] = full
         if bool(ask.any()):
             self._store(query, answer)
+        self.completes += 1
         return out
 
     def _store(self, query, answer) -> None:
@@ -138,14 +138,14 @@ class Replay(QueryPolicy):
                 continue
             keep.append(samples[i])
             free.append([j for j, e in enumerate(entries_i) if e is None])
-            entries.append(Entry({"recipe": row, "run": self.run_id, "select": self.selects},
+            entries.append(Entry({"recipe": row, "run": self.run_id, "step": self.completes},
                                  {k: answer[k][i].cpu().contiguous() for k in self.shelf.keys}))
         if keep:
             self.shelf.write(keep, free, entries)
 
     def state_dict(self):
-        return {**super().state_dict(), "run_id": self.run_id, "selects": self.selects}
+        return {**super().state_dict(), "run_id": self.run_id, "completes": self.completes}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self.run_id, self.selects = state["run_id"], state["selects"]
+        self.run_id, self.completes = state["run_id"], state["completes"]
