@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "--train-size; a subset of a real set renders from the whole split)")
     data.add_argument("--data-seed", type=int, default=0, help="the trainer's --data-seed (synthetic)")
     data.add_argument("--no-augment", action="store_true", help="the trainer's --no-augment")
+    data.add_argument("--answer-store", metavar="URL", help="keep the answers to recipes here and give them again "
+                      "with no forward: lmdb:PATH (or a bare directory) on this host, redis://HOST:PORT/DB shared")
     run = p.add_argument_group("serving")
     run.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     run.add_argument("--port", type=int, default=None,

@@ -56,18 +56,24 @@ def load_data(name: str, root: str | None, *, input_shape, num_classes: int, tra
     return ServedData(spec.name, spec.train_views)
 
 
-def decode(msg: pb.ViewRecipes) -> Views:
-    """The rows of a request; ValueError (one line) for a byte length that is no whole number of rows."""
+def decode(msg: pb.ViewRecipes, data: ServedData) -> Views:
+    """The rows of a request, checked against the split; ValueError (one line) for a byte length that is no
+    whole number of rows, or a recipe the split cannot render."""
     rows = msg.rows
     if len(rows) == 0 or len(rows) % ROW_BYTES:
         raise ValueError(f"view recipes must be whole rows of {Views.COLUMNS} int64 ({ROW_BYTES} bytes each), "
                          f"at least one; got {len(rows)} bytes")
-    return Views.from_array(np.frombuffer(rows, dtype="<i8").reshape(-1, Views.COLUMNS))
-
-
-def render(data: ServedData, views: Views, dtype: int) -> torch.Tensor:
-    """The checked rows rendered as the trainer made them, then as their pixels would have reached the server in
-    ``dtype`` (a wire DType code): through the wire's own codec, so a uint8 batch is quantised as a whole."""
+    views = Views.from_array(np.frombuffer(rows, dtype="<i8").reshape(-1, Views.COLUMNS))
     check(data.views, views)
+    return views
+
+
+def render(data: ServedData, views: Views, dtype: int, rows: list[int] | None = None) -> torch.Tensor:
+    """The rows rendered as the trainer made them, then as their pixels would have reached the server in
+    ``dtype`` (a wire DType code): through the wire's own codec, so a uint8 batch is quantised as a whole.
+    ``rows``: only these (the others were answered from the store)."""
+    if rows is not None and dtype != pb.UINT8:
+        views = views.take(rows)
     images = render_views(data.views, views)
-    return images if dtype == pb.FLOAT32 else codec.decode(codec.encode(images, dtype))
+    images = images if dtype == pb.FLOAT32 else codec.decode(codec.encode(images, dtype))
+    return images[rows] if rows is not None and dtype == pb.UINT8 else images

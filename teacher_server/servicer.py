@@ -2,13 +2,17 @@
 
 Every Infer is checked before it is queued; a bad one gets INVALID_ARGUMENT
 (RESOURCE_EXHAUSTED for a batch over the limit) with a message saying what was
-expected and what came, and never joins a batch. Good requests go to the
-dynamic batcher (``teacher_server.batcher``), which runs concurrent requests as
-one forward; a model error fails the requests of that batch with INTERNAL, with
-their request ids logged. Neither stops the server.
+expected and what came, and never joins a batch. A request may carry view
+recipes instead of images: checked against the data set the server holds and
+rendered here (``teacher_server.recipes``), once the answer store, where there
+is one, has answered the rows it keeps (``teacher_server.answers``). Good
+requests go to the dynamic batcher (``teacher_server.batcher``), which runs
+concurrent requests as one forward; a model error fails the requests of that
+batch with INTERNAL, with their request ids logged. Neither stops the server.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -22,10 +26,11 @@ from common.teacher_model import TeacherModel
 from common.views import Views
 from protos import teacher_pb2 as pb
 from protos import teacher_pb2_grpc as pb_grpc
+from teacher_server import recipes
+from teacher_server.answers import StoredAnswers, assemble
 from teacher_server.batcher import Answer, Batcher, BatcherClosed, Cancelled, ModelError
 from teacher_server.counters import ServerCounters, TooManyClients
 from teacher_server.events import ServerEvents
-from teacher_server import recipes
 from teacher_server.finite import require_finite
 from teacher_server.metrics import CLIENT_ID_HEADER, CLIENT_ID_RULE, TeacherMetrics, valid_client_id
 
@@ -57,13 +62,12 @@ def _cut(text: str, limit: int = 320) -> str:
 
 @dataclass(frozen=True)
 class Checked:
-    """A request decoded and checked: the images to run (rendered here, where it sent view recipes)."""
-    images: torch.Tensor
+    """A request decoded and checked: its images, or its view recipes (rendered in ``render_dtype``)."""
+    images: torch.Tensor | None
     outputs: list[str]
     out_dtype: int
-    views: Views | None = None      # its view recipes, where it sent them
-    render_dtype: int = 0           # the dtype they were rendered in
-    render_seconds: float = 0.0
+    views: Views | None = None
+    render_dtype: int = 0
 
 
 def _metadata(context: grpc.ServicerContext, key: str) -> str | None:
@@ -77,10 +81,14 @@ class TeacherServicer(pb_grpc.TeacherServicer):
     def __init__(self, teacher: TeacherModel, *, max_batch: int, max_message_bytes: int,
                  check_finite: bool = True, counters: ServerCounters | None = None,
                  metrics: TeacherMetrics | None = None, queue_delay_us: int = 100,
-                 data: recipes.ServedData | None = None):
-        """``data``: the training split view recipes are rendered from (None: images only)."""
+                 data: recipes.ServedData | None = None, answers: StoredAnswers | None = None):
+        """``data``: the training split view recipes are rendered from (None: images only); ``answers``:
+        where answers to recipes are kept and looked up (None: every row is forwarded)."""
+        if answers is not None and data is None:
+            raise ValueError("an answer store keeps answers to view recipes: give the server a data set too")
         self.teacher = teacher
         self.data = data
+        self.answers = answers
         self.max_batch = max_batch
         self.max_message_bytes = max_message_bytes
         self.check_finite = check_finite
@@ -129,7 +137,7 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         if out_dtype not in codec.ITEMSIZE:
             raise _invalid(f"unknown output dtype code {out_dtype}; expected one of {sorted(codec.WIRE_DTYPES)}")
         if has_views:
-            return self._rendered(request.views, in_dtype, outputs, out_dtype)
+            return self._recipes(request.views, in_dtype, outputs, out_dtype)
         try:
             images = codec.decode(request.images)  # checks byte length == shape x itemsize
         except codec.CodecError as e:
@@ -165,15 +173,36 @@ class TeacherServicer(pb_grpc.TeacherServicer):
                                f"{_cut(str(e))}") from None
         return outputs
 
-    def _rendered(self, msg: pb.ViewRecipes, render_dtype: int, outputs: list[str], out_dtype: int) -> Checked:
-        """View recipes checked against the data set held here, and rendered in ``render_dtype``."""
-        start = time.perf_counter()
+    def _recipes(self, msg: pb.ViewRecipes, render_dtype: int, outputs: list[str], out_dtype: int) -> Checked:
+        """View recipes checked against the data set held here (rendered once the store has said which
+        rows it lacks)."""
         try:
-            views = recipes.decode(msg)
-            images = recipes.render(self.data, views, render_dtype)
+            views = recipes.decode(msg, self.data)
         except ValueError as e:
             raise _invalid(f"view recipes: {_cut(str(e))}") from None
-        return Checked(images, outputs, out_dtype, views, render_dtype, time.perf_counter() - start)
+        return Checked(None, outputs, out_dtype, views, render_dtype)
+
+    def _serve(self, request: pb.InferRequest, job: Checked, context) -> tuple[Answer, int, float]:
+        """(the answer, rows answered from the store, seconds rendering); raises BadRequest."""
+        if job.views is None:
+            return self._answer(request, job.images, job.outputs, context), 0, 0.0
+        n = len(job.views)
+        found = (self.answers.look_up(job.views, job.outputs, job.render_dtype, job.out_dtype) if self.answers
+                 else [None] * n)
+        missing = [i for i, f in enumerate(found) if f is None]
+        if not missing:
+            kept = assemble(found, [], {}, job.outputs)
+            return Answer(kept, forward_seconds=0.0, share_seconds=0.0, queue_seconds=0.0, batch_images=0,
+                          batch_requests=0), n, 0.0
+        start = time.perf_counter()
+        images = recipes.render(self.data, job.views, job.render_dtype, None if len(missing) == n else missing)
+        rendered = time.perf_counter() - start
+        answer = self._answer(request, images, job.outputs, context)
+        if self.answers is None:
+            return answer, 0, rendered
+        self.answers.keep(job.views, missing, answer.outputs, job.render_dtype, job.out_dtype)
+        outputs = answer.outputs if len(missing) == n else assemble(found, missing, answer.outputs, job.outputs)
+        return dataclasses.replace(answer, outputs=outputs), n - len(missing), rendered
 
     def _answer(self, request: pb.InferRequest, images: torch.Tensor, outputs: list[str],
                 context: grpc.ServicerContext) -> Answer:
@@ -199,7 +228,7 @@ class TeacherServicer(pb_grpc.TeacherServicer):
             try:
                 job = self.validate(request)
                 checked = time.perf_counter()
-                answer = self._answer(request, job.images, job.outputs, context)
+                answer, from_store, render_seconds = self._serve(request, job, context)
             except BadRequest as e:
                 self.events.failed(caller, e.code)
                 context.abort(e.code, e.args[0])
@@ -217,12 +246,13 @@ class TeacherServicer(pb_grpc.TeacherServicer):
                 log.warning("request %r: the caller left before the reply (deadline or cancel); "
                             "not counted as served", request.request_id)
                 context.abort(grpc.StatusCode.CANCELLED, "the caller left before the reply")
-            n = job.images.shape[0]
+            n = job.images.shape[0] if job.views is None else len(job.views)
             self.events.answered(caller, images=n, bytes_in=request.ByteSize(),
                                  bytes_out=response.ByteSize(), share_seconds=answer.share_seconds,
                                  queue_seconds=checked - arrived + answer.queue_seconds,
                                  request_seconds=time.perf_counter() - arrived,
-                                 rendered=n if job.views is not None else 0, render_seconds=job.render_seconds)
+                                 rendered=0 if job.views is None else n - from_store,
+                                 render_seconds=render_seconds, from_store=from_store)
             return response
 
     def Describe(self, request, context) -> pb.DescribeResponse:

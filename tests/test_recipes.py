@@ -243,3 +243,55 @@ def test_a_server_asked_for_a_data_set_read_from_files_says_so_in_one_line(tmp_p
                "--dataset", f"folder:{write_folder(tmp_path, 1, 1)}"])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and len(err.splitlines()) == 1 and "no views in memory" in err, err
+
+
+# --- answers kept in a store (--answer-store) ------------------------------------------------------------
+
+@pytest.fixture()
+def stored_server(teacher, tmp_path):
+    from common.answer_store import open_store
+
+    data = load_data("synthetic", None, input_shape=SHAPE, num_classes=CLASSES, train_size=SIZE)
+    store = open_store(f"lmdb:{tmp_path / 'answers'}")
+    server, servicer, port = build_server(teacher, port=0, max_batch=16, data=data, answer_store=store)
+    yield f"grpc://127.0.0.1:{port}", servicer, data
+    server.stop(grace=None).wait()
+    store.close()
+
+
+def test_a_second_identical_run_costs_the_server_no_forwards(stored_server, tmp_path):
+    url, servicer, _ = stored_server
+    first = _unix(tmp_path / "first", url, "recipes", "--client-id", "first")
+    before = servicer.counters.snapshot()
+    second = _unix(tmp_path / "second", url, "recipes", "--client-id", "second")
+    after = servicer.counters.snapshot()
+    assert first["teacher_images"] == second["teacher_images"] == second["server_images_delta"] == 48
+    assert after["forwards"] == before["forwards"] and after["forward_images"] == before["forward_images"]
+    assert after["store_images"] - before["store_images"] == 48
+    assert after["rendered_images"] == before["rendered_images"]  # a kept answer is not even rendered
+    clients = {c: servicer.counters.clients()[c] for c in ("first", "second")}
+    assert (clients["first"]["store_images"], clients["second"]["store_images"]) == (0, 48)
+    assert clients["second"]["flops_served"] == 0
+    scraped = servicer.metrics.registry.get_sample_value("unixkd_teacher_store_images_total",
+                                                         {"client_id": "second"})
+    assert scraped == 48
+    assert _epoch_line(tmp_path / "second" / "recipes") == _epoch_line(tmp_path / "first" / "recipes")
+
+
+def test_only_the_rows_the_store_lacks_are_forwarded(stored_server):
+    url, servicer, data = stored_server
+    views = _views(data.views, 12, mixed=True, seed=5)
+    images = render_views(data.views, views)
+    keys = ["logits", "stage2.attention"]
+    with connect(url, wire_dtype="float16", send="recipes") as client, \
+            connect(url, wire_dtype="float16") as pixels:
+        client.submit(images[:8], keys, views=views.take(torch.arange(8))).result()  # rows 0-7 kept
+        before = servicer.counters.snapshot()
+        got = client.submit(images, keys, views=views).result()
+        after = servicer.counters.snapshot()
+        want = pixels.submit(images, keys).result()
+    assert after["forward_images"] - before["forward_images"] == 4
+    assert after["store_images"] - before["store_images"] == 8
+    assert after["rendered_images"] - before["rendered_images"] == 4
+    for key in keys:
+        assert torch.allclose(got[key], want[key], atol=1e-3, rtol=1e-3), key
