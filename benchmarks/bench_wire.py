@@ -187,7 +187,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--k", type=int, default=48, help="rows per request (the UNIX k)")
     p.add_argument("--clients", default="1,4", help="concurrent clients, each setting in turn")
     p.add_argument("--rounds", type=int, default=3, help="alternating slices of each setting")
-    p.add_argument("--seconds", type=float, default=2.5, help="seconds per slice")
+    p.add_argument("--seconds", type=float, default=2.0, help="seconds per slice")
     p.add_argument("--quick", action="store_true", help="one round of 0.5 s slices, k=16")
     p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--port-file", help=argparse.SUPPRESS)
