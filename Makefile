@@ -6,6 +6,7 @@ BACKEND     ?= grpc
 PORT        ?= $(if $(filter triton,$(BACKEND)),8001,50051)
 HOST        ?= 127.0.0.1
 DATA_ROOT   ?=
+DATASET     ?=
 # The default teacher: a resnet20 trained on Fashion-MNIST by `make teacher`, shipped in the
 # repository (experiments/teachers/, with its command, commit and top-1 in the .json beside it).
 TEACHER_ARCH       ?= resnet20
@@ -48,9 +49,10 @@ teacher: install data
 $(TEACHER_CKPT):
 	$(MAKE) teacher
 
+# DATASET=fashion-mnist: also hold its training split, to render trainers' view recipes (--send recipes).
 serve-teacher: install $(if $(ARCH),,$(CHECKPOINT))
 	$(PY) -m teacher_server $(if $(ARCH),--arch $(ARCH),--checkpoint $(CHECKPOINT)) --host $(HOST) --port $(PORT) \
-	  --backend $(BACKEND)
+	  --backend $(BACKEND) $(if $(DATASET),--dataset $(DATASET) $(DATA_FLAGS))
 
 demo: install data $(TEACHER_CKPT)
 	$(PY) -m student_trainer.tools.demo --checkpoint $(TEACHER_CKPT) $(DATA_FLAGS)

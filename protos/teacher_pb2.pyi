@@ -138,7 +138,7 @@ class StatsRequest(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., per_client: _Optional[bool] = ...) -> None: ...
 
 class ClientStats(_message.Message):
-    __slots__ = ("client_id", "requests", "images", "bytes_in", "bytes_out", "forward_seconds", "flops_served", "failed_requests")
+    __slots__ = ("client_id", "requests", "images", "bytes_in", "bytes_out", "forward_seconds", "flops_served", "failed_requests", "rendered_images", "render_seconds", "store_images")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +147,9 @@ class ClientStats(_message.Message):
     FORWARD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     FLOPS_SERVED_FIELD_NUMBER: _ClassVar[int]
     FAILED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    RENDERED_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    RENDER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STORE_IMAGES_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     requests: int
     images: int
@@ -155,10 +158,13 @@ class ClientStats(_message.Message):
     forward_seconds: float
     flops_served: float
     failed_requests: int
-    def __init__(self, client_id: _Optional[str] = ..., requests: _Optional[int] = ..., images: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., forward_seconds: _Optional[float] = ..., flops_served: _Optional[float] = ..., failed_requests: _Optional[int] = ...) -> None: ...
+    rendered_images: int
+    render_seconds: float
+    store_images: int
+    def __init__(self, client_id: _Optional[str] = ..., requests: _Optional[int] = ..., images: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., forward_seconds: _Optional[float] = ..., flops_served: _Optional[float] = ..., failed_requests: _Optional[int] = ..., rendered_images: _Optional[int] = ..., render_seconds: _Optional[float] = ..., store_images: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("requests", "images", "bytes_in", "bytes_out", "forward_seconds", "flops_served", "uptime_seconds", "failed_requests", "forwards", "forward_images", "busy_seconds", "mean_batch_images", "client_id", "clients")
+    __slots__ = ("requests", "images", "bytes_in", "bytes_out", "forward_seconds", "flops_served", "uptime_seconds", "failed_requests", "forwards", "forward_images", "busy_seconds", "mean_batch_images", "client_id", "clients", "rendered_images", "render_seconds", "store_images")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     BYTES_IN_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +179,9 @@ class StatsResponse(_message.Message):
     MEAN_BATCH_IMAGES_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    RENDERED_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    RENDER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STORE_IMAGES_FIELD_NUMBER: _ClassVar[int]
     requests: int
     images: int
     bytes_in: int
@@ -187,4 +196,7 @@ class StatsResponse(_message.Message):
     mean_batch_images: float
     client_id: str
     clients: _containers.RepeatedCompositeFieldContainer[ClientStats]
-    def __init__(self, requests: _Optional[int] = ..., images: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., forward_seconds: _Optional[float] = ..., flops_served: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., failed_requests: _Optional[int] = ..., forwards: _Optional[int] = ..., forward_images: _Optional[int] = ..., busy_seconds: _Optional[float] = ..., mean_batch_images: _Optional[float] = ..., client_id: _Optional[str] = ..., clients: _Optional[_Iterable[_Union[ClientStats, _Mapping]]] = ...) -> None: ...
+    rendered_images: int
+    render_seconds: float
+    store_images: int
+    def __init__(self, requests: _Optional[int] = ..., images: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., forward_seconds: _Optional[float] = ..., flops_served: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., failed_requests: _Optional[int] = ..., forwards: _Optional[int] = ..., forward_images: _Optional[int] = ..., busy_seconds: _Optional[float] = ..., mean_batch_images: _Optional[float] = ..., client_id: _Optional[str] = ..., clients: _Optional[_Iterable[_Union[ClientStats, _Mapping]]] = ..., rendered_images: _Optional[int] = ..., render_seconds: _Optional[float] = ..., store_images: _Optional[int] = ...) -> None: ...

@@ -13,6 +13,7 @@ from student_trainer.distill import LOSSES, add_loss_arguments, loss_classes, lo
 from student_trainer.engine.distributed import check_world, env_info
 from student_trainer.query import POLICIES
 from student_trainer.teachers.options import DEFAULTS as TEACHER
+from student_trainer.teachers.options import SENDS
 
 # --method NAME: a shorthand for a (--query, --loss) pair, kept from the first version of the CLI
 SHORTHANDS: dict[str, tuple[str, str]] = {"ce": ("all", "none"), "kd": ("all", "kd"), "unix": ("unix", "kd")}
@@ -62,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_loss_arguments(p)
     m.add_argument("--wire-dtype", choices=sorted(WIRE_DTYPES), default=TEACHER.wire_dtype,
                    help="dtype of the images on the wire")
+    m.add_argument("--send", choices=SENDS, default=TEACHER.send,
+                   help="what a teacher image travels as: its pixels, or its view recipe (72 bytes: sample, crop, "
+                   "flip, mixing partner), rendered by a server started with the same --dataset (grpc(s):// only; "
+                   "needs --augment-draws batched on a data set held in memory)")
     m.add_argument("--teacher-timeout", type=float, default=TEACHER.timeout, help="seconds per teacher call")
     m.add_argument("--connect-timeout", type=float, default=TEACHER.connect_timeout,
                    help="seconds to wait for the teacher at start")

@@ -28,6 +28,17 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--input-shape", type=parse_shape, default=None, metavar="C,H,W",
                      help="image shape (default: the checkpoint's if ours, else 3,32,32)")
     src.add_argument("--seed", type=int, default=0, help="initialisation seed of a random teacher")
+    data = p.add_argument_group("data set (gRPC): render trainers' view recipes (--send recipes) from its training "
+                                "split, built as the trainer builds it")
+    data.add_argument("--dataset", help="the trainer's --dataset name (fashion-mnist, cifar10, cifar100, synthetic); "
+                      "sets read from files (imagenet, folder:) have no views in memory and are refused")
+    data.add_argument("--data-root", help="the data set's folder, as the trainer's --data-root")
+    data.add_argument("--train-size", type=int, help="synthetic only: the images it generates (the trainer's "
+                      "--train-size; a subset of a real set renders from the whole split)")
+    data.add_argument("--data-seed", type=int, default=0, help="the trainer's --data-seed (synthetic)")
+    data.add_argument("--no-augment", action="store_true", help="the trainer's --no-augment")
+    data.add_argument("--answer-store", metavar="URL", help="keep the answers to recipes here and give them again "
+                      "with no forward: lmdb:PATH (or a bare directory) on this host, redis://HOST:PORT/DB shared")
     run = p.add_argument_group("serving")
     run.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     run.add_argument("--port", type=int, default=None,
@@ -59,6 +70,9 @@ def main(argv=None) -> None:
         if not args.checkpoint and not args.arch:
             raise ValueError("give exactly one of --checkpoint PATH or --arch NAME (alone: a random teacher; "
                              "with --checkpoint: the network of another project's state dict)")
+        if args.dataset and args.backend != "grpc":
+            raise ValueError(f"--dataset: --backend {args.backend} takes images only (view recipes are rendered by "
+                             "--backend grpc)")
         if args.max_batch < 1:
             raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}")
         from common.teacher_model import load_teacher

@@ -2,10 +2,12 @@
 
 Per request (answered ones): requests, images, bytes in and out, the request's
 share of its batch's forward seconds (its images / the batch's images) and the
-FLOPs served; failed requests. The same per client (the ``x-client-id`` each
-call carries) for up to ``max_clients`` distinct well-formed ids. Per forward
-(server-wide: a batch mixes clients): forwards, the images they ran, and busy
-seconds (wall time in the model's forward call), so that
+FLOPs served (images answered from the answer store ran no forward and cost
+none); of the images, those rendered from view recipes (with the seconds that
+took) and those answered from the store; failed requests. The same per client
+(the ``x-client-id`` each call carries) for up to ``max_clients`` distinct
+well-formed ids. Per forward (server-wide: a batch mixes clients): forwards,
+the images they ran, and busy seconds (wall time in the model's forward call), so that
 ``mean batch = forward_images / forwards`` and ``busy fraction = busy_seconds / uptime``.
 """
 from __future__ import annotations
@@ -29,6 +31,9 @@ class ClientCounts:
     forward_seconds: float = 0.0
     flops_served: float = 0.0
     failed_requests: int = 0
+    rendered_images: int = 0
+    render_seconds: float = 0.0
+    store_images: int = 0
 
 
 @dataclass
@@ -54,7 +59,8 @@ class ServerCounters(ClientCounts):
         return counts
 
     def record(self, *, images: int, bytes_in: int, bytes_out: int, seconds: float, flops: float,
-               client: str | None = None) -> None:
+               client: str | None = None, rendered: int = 0, render_seconds: float = 0.0,
+               from_store: int = 0) -> None:
         """One answered request; ``seconds`` is its share of its batch's forward."""
         with self._lock:
             for c in (self, self._client(client)):
@@ -66,6 +72,9 @@ class ServerCounters(ClientCounts):
                 c.bytes_out += bytes_out
                 c.forward_seconds += seconds
                 c.flops_served += flops
+                c.rendered_images += rendered
+                c.render_seconds += render_seconds
+                c.store_images += from_store
 
     def record_failure(self, client: str | None = None) -> None:
         with self._lock:

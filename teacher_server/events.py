@@ -33,12 +33,15 @@ class ServerEvents:
         return Caller(self.metrics.client_label(client_id), client_id if valid_client_id(client_id) else None)
 
     def answered(self, caller: Caller, *, images: int, bytes_in: int, bytes_out: int, share_seconds: float,
-                 queue_seconds: float, request_seconds: float) -> None:
-        """One request answered; ``share_seconds`` is its share of its batch's forward."""
+                 queue_seconds: float, request_seconds: float, rendered: int = 0, render_seconds: float = 0.0,
+                 from_store: int = 0) -> None:
+        """One request answered; ``share_seconds`` is its share of its batch's forward. Of its ``images``,
+        ``rendered`` came as view recipes and ``from_store`` were answered from the store (no forward)."""
+        extra = dict(rendered=rendered, render_seconds=render_seconds, from_store=from_store)
         self.counters.record(images=images, bytes_in=bytes_in, bytes_out=bytes_out, seconds=share_seconds,
-                             flops=images * self.flops_per_image, client=caller.counted)
+                             flops=(images - from_store) * self.flops_per_image, client=caller.counted, **extra)
         self.metrics.answered(caller.label, images=images, bytes_in=bytes_in, bytes_out=bytes_out,
-                              queue_seconds=queue_seconds, request_seconds=request_seconds)
+                              queue_seconds=queue_seconds, request_seconds=request_seconds, **extra)
 
     def failed(self, caller: Caller, code: grpc.StatusCode) -> None:
         """One request refused or failed, with the gRPC status code it got."""

@@ -73,6 +73,12 @@ class TeacherMetrics:
         self.bytes_in = Counter(f"{PREFIX}_request_bytes", "Protobuf bytes of answered requests", client,
                                 registry=r)
         self.bytes_out = Counter(f"{PREFIX}_response_bytes", "Protobuf bytes of replies", client, registry=r)
+        self.rendered = Counter(f"{PREFIX}_rendered_images", "Images rendered from view recipes (of the images)",
+                                client, registry=r)
+        self.render_seconds = Counter(f"{PREFIX}_render_seconds", "Wall seconds rendering view recipes", client,
+                                      registry=r)
+        self.store_images = Counter(f"{PREFIX}_store_images", "Images answered from the answer store, with no "
+                                    "forward (of the images)", client, registry=r)
         self.batch = Histogram(f"{PREFIX}_batch_size_images", "Images per answered request",
                                buckets=_batch_buckets(max_batch), registry=r)
         self.gathered = Histogram(f"{PREFIX}_gathered_batch_images",
@@ -130,11 +136,15 @@ class TeacherMetrics:
             self.inflight.dec()
 
     def answered(self, client: str, *, images: int, bytes_in: int, bytes_out: int,
-                 queue_seconds: float, request_seconds: float) -> None:
+                 queue_seconds: float, request_seconds: float, rendered: int = 0, render_seconds: float = 0.0,
+                 from_store: int = 0) -> None:
         self.requests.labels(client).inc()
         self.images.labels(client).inc(images)
         self.bytes_in.labels(client).inc(bytes_in)
         self.bytes_out.labels(client).inc(bytes_out)
+        self.rendered.labels(client).inc(rendered)
+        self.render_seconds.labels(client).inc(render_seconds)
+        self.store_images.labels(client).inc(from_store)
         self.batch.observe(images)
         self.queue.observe(queue_seconds)
         self.request_seconds.observe(request_seconds)

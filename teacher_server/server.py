@@ -25,8 +25,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from common.teacher_model import TeacherModel
 from protos import teacher_pb2_grpc as pb_grpc
+from common.answer_store import AnswerStore
+from teacher_server.answers import StoredAnswers
 from teacher_server.auth import BearerTokenInterceptor
 from teacher_server.metrics import TeacherMetrics
+from teacher_server.recipes import ServedData, load_data
 from teacher_server.servicer import TeacherServicer, max_message_bytes
 
 SERVICE_NAME = "unixkd.teacher.v1.Teacher"
@@ -45,7 +48,8 @@ def is_loopback(host: str) -> bool:
 def build_server(teacher: TeacherModel, *, host: str = "127.0.0.1", port: int = 50051,
                  max_batch: int = 256, workers: int = 8, check_finite: bool = True,
                  token: str | None = None, tls: grpc.ServerCredentials | None = None,
-                 metrics_port: int | None = None, metrics_host: str = "127.0.0.1", queue_delay_us: int = 100):
+                 metrics_port: int | None = None, metrics_host: str = "127.0.0.1", queue_delay_us: int = 100,
+                 data: ServedData | None = None, answer_store: AnswerStore | None = None):
     """Return ``(server, servicer, bound_port)``; the server is started and SERVING.
 
     ``port=0`` binds a free port, which is what tests want. ``token`` makes every
@@ -54,6 +58,8 @@ def build_server(teacher: TeacherModel, *, host: str = "127.0.0.1", port: int = 
     ``max_batch`` bounds a request and a gathered batch; ``queue_delay_us`` is the
     longest a queued request waits for others to join its batch (0: none).
     At most ``workers`` calls are handled (so can be gathered) at once.
+    ``data``: the training split view recipes are rendered from (None: images only); ``answer_store``:
+    where answers to recipes are kept, and given again with no forward (the caller closes it).
     """
     if queue_delay_us < 0:
         raise ValueError(f"--queue-delay-us must be >= 0, got {queue_delay_us}")
@@ -68,7 +74,9 @@ def build_server(teacher: TeacherModel, *, host: str = "127.0.0.1", port: int = 
                              model={"model": teacher.name, "arch": teacher.arch, "device": str(teacher.device),
                                     "compute_dtype": str(teacher.compute_dtype).removeprefix("torch.")})
     servicer = TeacherServicer(teacher, max_batch=max_batch, max_message_bytes=limit,
-                               check_finite=check_finite, metrics=metrics, queue_delay_us=queue_delay_us)
+                               check_finite=check_finite, metrics=metrics, queue_delay_us=queue_delay_us,
+                               data=data, answers=StoredAnswers(answer_store, teacher.weights_sha256,
+                                                                data.views.fingerprint) if answer_store else None)
     pb_grpc.add_TeacherServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -136,8 +144,19 @@ def write_stats(path: str | Path, counters: dict) -> None:
     _write_atomically(path, json.dumps(counters, indent=2) + "\n")
 
 
+def served_data(teacher: TeacherModel, args) -> ServedData | None:
+    """``--dataset``'s training split, built as the trainer builds it (None: not asked for)."""
+    if not args.dataset:
+        return None
+    data = load_data(args.dataset, args.data_root, input_shape=teacher.input_shape, num_classes=teacher.num_classes,
+                     train_size=args.train_size, seed=args.data_seed, augment=not args.no_augment)
+    data.views.fingerprint  # computed once, now, not in the first Describe
+    return data
+
+
 def serve_grpc(teacher: TeacherModel, args) -> None:
     """The CLI's gRPC serving life: bind, report, serve until SIGTERM/SIGINT, drain, exit cleanly."""
+    from common.answer_store import open_store
     from common.tokens import read_token
     from teacher_server.auth import server_credentials
 
@@ -152,10 +171,19 @@ def serve_grpc(teacher: TeacherModel, args) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _frame: stop.append(signum))
     tls = server_credentials(args.tls_cert, args.tls_key) if args.tls_cert else None
+    data = served_data(teacher, args)
+    if args.answer_store and data is None:
+        raise ValueError("--answer-store keeps answers to view recipes: give --dataset too")
+    store = open_store(args.answer_store) if args.answer_store else None
     server, servicer, port = build_server(
         teacher, host=args.host, port=args.port, max_batch=args.max_batch, workers=args.workers,
         check_finite=not args.allow_nonfinite, token=token, tls=tls,
-        metrics_port=args.metrics_port, metrics_host=args.metrics_host, queue_delay_us=args.queue_delay_us)
+        metrics_port=args.metrics_port, metrics_host=args.metrics_host, queue_delay_us=args.queue_delay_us,
+        data=data, answer_store=store)
+    if data is not None:
+        log.info("rendering view recipes from %s: %d training images, fingerprint %s%s", data.name,
+                 len(data.views), data.views.fingerprint[:12],
+                 f"; answers to them kept in {store.describe()}" if store else "")
     log.info("serving %s (%s, input %s, %d classes, %.3g MFLOPs/image) on %s:%d, batches up to %d images "
              "gathered within %d us%s%s%s",
              teacher.name, teacher.arch, "x".join(map(str, teacher.input_shape)), teacher.num_classes,
@@ -172,6 +200,8 @@ def serve_grpc(teacher: TeacherModel, args) -> None:
         time.sleep(0.2)
     log.info("draining: no new calls; up to %g s for calls in flight", args.grace)
     final = drain(server, servicer, args.grace)
+    if store is not None:
+        store.close()
     log.info("stopped; final counters %s", json.dumps(final, sort_keys=True))
     if args.stats_file:
         write_stats(args.stats_file, final)

@@ -2,24 +2,32 @@
 
 Every Infer is checked before it is queued; a bad one gets INVALID_ARGUMENT
 (RESOURCE_EXHAUSTED for a batch over the limit) with a message saying what was
-expected and what came, and never joins a batch. Good requests go to the
-dynamic batcher (``teacher_server.batcher``), which runs concurrent requests as
-one forward; a model error fails the requests of that batch with INTERNAL, with
-their request ids logged. Neither stops the server.
+expected and what came, and never joins a batch. A request may carry view
+recipes instead of images: checked against the data set the server holds and
+rendered here (``teacher_server.recipes``), once the answer store, where there
+is one, has answered the rows it keeps (``teacher_server.answers``). Good
+requests go to the dynamic batcher (``teacher_server.batcher``), which runs
+concurrent requests as one forward; a model error fails the requests of that
+batch with INTERNAL, with their request ids logged. Neither stops the server.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
+from dataclasses import dataclass
 
 import grpc
 import torch
 
 from common import codec, reductions
 from common.teacher_model import TeacherModel
+from common.views import Views
 from protos import teacher_pb2 as pb
 from protos import teacher_pb2_grpc as pb_grpc
+from teacher_server import recipes
+from teacher_server.answers import StoredAnswers, assemble
 from teacher_server.batcher import Answer, Batcher, BatcherClosed, Cancelled, ModelError
 from teacher_server.counters import ServerCounters, TooManyClients
 from teacher_server.events import ServerEvents
@@ -48,6 +56,20 @@ def _invalid(message: str) -> BadRequest:
     return BadRequest(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
+def _cut(text: str, limit: int = 320) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A request decoded and checked: its images, or its view recipes (rendered in ``render_dtype``)."""
+    images: torch.Tensor | None
+    outputs: list[str]
+    out_dtype: int
+    views: Views | None = None
+    render_dtype: int = 0
+
+
 def _metadata(context: grpc.ServicerContext, key: str) -> str | None:
     for k, v in context.invocation_metadata() or ():
         if k == key:
@@ -58,8 +80,15 @@ def _metadata(context: grpc.ServicerContext, key: str) -> str | None:
 class TeacherServicer(pb_grpc.TeacherServicer):
     def __init__(self, teacher: TeacherModel, *, max_batch: int, max_message_bytes: int,
                  check_finite: bool = True, counters: ServerCounters | None = None,
-                 metrics: TeacherMetrics | None = None, queue_delay_us: int = 100):
+                 metrics: TeacherMetrics | None = None, queue_delay_us: int = 100,
+                 data: recipes.ServedData | None = None, answers: StoredAnswers | None = None):
+        """``data``: the training split view recipes are rendered from (None: images only); ``answers``:
+        where answers to recipes are kept and looked up (None: every row is forwarded)."""
+        if answers is not None and data is None:
+            raise ValueError("an answer store keeps answers to view recipes: give the server a data set too")
         self.teacher = teacher
+        self.data = data
+        self.answers = answers
         self.max_batch = max_batch
         self.max_message_bytes = max_message_bytes
         self.check_finite = check_finite
@@ -75,26 +104,62 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         """Stop the batcher: the running batch finishes, requests still queued fail (UNAVAILABLE)."""
         self.batcher.close(timeout)
 
-    def validate(self, request: pb.InferRequest) -> tuple[torch.Tensor, list[str], int]:
-        """Decode and check a request; BadRequest says what was expected and what came."""
+    def validate(self, request: pb.InferRequest) -> Checked:
+        """Decode and check a request (images, or view recipes rendered here); BadRequest says what was
+        expected and what came."""
         if len(request.request_id) > MAX_REQUEST_ID:
             raise _invalid(f"request_id must be at most {MAX_REQUEST_ID} characters, "
                            f"got {len(request.request_id)}")
-        if not request.HasField("images"):
-            raise _invalid("request has no images tensor")
-        img = request.images
-        if img.dtype not in codec.ITEMSIZE:
-            raise _invalid(f"images: unknown dtype code {img.dtype}; expected one of "
-                           f"{ {name: code for name, code in codec.WIRE_DTYPES.items()} }")
-        want = (*self.teacher.input_shape,)
-        if len(img.shape) != 4 or tuple(img.shape[1:]) != want:
-            raise _invalid(f"images must have shape [N, {', '.join(map(str, want))}], got {_short(img.shape)}")
-        n = img.shape[0]
+        has_images, has_views = request.HasField("images"), request.HasField("views")
+        if has_images and has_views:
+            raise _invalid("request has both images and view recipes; send one of them")
+        if not has_images and not has_views:
+            raise _invalid("request has no images tensor (and no view recipes)")
+        in_dtype = request.images.dtype if has_images else (request.views.render_dtype or pb.FLOAT32)
+        if in_dtype not in codec.ITEMSIZE:
+            raise _invalid(f"{'images' if has_images else 'view recipes: render'}: unknown dtype code {in_dtype}; "
+                           f"expected one of { {name: code for name, code in codec.WIRE_DTYPES.items()} }")
+        if has_views:
+            n = self._recipe_rows(request.views)
+        else:
+            want = (*self.teacher.input_shape,)
+            if len(request.images.shape) != 4 or tuple(request.images.shape[1:]) != want:
+                raise _invalid(f"images must have shape [N, {', '.join(map(str, want))}], "
+                               f"got {_short(request.images.shape)}")
+            n = request.images.shape[0]
         if n < 1:
             raise _invalid(f"batch must hold at least 1 image, got {n}")
         if n > self.max_batch:
             raise BadRequest(grpc.StatusCode.RESOURCE_EXHAUSTED,
                              f"batch of {n} images is over this server's max batch {self.max_batch}")
+        outputs = self._outputs(request)
+        out_dtype = request.output_dtype or in_dtype
+        if out_dtype not in codec.ITEMSIZE:
+            raise _invalid(f"unknown output dtype code {out_dtype}; expected one of {sorted(codec.WIRE_DTYPES)}")
+        if has_views:
+            return self._recipes(request.views, in_dtype, outputs, out_dtype)
+        try:
+            images = codec.decode(request.images)  # checks byte length == shape x itemsize
+        except codec.CodecError as e:
+            raise _invalid(f"images: {e}") from None
+        if self.check_finite:
+            try:
+                require_finite(images)
+            except ValueError as e:
+                raise _invalid(str(e)) from None
+        return Checked(images, outputs, out_dtype)
+
+    def _recipe_rows(self, msg: pb.ViewRecipes) -> int:
+        """How many rows a recipe request holds, where this server can render them at all."""
+        if self.data is None:
+            raise _invalid("view recipes sent, but this server holds no data set to render them from (start "
+                           "it with --dataset NAME); send images")
+        if len(msg.rows) % recipes.ROW_BYTES:
+            raise _invalid(f"view recipes must be whole rows of {recipes.ROW_BYTES} bytes "
+                           f"({Views.COLUMNS} int64), got {len(msg.rows)} bytes")
+        return len(msg.rows) // recipes.ROW_BYTES
+
+    def _outputs(self, request: pb.InferRequest) -> list[str]:
         outputs = list(request.outputs) or ["logits"]
         if len(set(outputs)) != len(outputs):
             raise _invalid(f"outputs must be distinct keys, got {_short(outputs)}")
@@ -104,22 +169,40 @@ class TeacherServicer(pb_grpc.TeacherServicer):
             try:
                 reductions.check_key(key, self.teacher.output_shapes)
             except ValueError as e:
-                detail = str(e) if len(str(e)) <= 320 else str(e)[:320] + "..."
-                raise _invalid(f"outputs must be keys NAME or NAME.REDUCTION that this teacher offers; {detail}") \
-                    from None
-        out_dtype = request.output_dtype or img.dtype
-        if out_dtype not in codec.ITEMSIZE:
-            raise _invalid(f"unknown output dtype code {out_dtype}; expected one of {sorted(codec.WIRE_DTYPES)}")
+                raise _invalid(f"outputs must be keys NAME or NAME.REDUCTION that this teacher offers; "
+                               f"{_cut(str(e))}") from None
+        return outputs
+
+    def _recipes(self, msg: pb.ViewRecipes, render_dtype: int, outputs: list[str], out_dtype: int) -> Checked:
+        """View recipes checked against the data set held here (rendered once the store has said which
+        rows it lacks)."""
         try:
-            images = codec.decode(img)  # checks byte length == shape x itemsize
-        except codec.CodecError as e:
-            raise _invalid(f"images: {e}") from None
-        if self.check_finite:
-            try:
-                require_finite(images)
-            except ValueError as e:
-                raise _invalid(str(e)) from None
-        return images, outputs, out_dtype
+            views = recipes.decode(msg, self.data)
+        except ValueError as e:
+            raise _invalid(f"view recipes: {_cut(str(e))}") from None
+        return Checked(None, outputs, out_dtype, views, render_dtype)
+
+    def _serve(self, request: pb.InferRequest, job: Checked, context) -> tuple[Answer, int, float]:
+        """(the answer, rows answered from the store, seconds rendering); raises BadRequest."""
+        if job.views is None:
+            return self._answer(request, job.images, job.outputs, context), 0, 0.0
+        n = len(job.views)
+        found = (self.answers.look_up(job.views, job.outputs, job.render_dtype, job.out_dtype) if self.answers
+                 else [None] * n)
+        missing = [i for i, f in enumerate(found) if f is None]
+        if not missing:
+            kept = assemble(found, [], {}, job.outputs)
+            return Answer(kept, forward_seconds=0.0, share_seconds=0.0, queue_seconds=0.0, batch_images=0,
+                          batch_requests=0), n, 0.0
+        start = time.perf_counter()
+        images = recipes.render(self.data, job.views, job.render_dtype, None if len(missing) == n else missing)
+        rendered = time.perf_counter() - start
+        answer = self._answer(request, images, job.outputs, context)
+        if self.answers is None:
+            return answer, 0, rendered
+        self.answers.keep(job.views, missing, answer.outputs, job.render_dtype, job.out_dtype)
+        outputs = answer.outputs if len(missing) == n else assemble(found, missing, answer.outputs, job.outputs)
+        return dataclasses.replace(answer, outputs=outputs), n - len(missing), rendered
 
     def _answer(self, request: pb.InferRequest, images: torch.Tensor, outputs: list[str],
                 context: grpc.ServicerContext) -> Answer:
@@ -143,16 +226,16 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         caller = self.events.caller(_metadata(context, CLIENT_ID_HEADER))
         with self.metrics.in_flight():
             try:
-                images, outputs, out_dtype = self.validate(request)
+                job = self.validate(request)
                 checked = time.perf_counter()
-                answer = self._answer(request, images, outputs, context)
+                answer, from_store, render_seconds = self._serve(request, job, context)
             except BadRequest as e:
                 self.events.failed(caller, e.code)
                 context.abort(e.code, e.args[0])
             try:
                 response = pb.InferResponse(request_id=request.request_id, compute_seconds=answer.forward_seconds)
                 for name, tensor in answer.outputs.items():
-                    response.outputs[name].CopyFrom(codec.encode(tensor, out_dtype))
+                    response.outputs[name].CopyFrom(codec.encode(tensor, job.out_dtype))
             except Exception:
                 self.events.failed(caller, grpc.StatusCode.INTERNAL)
                 log.exception("error encoding the reply to request %r", request.request_id)
@@ -163,10 +246,13 @@ class TeacherServicer(pb_grpc.TeacherServicer):
                 log.warning("request %r: the caller left before the reply (deadline or cancel); "
                             "not counted as served", request.request_id)
                 context.abort(grpc.StatusCode.CANCELLED, "the caller left before the reply")
-            self.events.answered(caller, images=images.shape[0], bytes_in=request.ByteSize(),
+            n = job.images.shape[0] if job.views is None else len(job.views)
+            self.events.answered(caller, images=n, bytes_in=request.ByteSize(),
                                  bytes_out=response.ByteSize(), share_seconds=answer.share_seconds,
                                  queue_seconds=checked - arrived + answer.queue_seconds,
-                                 request_seconds=time.perf_counter() - arrived)
+                                 request_seconds=time.perf_counter() - arrived,
+                                 rendered=0 if job.views is None else n - from_store,
+                                 render_seconds=render_seconds, from_store=from_store)
             return response
 
     def Describe(self, request, context) -> pb.DescribeResponse:
@@ -178,7 +264,7 @@ class TeacherServicer(pb_grpc.TeacherServicer):
             device=str(t.device), compute_dtype=str(t.compute_dtype).removeprefix("torch."),
             outputs=[pb.OutputInfo(name=n, shape=list(shape)) for n, shape in t.output_shapes.items()],
             reductions=list(reductions.REDUCTIONS), dataset=t.dataset or "",
-            weights_sha256=t.weights_sha256)
+            weights_sha256=t.weights_sha256, data=self.data.info() if self.data else None)
 
     def Stats(self, request: pb.StatsRequest, context) -> pb.StatsResponse:
         client = request.client_id or None

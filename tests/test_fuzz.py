@@ -4,6 +4,7 @@ Each generated request starts valid and gets one to three mutations, each of
 which alone makes it malformed; the real server (in this process, real gRPC on
 localhost, one channel) must answer INVALID_ARGUMENT or RESOURCE_EXHAUSTED, never
 anything else, and a valid request afterwards must still get the right logits.
+The same for requests that carry view recipes instead of images.
 """
 import collections
 import math
@@ -17,12 +18,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common import codec
+from common.views import StoredImages, Views, render_views
 from protos import teacher_pb2 as pb
 from protos import teacher_pb2_grpc as pb_grpc
 
 SHAPE = (1, 8, 8)
 MAX_BATCH = 4
 EXAMPLES = 1000
+RECIPE_EXAMPLES = 400
+# The split the server renders recipes from: padded by 1, never flipped.
+STORED = StoredImages(torch.randint(0, 256, (12, *SHAPE), dtype=torch.uint8,
+                                    generator=torch.Generator().manual_seed(0)),
+                      torch.arange(12) % 4, 1, False, (0.5,), (0.25,))
 IA, RE = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED
 # Non-finite bit patterns per wire dtype (little-endian).
 NONFINITE = {pb.FLOAT32: [struct.pack("<f", v) for v in (math.nan, math.inf, -math.inf)],
@@ -33,10 +40,11 @@ NONFINITE = {pb.FLOAT32: [struct.pack("<f", v) for v in (math.nan, math.inf, -ma
 @pytest.fixture(scope="module")
 def small_server():
     from common.teacher_model import load_teacher
+    from teacher_server.recipes import ServedData
     from teacher_server.server import build_server
 
     teacher = load_teacher(arch="resnet8", num_classes=4, input_shape=SHAPE, seed=0)
-    server, servicer, port = build_server(teacher, port=0, max_batch=MAX_BATCH)
+    server, servicer, port = build_server(teacher, port=0, max_batch=MAX_BATCH, data=ServedData("fuzz", STORED))
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     yield teacher, servicer, pb_grpc.TeacherStub(channel)
     channel.close()
@@ -144,3 +152,103 @@ def test_malformed_requests_get_clean_errors_and_the_server_keeps_answering(smal
     want, _ = teacher.forward(x, ["logits"])
     assert ok.request_id == "after-fuzz"
     assert np.allclose(codec.decode(ok.outputs["logits"]).numpy(), want["logits"].numpy(), atol=1e-5)
+
+
+# --- view recipes ----------------------------------------------------------------
+
+@st.composite
+def valid_recipe_requests(draw, outputs_offered):
+    n = draw(st.integers(1, MAX_BATCH))
+    rows = np.zeros((n, Views.COLUMNS), dtype=np.int64)
+    rows[:, 0] = draw(st.lists(st.integers(0, len(STORED) - 1), min_size=n, max_size=n))
+    crops = draw(st.lists(st.integers(0, 2 * STORED.pad), min_size=2 * n, max_size=2 * n))
+    rows[:, 1:3] = np.array(crops).reshape(n, 2)
+    if draw(st.booleans()):  # mixed with a partner, as UNIX's rows are
+        rows[:, 4] = draw(st.lists(st.integers(0, len(STORED) - 1), min_size=n, max_size=n))
+        mix = np.array(draw(st.lists(st.floats(0, 1, width=32), min_size=n, max_size=n)), dtype=np.float32)
+        rows[:, 8] = mix.view(np.int32)
+    else:
+        rows[:, 4] = -1
+    outputs = draw(st.lists(st.sampled_from(outputs_offered), unique=True, max_size=3))
+    render_dtype = draw(st.sampled_from([0, *codec.WIRE_DTYPES.values()]))
+    return rows, pb.InferRequest(outputs=outputs, request_id=draw(st.text(max_size=20)),
+                                 views=pb.ViewRecipes(render_dtype=render_dtype))
+
+
+def _outside(lo: int, hi: int):
+    return st.one_of(st.integers(-2**62, lo - 1), st.integers(hi + 1, 2**62))
+
+
+def mutate_recipes(draw, rows: np.ndarray, r: pb.InferRequest, kind: str) -> np.ndarray:
+    """Make the recipe request malformed in the way ``kind`` says (each kind alone always is)."""
+    at = draw(st.integers(0, len(rows) - 1))
+    if kind == "sample_out_of_range":
+        rows[at, 0] = draw(_outside(0, len(STORED) - 1))
+    elif kind == "crop_out_of_range":
+        rows[at, draw(st.sampled_from([1, 2]))] = draw(_outside(0, 2 * STORED.pad))
+    elif kind == "flip_in_a_set_that_never_flips":
+        rows[at, 3] = draw(st.integers(1, 2**62))
+    elif kind == "mix_out_of_range":
+        if rows[0, 4] < 0:  # give every row a partner first: an unmixed row's weight is never read
+            rows[:, 4:8] = 0
+        bad = draw(st.floats(allow_nan=True, allow_infinity=True, width=32).filter(lambda v: not 0 <= v <= 1))
+        rows[at, 8] = np.array([bad], dtype=np.float32).view(np.int32)[0]
+    elif kind == "partnered_and_unpartnered_rows":
+        rows = np.concatenate([rows, rows[:1]])[-MAX_BATCH:] if len(rows) == 1 else rows
+        rows[:, 4] = np.where(np.arange(len(rows)) == 0, -1, 0)
+    elif kind == "rows_over_max_batch":
+        rows = np.concatenate([rows] * (MAX_BATCH + 1))
+    elif kind == "unknown_render_dtype":
+        r.views.render_dtype = draw(st.one_of(st.integers(-2**31, -1), st.integers(5, 2**31 - 1)))
+    elif kind == "images_too":
+        r.images.CopyFrom(codec.encode(torch.zeros(len(rows), *SHAPE), "float32"))
+    elif kind not in ("ragged_bytes", "no_rows"):
+        raise AssertionError(kind)
+    return rows
+
+
+RECIPE_KINDS = ["sample_out_of_range", "crop_out_of_range", "flip_in_a_set_that_never_flips", "mix_out_of_range",
+                "partnered_and_unpartnered_rows", "rows_over_max_batch", "unknown_render_dtype", "images_too",
+                "ragged_bytes", "no_rows"]
+
+
+def test_malformed_recipe_requests_get_clean_errors_and_the_server_keeps_answering(small_server):
+    teacher, servicer, stub = small_server
+    offered = ["logits", *teacher.feature_names]
+    codes: collections.Counter = collections.Counter()
+    kinds_seen: collections.Counter = collections.Counter()
+
+    @settings(max_examples=RECIPE_EXAMPLES, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def check(data):
+        rows, request = data.draw(valid_recipe_requests(offered))
+        kinds = sorted(data.draw(st.lists(st.sampled_from(RECIPE_KINDS), min_size=1, max_size=3, unique=True)),
+                       key=RECIPE_KINDS.index)
+        for kind in kinds:
+            rows = mutate_recipes(data.draw, rows, request, kind)
+        raw = rows.astype("<i8").tobytes()
+        if "ragged_bytes" in kinds:
+            cut = data.draw(st.integers(1, 71))
+            raw = raw[:-cut] if data.draw(st.booleans()) and len(raw) > cut else raw + bytes(cut)
+        request.views.rows = b"" if "no_rows" in kinds else raw
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Infer(request, timeout=30)
+        code = err.value.code()
+        codes[code.name] += 1
+        kinds_seen.update(kinds)
+        assert code in (IA, RE), f"{kinds}: {code.name} {err.value.details()}"
+        if len(kinds) == 1:
+            assert code == (RE if kinds == ["rows_over_max_batch"] else IA), f"{kinds}: {err.value.details()}"
+        assert len(err.value.details() or "") < 400
+
+    check()
+    assert set(kinds_seen) == set(RECIPE_KINDS)
+    print(f"fuzz: {sum(codes.values())} malformed recipe requests, codes {dict(codes)}")
+
+    views = Views.from_array(np.array([[3, 0, 2, 0, 7, 1, 1, 0, np.array([0.25], np.float32).view(np.int32)[0]]]))
+    ok = stub.Infer(pb.InferRequest(views=pb.ViewRecipes(rows=views.as_array().astype("<i8").tobytes()),
+                                    request_id="after-fuzz"), timeout=30)
+    want, _ = teacher.forward(render_views(STORED, views), ["logits"])
+    assert ok.request_id == "after-fuzz"
+    assert np.array_equal(codec.decode(ok.outputs["logits"]).numpy(), want["logits"].numpy())

@@ -16,7 +16,7 @@ from tests.conftest import SHIPPED_TEACHER, train_args
 URLS = {"grpc": "grpc://127.0.0.1:1", "grpcs": "grpcs://127.0.0.1:1", "triton": "triton://127.0.0.1:1/teacher",
         "local": "local:/nonexistent/teacher.pt"}
 VALUES = {"max_wait": 30.0, "tls_ca": "/nonexistent/ca.pem", "token_file": "/nonexistent/token",
-          "client_id": "me"}
+          "client_id": "me", "send": "recipes"}
 
 
 @pytest.mark.parametrize("scheme,option", [(s, o) for s in sorted(URLS) for o in sorted(FLAGS)
@@ -31,7 +31,7 @@ def test_a_flag_the_kind_does_not_use_is_refused_before_connecting(scheme, optio
 
 
 def test_which_kind_uses_which_flag():
-    assert CLIENTS["grpc"].uses == {"max_wait", "token_file", "client_id"}
+    assert CLIENTS["grpc"].uses == {"max_wait", "token_file", "client_id", "send"}
     assert CLIENTS["grpcs"].uses == CLIENTS["grpc"].uses | {"tls_ca"}
     assert CLIENTS["triton"].uses == {"max_wait", "token_file"}
     assert CLIENTS["local"].uses == set()
@@ -42,8 +42,9 @@ def test_only_the_flags_the_user_gave_are_passed():
     assert teacher_options(parse([])) == {}
     assert teacher_options(parse(["--teacher-max-wait", "600"])) == {}  # the default: not an ask
     assert teacher_options(parse(["--teacher-max-wait", "5", "--client-id", "me", "--tls-ca", "ca.pem",
-                                  "--token-file", "t"])) == {"max_wait": 5.0, "client_id": "me",
-                                                             "tls_ca": "ca.pem", "token_file": "t"}
+                                  "--token-file", "t", "--send", "recipes"])) == {
+        "max_wait": 5.0, "client_id": "me", "tls_ca": "ca.pem", "token_file": "t", "send": "recipes"}
+    assert teacher_options(parse(["--send", "pixels"])) == {}
 
 
 def test_the_trainer_says_in_one_line_that_a_flag_does_not_apply(tmp_path, capsys):

@@ -129,6 +129,27 @@ def check_store_fits(args, spec: DataSpec, teacher: TeacherClient | None, store:
                  store.url)
 
 
+def check_teacher_renders(info: TeacherInfo, spec: DataSpec, args) -> None:
+    """``--send recipes``: the views must be recipes and the teacher must render them from this very split
+    (same fingerprint), or the answers are for other images: refuse up front, never fall back to pixels."""
+    if args.send != "recipes":
+        return
+    if spec.train_views is None or args.augment_draws != "batched":
+        why = (f"{spec.name} is read from files image by image" if spec.train_views is None
+               else "--augment-draws per-item draws each view image by image")
+        raise ValueError(f"--send recipes needs views drawn as recipes (--augment-draws batched on a data set "
+                         f"held in memory), but {why}: use --send pixels")
+    ours = spec.train_views.fingerprint
+    if info.data is None:
+        raise ValueError(f"--send recipes: teacher {info.model_name} holds no data set to render recipes from; "
+                         f"start it with --dataset {spec.name} (and this run's data flags), or use --send pixels")
+    if info.data.fingerprint != ours:
+        raise ValueError(f"--send recipes: teacher {info.model_name} renders from {info.data.name} "
+                         f"({info.data.size} images, fingerprint {info.data.fingerprint[:12]}), but this run "
+                         f"trains on {spec.name} (fingerprint {ours[:12]}): start the teacher with this run's "
+                         f"--dataset and data flags, or use --send pixels")
+
+
 def connect_teacher(args, device, dist: DistInfo, store: AnswerStore | None = None) -> TeacherClient | None:
     """The teacher the loss needs (None for one that needs none; the store's record of it for --teacher-id)."""
     if not loss_needs_teacher(args.loss):
@@ -191,6 +212,7 @@ def build_run(args: argparse.Namespace, dist: DistInfo = DistInfo()) -> Run:
         spec = dataclasses.replace(spec, measured_on=measured_on)
     if teacher:
         check_teacher_fits(teacher.describe(), spec)
+        check_teacher_renders(teacher.describe(), spec, args)
     if store is not None:
         check_store_fits(args, spec, teacher, store)
     student = build_model(args.arch, num_classes=spec.num_classes, in_channels=spec.input_shape[0],

@@ -45,6 +45,7 @@ def build_summary(*, args, spec, work, top1, best_top1, epochs, teacher, server_
         "teacher_id": info.weights_sha256 if info else None,
         "teacher_url": args.teacher_url if teacher else None,
         "wire_dtype": args.wire_dtype if teacher else None,
+        "send": args.send if teacher else None,  # the teacher's images as pixels, or as view recipes
         "batch_size": args.batch_size,     # the global batch (each of the processes draws its share)
         "processes": processes,           # torchrun's --nproc_per_node x nodes: ranks training this student
         "query": args.query,

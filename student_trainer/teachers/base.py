@@ -31,6 +31,7 @@ from typing import Callable, NamedTuple, TypeVar
 import grpc
 import torch
 
+from common.views import Views
 from student_trainer.teachers.options import DEFAULTS
 
 log = logging.getLogger("student_trainer.teacher")
@@ -104,6 +105,14 @@ class RetryPolicy:
         return ceiling * (0.5 + 0.5 * rng.random())
 
 
+@dataclass(frozen=True)
+class ServedDataSet:
+    """The data set a teacher server renders view recipes from (``DescribeResponse.data``)."""
+    name: str
+    size: int
+    fingerprint: str
+
+
 @dataclass
 class TeacherInfo:
     model_name: str
@@ -122,6 +131,8 @@ class TeacherInfo:
     dataset: str | None = None
     # sha256 of its weights (``common.teacher_model.weights_digest``); None: the teacher does not say.
     weights_sha256: str | None = None
+    # the training split it renders view recipes from (``--send recipes``); None: it takes pixels only.
+    data: ServedDataSet | None = None
 
 
 @dataclass
@@ -211,6 +222,8 @@ class TeacherClient(ABC):
     max_in_flight = 1  # chunks on the wire at once; 1 for an in-process model (a remote kind allows more)
     # Which of the trainer's teacher flags (options.FLAGS) this kind uses; ``connect`` refuses the others.
     uses: frozenset[str] = frozenset()
+    # "recipes": a batch that comes with its views travels as them (``_infer_views``), not as pixels.
+    send: str = "pixels"
 
     def __init__(self, retry: RetryPolicy | None = None):
         self.url = type(self).__name__  # where the teacher is, for messages: never a secret
@@ -237,6 +250,10 @@ class TeacherClient(ABC):
 
         Runs on a worker thread; a remote kind sends one request through ``_retrying``.
         """
+
+    def _infer_views(self, views: Views, outputs: list[str]) -> tuple[dict[str, torch.Tensor], int, int]:
+        """``_infer`` for a chunk sent as its view recipes; a kind that takes ``--send`` implements it."""
+        raise NotImplementedError(f"{type(self).__name__} sends pixels only")
 
     @abstractmethod
     def server_stats(self) -> ServerStats: ...
@@ -301,15 +318,24 @@ class TeacherClient(ABC):
         first chunk's error (``TeacherUnavailable``, ``TeacherRefused``, ...).
         ``images`` must not change until the future is done. Callbacks added to the
         future run on a worker thread: they must not block there on another answer.
+        ``views``: the rows as recipes (``common.views.Views``), sent instead of the
+        pixels where this client sends recipes; such a client refuses a batch without them.
         """
         outputs = list(outputs)
-        chunks = torch.split(images.detach(), self.describe().max_batch_size)
+        size = self.describe().max_batch_size
+        chunks = torch.split(images.detach(), size)
+        recipes = [None] * len(chunks)
+        if self.send == "recipes":
+            if views is None or len(views) != images.shape[0]:
+                raise ValueError(f"--send recipes: a batch of {images.shape[0]} images came with "
+                                 f"{'no' if views is None else len(views)} view recipes")
+            recipes = [views.take(torch.arange(i, min(i + size, len(views)))) for i in range(0, len(views), size)]
         pool = self._executor()
         future = TeacherFuture(lambda: self.counters)
         parts: list[dict | None] = [None] * len(chunks)
         left = [len(chunks)]
         lock = threading.Lock()
-        subs = [pool.submit(self._ask, chunk, outputs) for chunk in chunks]
+        subs = [pool.submit(self._ask, chunk, outputs, part) for chunk, part in zip(chunks, recipes)]
 
         def chunk_done(i: int, sub: Future) -> None:
             error = (TeacherUnavailable(f"the client of the teacher at {self.url} was closed before the "
@@ -336,8 +362,8 @@ class TeacherClient(ABC):
         """``submit(images, outputs).result()``: the outputs, float32 on the CPU."""
         return self.submit(images, outputs).result()
 
-    def _ask(self, chunk: torch.Tensor, outputs: list[str]) -> dict[str, torch.Tensor]:
-        result, sent, received = self._infer(chunk, outputs)
+    def _ask(self, chunk: torch.Tensor, outputs: list[str], views: Views | None = None) -> dict[str, torch.Tensor]:
+        result, sent, received = self._infer(chunk, outputs) if views is None else self._infer_views(views, outputs)
         self.counters.add_answer(chunk.shape[0], sent, received)  # once, when the answer is here
         return result
 

@@ -29,9 +29,11 @@ import grpc
 import torch
 
 from common import codec
+from common.views import Views
 from protos import teacher_pb2 as pb
 from protos import teacher_pb2_grpc as pb_grpc
-from student_trainer.teachers.base import ServerStats, TeacherInfo, TeacherUnavailable
+from student_trainer.teachers.base import ServedDataSet, ServerStats, TeacherInfo, TeacherUnavailable
+from student_trainer.teachers.options import DEFAULTS, SENDS
 from student_trainer.teachers.remote import RemoteTeacherClient, has_host_and_port
 
 log = logging.getLogger("student_trainer.teacher")
@@ -68,7 +70,7 @@ class GrpcTeacherClient(RemoteTeacherClient):
     """``grpc://HOST:PORT``, or replicas ``grpc://H1:P1,H2:P2``: plaintext gRPC."""
     scheme = "grpc"
     tls = False
-    uses = frozenset({"max_wait", "token_file", "client_id"})
+    uses = frozenset({"max_wait", "token_file", "client_id", "send"})
 
     @classmethod
     def parse_url(cls, url: str) -> dict:
@@ -87,9 +89,13 @@ class GrpcTeacherClient(RemoteTeacherClient):
         return {"address": replicas[0] if len(replicas) == 1 else replicas}
 
     def __init__(self, address: str | list[str], *, tls_ca: str | None = None, token: str | None = None,
-                 client_id: str | None = None, **remote):
-        """``remote``: the wire dtype, timeouts and retry budget (``RemoteTeacherClient``)."""
+                 client_id: str | None = None, send: str = DEFAULTS.send, **remote):
+        """``remote``: the wire dtype, timeouts and retry budget (``RemoteTeacherClient``). ``send``
+        "recipes": batches that come with view recipes travel as them, rendered by the server."""
         super().__init__(**remote)
+        if send not in SENDS:
+            raise ValueError(f"--send must be one of {', '.join(SENDS)}, got {send!r}")
+        self.send = send
         self.replicas = [address] if isinstance(address, str) else list(address)
         self.address = ",".join(self.replicas)
         self.url = f"{self.scheme}://{self.address}"  # never carries the token
@@ -143,11 +149,21 @@ class GrpcTeacherClient(RemoteTeacherClient):
                            list(d.feature_names), d.flops_per_image, d.max_batch_size,
                            output_shapes={o.name: tuple(o.shape) for o in d.outputs},
                            reductions=list(d.reductions), dataset=d.dataset or None,
-                           weights_sha256=d.weights_sha256 or None)
+                           weights_sha256=d.weights_sha256 or None,
+                           data=ServedDataSet(d.data.name, d.data.size, d.data.fingerprint)
+                           if d.HasField("data") else None)
 
     def _infer(self, images: torch.Tensor, outputs: list[str]):
-        request = pb.InferRequest(images=codec.encode(images, self.wire_code), outputs=outputs,
-                                  request_id=uuid.uuid4().hex, output_dtype=pb.FLOAT32)
+        return self._send(pb.InferRequest(images=codec.encode(images, self.wire_code), outputs=outputs,
+                                          request_id=uuid.uuid4().hex, output_dtype=pb.FLOAT32), outputs)
+
+    def _infer_views(self, views: Views, outputs: list[str]):
+        """The rows as 72-byte recipes, rendered by the server in the wire dtype the pixels would have had."""
+        recipes = pb.ViewRecipes(rows=views.as_array().astype("<i8").tobytes(), render_dtype=self.wire_code)
+        return self._send(pb.InferRequest(views=recipes, outputs=outputs, request_id=uuid.uuid4().hex,
+                                          output_dtype=pb.FLOAT32), outputs)
+
+    def _send(self, request: pb.InferRequest, outputs: list[str]):
         response = self._call("Infer", request)  # a retry resends this very request (same request_id)
         result = {o: codec.decode(response.outputs[o]).float() for o in outputs}
         return result, request.ByteSize(), response.ByteSize()

@@ -16,17 +16,21 @@ class ConnectionDefaults:
     timeout: float = 60.0          # --teacher-timeout: seconds per teacher call
     connect_timeout: float = 30.0  # --connect-timeout: seconds to wait for the teacher at start
     max_wait: float = 600.0        # --teacher-max-wait: seconds a call keeps retrying while the teacher is away
+    send: str = "pixels"           # --send: the images as pixels, or as view recipes the teacher renders
 
 
 DEFAULTS = ConnectionDefaults()
 
 # The flags that some kinds of teacher do not use: connect's option -> (the flag, its dest in the parsed args).
 FLAGS = {"max_wait": ("--teacher-max-wait", "teacher_max_wait"), "tls_ca": ("--tls-ca", "tls_ca"),
-         "token_file": ("--token-file", "token_file"), "client_id": ("--client-id", "client_id")}
+         "token_file": ("--token-file", "token_file"), "client_id": ("--client-id", "client_id"),
+         "send": ("--send", "send")}
+SENDS = ("pixels", "recipes")
 
 
 def teacher_options(args) -> dict:
-    """The teacher-connection flags the user gave (retry budget, TLS, token, client id) as ``connect`` options.
+    """The teacher-connection flags the user gave (retry budget, TLS, token, client id, what is sent) as
+    ``connect`` options.
 
     A flag left at its default is not passed, so ``connect`` refuses only flags that were asked for.
     """

@@ -1,0 +1,79 @@
+"""The training split a teacher server renders view recipes from, and a recipe request turned into images.
+
+A trainer whose views are recipes (``common.views``) can send each row as 72
+bytes instead of its pixels; the server renders it from its own copy of the
+split, loaded with the trainer's own ``common.data.build_dataset``, so the two
+render the same bits when their fingerprints agree (the trainer checks them at
+start). The rendered batch is cast to the dtype its pixels would have had on
+the wire, so the answer equals the one the pixels would have got.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from common import codec
+from common.views import StoredImages, Views, check, render_views
+from protos import teacher_pb2 as pb
+
+ROW_BYTES = Views.COLUMNS * 8
+
+
+@dataclass(frozen=True)
+class ServedData:
+    """A data set's whole training split, with its augmentation, as the trainer's ``--dataset NAME`` has it."""
+    name: str
+    views: StoredImages
+
+    def info(self) -> pb.DataSetInfo:
+        return pb.DataSetInfo(name=self.name, size=len(self.views), fingerprint=self.views.fingerprint)
+
+
+def load_data(name: str, root: str | None, *, input_shape, num_classes: int, train_size: int | None = None,
+              seed: int = 0, augment: bool = True) -> ServedData:
+    """The split as ``python -m student_trainer --dataset NAME`` builds it. A generated set (synthetic) is
+    made at the teacher's shape and classes and ``train_size`` images; a real one is loaded whole, since a
+    trainer's ``--train-size`` subset names its images by their place in the whole split."""
+    from common.data import DATASETS, build_dataset
+
+    key = name.partition(":")[0].lower().replace("_", "-")
+    takes = set(inspect.signature(DATASETS[key]).parameters) if key in DATASETS else set()
+    if train_size is not None and "train_size" not in takes:
+        raise ValueError(f"--train-size sizes a generated data set (synthetic); {name} is served whole "
+                         "(a trainer's --train-size subset of it renders from the whole split)")
+    settings = {k: v for k, v in (("image_shape", tuple(input_shape)), ("num_classes", num_classes),
+                                  ("train_size", train_size)) if k in takes}
+    spec = build_dataset(name, root, seed=seed, augment=augment, **settings)
+    if spec.train_views is None:
+        raise ValueError(f"{spec.name} is read from files image by image and has no views in memory to render "
+                         "recipes from; serve without --dataset (its trainers send pixels)")
+    if tuple(spec.input_shape) != tuple(input_shape):
+        raise ValueError(f"{spec.name} has {'x'.join(map(str, spec.input_shape))} images, but the teacher takes "
+                         f"{'x'.join(map(str, input_shape))}")
+    return ServedData(spec.name, spec.train_views)
+
+
+def decode(msg: pb.ViewRecipes, data: ServedData) -> Views:
+    """The rows of a request, checked against the split; ValueError (one line) for a byte length that is no
+    whole number of rows, or a recipe the split cannot render."""
+    rows = msg.rows
+    if len(rows) == 0 or len(rows) % ROW_BYTES:
+        raise ValueError(f"view recipes must be whole rows of {Views.COLUMNS} int64 ({ROW_BYTES} bytes each), "
+                         f"at least one; got {len(rows)} bytes")
+    views = Views.from_array(np.frombuffer(rows, dtype="<i8").reshape(-1, Views.COLUMNS))
+    check(data.views, views)
+    return views
+
+
+def render(data: ServedData, views: Views, dtype: int, rows: list[int] | None = None) -> torch.Tensor:
+    """The rows rendered as the trainer made them, then as their pixels would have reached the server in
+    ``dtype`` (a wire DType code): through the wire's own codec, so a uint8 batch is quantised as a whole.
+    ``rows``: only these (the others were answered from the store)."""
+    if rows is not None and dtype != pb.UINT8:
+        views = views.take(rows)
+    images = render_views(data.views, views)
+    images = images if dtype == pb.FLOAT32 else codec.decode(codec.encode(images, dtype))
+    return images[rows] if rows is not None and dtype == pb.UINT8 else images
