@@ -48,6 +48,7 @@ def finished(proc: subprocess.Popen, out: Path) -> dict:
     s = json.loads((out / "summary.json").read_text())
     loop = sum(s["time_split"].get(p, 0.0) for p in LOOP_PHASES)
     return {"ms_per_step": 1000 * loop / s["steps"], "teacher_images": s["teacher_images"],
+            "store_ms": 1000 * s["time_split"].get("store", 0.0) / s["steps"],
             "hits": (s.get("answer_store") or {}).get("hits", 0)}
 
 
@@ -97,15 +98,15 @@ def main() -> None:
                 many[arm].append(statistics.mean(r["ms_per_step"] for r in rs))
     med = {arm: statistics.median(v) for arm, v in one.items()}
     print(f"{a.steps} steps of batch 64, {a.repeats} repeats, medians; one torch thread a process\n")
-    print("| arm | processes | ms / step | images / s | vs CE | teacher images | store hits |")
-    print("|---|---|---|---|---|---|---|")
+    print("| arm | processes | ms / step | of which store reads | images / s | vs CE | teacher images | store hits |")
+    print("|---|---|---|---|---|---|---|---|")
     for arm in arms:
-        print(f"| {arm} | 1 | {med[arm]:.1f} | {64000 / med[arm]:.0f} | {med[arm] / med['ce']:.2f} | "
-              f"{asked[arm]['teacher_images']} | {asked[arm]['hits']} |")
+        print(f"| {arm} | 1 | {med[arm]:.1f} | {asked[arm]['store_ms']:.1f} | {64000 / med[arm]:.0f} | "
+              f"{med[arm] / med['ce']:.2f} | {asked[arm]['teacher_images']} | {asked[arm]['hits']} |")
     floor = statistics.median(many["ce"])
     for arm, values in many.items():
         m = statistics.median(values)
-        print(f"| {arm} | {a.readers} at once | {m:.1f} | {64000 / m:.0f} per process | {m / floor:.2f} | | |")
+        print(f"| {arm} | {a.readers} at once | {m:.1f} | | {64000 / m:.0f} per process | {m / floor:.2f} | | |")
 
 
 if __name__ == "__main__":
