@@ -57,11 +57,14 @@ serve-teacher: install $(if $(ARCH),,$(CHECKPOINT))
 demo: install data $(TEACHER_CKPT)
 	$(PY) -m student_trainer.tools.demo --checkpoint $(TEACHER_CKPT) $(DATA_FLAGS)
 
-# The evidence: every group x 3 seeds and the frontier -> docs/results.md, reusing the
-# committed run records under docs/runs/ whose flags match exactly (QUICK=1: smoke check)
+# The evidence: every group and seed and the frontier -> docs/results.md and docs/answer-store/results.md,
+# reusing the committed run records (docs/runs/, docs/answer-store/runs/) whose flags match exactly
+# (QUICK=1: smoke check)
 JOBS ?= 2
+EVIDENCE ?= experiments/fashion_mnist.toml experiments/answer_store.toml
 reproduce: install data
-	$(PY) -m student_trainer.tools.experiment experiments/fashion_mnist.toml --jobs $(JOBS) $(if $(QUICK),--quick)
+	for config in $(EVIDENCE); do \
+	  $(PY) -m student_trainer.tools.experiment $$config --jobs $(JOBS) $(if $(QUICK),--quick) || exit 1; done
 
 protos:
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. protos/teacher.proto

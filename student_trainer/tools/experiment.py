@@ -176,6 +176,7 @@ def aggregate(name: str, group: dict, summaries: list[dict]) -> dict:
         "best_top1_std": _mean_std(best)[1],
         "teacher_images": statistics.fmean(s["teacher_images"] for s in summaries),
         "teacher_images_per_seed": [s["teacher_images"] for s in summaries],
+        "compute_flops_per_seed": [s["compute_flops"] for s in summaries],
         "student_images": statistics.fmean(s["student_images"] for s in summaries),
         "steps": statistics.fmean(s["steps"] for s in summaries),
         "bytes_sent": statistics.fmean(s["bytes_sent"] for s in summaries),
@@ -330,6 +331,18 @@ def frontier_plot(groups: list[dict], path: Path, title: str) -> Path | None:
     return path
 
 
+def sweeps_table(groups: list[dict], sweeps: list[dict], reference: str | None) -> str:
+    """Per seed of a shared-store group: what it asked the teacher, its compute against the reference's."""
+    reference = next((g for g in groups if g["group"] == reference), None)
+    rows = ["| group | seed | teacher images | compute vs KD | last top-1 (%) |", "|---|---|---|---|---|"]
+    for g in sweeps:
+        for i, seed in enumerate(g["seeds"]):
+            ratio = (g["compute_flops_per_seed"][i] / reference["compute_flops"]) if reference else float("nan")
+            rows.append(f"| {g['group']} | {seed} | {_fmt_int(g['teacher_images_per_seed'][i])} | {ratio:.3f} | "
+                        f"{g['top1'][i]:.2f} |")
+    return "\n".join(rows)
+
+
 def results_markdown(results: dict) -> str:
     t, s = results["teacher"], results["student"]
     conv = results.get("convergence")
@@ -353,6 +366,9 @@ def results_markdown(results: dict) -> str:
     if results.get("not_run"):
         parts.append(f"Not run yet (no record with these exact flags for every seed; `make reproduce` trains "
                      f"them and reuses the rest): {', '.join(results['not_run'])}.")
+    sweeps = [g for g in results["groups"] if g.get("options", {}).get("answer_store") == "shared"]
+    if sweeps:
+        parts += ["## Sweeps: one answer store for every seed, trained in order", sweeps_table(results["groups"], sweeps, results.get("reference"))]
     if any(g.get("series") for g in results["groups"]):
         parts += ["## Frontier: top-1 against measured compute", frontier_table(results["groups"]),
                   "![frontier](figures/frontier.png)"]
@@ -480,7 +496,7 @@ def run_experiment(config: dict, command: str, jobs: int = 1, threads: int | Non
                     "flops_per_image": teacher_summary["student_flops_per_image"], **teacher_id},
         "student": {"arch": student_summary["arch"], "flops_per_image": student_summary["student_flops_per_image"],
                     "backward_flops_per_image": student_summary["student_backward_flops_per_image"]},
-        "groups": groups, "pairs": pairs, "not_run": not_run,
+        "groups": groups, "pairs": pairs, "not_run": not_run, "reference": config.get("reference"),
         "convergence": convergence(config.get("converged") if config.get("converged") in names else None,
                                    records),
     }
