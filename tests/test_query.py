@@ -76,14 +76,28 @@ def test_the_uncertainty_pass_leaves_batchnorm_running_stats_alone_in_batch_mode
 
 
 @pytest.mark.parametrize("query", sorted(POLICIES))
-def test_policy_state_round_trips_so_a_resumed_run_draws_the_same(batch, query):
-    student, images, labels, indices = batch
-    a = build_policy(policy_args(query), dataset_size=200)
-    a.complete(q := a.select(student, images, labels, indices), {"logits": torch.randn(q.teacher_rows, 10)})
-    state = a.state_dict()
-    b = build_policy(policy_args(query, seed=99), dataset_size=200)
-    b.load_state_dict(state)
-    qa, qb = a.select(student, images, labels, indices), b.select(student, images, labels, indices)
+def test_policy_state_round_trips_so_a_resumed_run_draws_the_same(batch, query, tmp_path):
+    from common.answer_store import open_store
+    from common.views import StoredImages, Views, draw, render
+    from student_trainer.query import PolicyContext
+    from student_trainer.query.stored_views import ViewShelf
+
+    student, _, labels, indices = batch
+    stored = StoredImages(torch.randint(0, 256, (200, 3, 16, 16), dtype=torch.uint8), torch.zeros(200).long(), 2,
+                          True, (0.5,) * 3, (0.25,) * 3)
+    recipes = draw(3, 1, indices, 2, True)
+    images, views = render(stored, recipes), Views(recipes)   # every policy is given the batch's recipes
+    with open_store(str(tmp_path / "store")) as store:
+        shelf = ViewShelf(store, teacher_sha256="t", data_fingerprint=stored.fingerprint, keys=["logits"], views=1)
+        context = PolicyContext(stored, shelf)                  # read by the policies that keep answers
+        a = build_policy(policy_args(query, views=1), 200, context)
+        q = a.select(student, images, labels, indices, views=views)
+        a.complete(q, {"logits": torch.randn(q.teacher_rows, 10)})
+        state = a.state_dict()
+        b = build_policy(policy_args(query, seed=99, views=1), 200, context)
+        b.load_state_dict(state)
+        qa = a.select(student, images, labels, indices, views=views)
+        qb = b.select(student, images, labels, indices, views=views)
     assert torch.equal(qa.images, qb.images) and torch.equal(qa.indices, qb.indices)
     assert qa.teacher_rows == qb.teacher_rows
 

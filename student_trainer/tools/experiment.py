@@ -288,7 +288,9 @@ def convergence(name: str | None, out_records: Path) -> dict | None:
     for seed_dir in sorted((out_records / name).glob("seed*")):
         epochs = [json.loads(l) for l in (seed_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
         last = max(e["epoch"] for e in epochs)
-        window = [e["top1"] for e in epochs if e["epoch"] > 0.8 * last]
+        window = [e["top1"] for e in epochs if e["epoch"] > 0.8 * last and e["top1"] is not None]
+        if len(window) < 2:  # --eval-every left fewer than two evaluations there: no movement to measure
+            continue
         moves[seed_dir.name] = max(window) - min(window)
     return {"group": name, "moves": moves, "max_move": max(moves.values()) if moves else None}
 
