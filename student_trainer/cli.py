@@ -9,14 +9,13 @@ import logging
 
 from common.cli_errors import one_line_errors, parse_numbers, parse_shape
 from common.codec import WIRE_DTYPES
-from student_trainer.distill import LOSSES, add_loss_arguments, loss_classes, loss_needs_teacher
+from student_trainer.distill import LOSSES, loss_classes
 from student_trainer.engine.distributed import check_world, env_info
-from student_trainer.query import POLICIES
+from student_trainer.flags import add_config_flags, config_from_flags
+from student_trainer.method import SHORTHANDS, Method
+from student_trainer.query import POLICIES, PolicyConfig, SubsetConfig
 from student_trainer.teachers.options import DEFAULTS as TEACHER
 from student_trainer.teachers.options import SENDS
-
-# --method NAME: a shorthand for a (--query, --loss) pair, kept from the first version of the CLI
-SHORTHANDS: dict[str, tuple[str, str]] = {"ce": ("all", "none"), "kd": ("all", "kd"), "unix": ("unix", "kd")}
 
 
 def _milestones(text: str) -> list[int]:
@@ -54,13 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--teacher-id", metavar="SHA256",
                    help="with --query replay and no --teacher-url: the teacher whose stored answers to train "
                    "on (its weights' sha256, as a run with the teacher logs it)")
-    m.add_argument("--k", type=int, default=48, help="images per batch sent to the teacher (all but --query all)")
+    m.add_argument("--k", type=int, default=SubsetConfig.k, help="images per batch sent to the teacher (all but --query all)")
     m.add_argument("--ce-weight", type=float, default=None,
                    help="weight of cross-entropy on the (mixed) labels (default: 0 with a teacher, 1 without)")
+    added: set[str] = set()
     q = p.add_argument_group("query policy options")
-    for policy in dict.fromkeys(POLICIES.values()):
-        policy.add_arguments(q)
-    add_loss_arguments(p)
+    for policy in POLICIES.values():
+        add_config_flags(q, policy.config_type, added)
+    for loss in LOSSES.values():
+        add_config_flags(p.add_argument_group(f"loss {loss.name}", loss.about), loss.config_type, added)
     m.add_argument("--wire-dtype", choices=sorted(WIRE_DTYPES), default=TEACHER.wire_dtype,
                    help="dtype of the images on the wire")
     m.add_argument("--send", choices=SENDS, default=TEACHER.send,
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--budget", type=float, default=1.0, metavar="F",
                    help="train F of the steps --epochs would take, with --milestones scaled by F: the same "
                         "schedule shape on less compute (a compute-matched baseline)")
-    o.add_argument("--batch-size", type=int, default=64)
+    o.add_argument("--batch-size", type=int, default=PolicyConfig.batch_size)
     o.add_argument("--lr", type=float, default=0.05)
     o.add_argument("--momentum", type=float, default=0.9)
     o.add_argument("--nesterov", action="store_true")
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs after which the rate is multiplied by --lr-gamma, comma-separated")
     o.add_argument("--lr-gamma", type=float, default=0.1)
     r = p.add_argument_group("run")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=int, default=PolicyConfig.seed)
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch's intra-op threads in this process (default: torch's own, one per core); a local: "
@@ -156,25 +157,30 @@ def resolve_method(args) -> None:
         args.query, args.loss = SHORTHANDS[args.method]
         return
     args.query, args.loss = args.query or "all", args.loss or "kd"
-    short = {pair: name for name, pair in SHORTHANDS.items()}
-    args.method = short.get((args.query, args.loss), f"{args.loss}/{args.query}")
 
 
-def validate(args, world_size: int = 1) -> None:
+def method_from_flags(args) -> Method:
+    """The flags' method as a typed value: the policy's config and each loss's, from their own flags."""
+    resolve_method(args)
+    method = Method(args.query, config_from_flags(POLICIES[args.query].config_type, args), args.loss,
+                    {cls.name: config_from_flags(cls.config_type, args) for cls in loss_classes(args.loss)},
+                    feature_pairs=args.feature_pairs, ce_weight=args.ce_weight)
+    args.method = method.label
+    return method
+
+
+def validate(args, world_size: int = 1) -> Method:
     """Flag combinations argparse cannot check, each as one readable line; ``world_size``: processes
-    torchrun started for this student."""
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    torchrun started for this student. Returns the run's method, built from the flags."""
     if (args.mean is None) != (args.std is None):
         raise ValueError("give --mean and --std together (or neither: a folder's are measured)")
-    resolve_method(args)
+    method = method_from_flags(args)
     if args.prefetch < 0:
         raise ValueError(f"--prefetch must be >= 0, got {args.prefetch}")
     if args.prefetch and args.serial_teacher:
         raise ValueError("--prefetch overlaps the teacher with training; --serial-teacher turns overlap off: "
                          "choose one")
-    POLICIES[args.query].validate(args)
-    policy = POLICIES[args.query]
+    policy = method.policy_type
     if policy.needs_store and not args.answer_store:
         raise ValueError(f"--query {args.query} needs --answer-store (a folder for an embedded LMDB store, or "
                          "redis://HOST:PORT/DB)")
@@ -183,10 +189,6 @@ def validate(args, world_size: int = 1) -> None:
                          f", not by --query {args.query}")
     if args.teacher_id and (args.teacher_url or not policy.needs_store):
         raise ValueError("--teacher-id names a stored teacher for --query replay without --teacher-url")
-    for loss in loss_classes(args.loss):
-        loss.validate(args)
-    if args.ce_weight == 0 and not loss_needs_teacher(args.loss):
-        raise ValueError(f"--ce-weight 0 with --loss {args.loss} leaves nothing to train on")
     if args.epochs < 1 or (args.max_steps is not None and args.max_steps < 1):
         raise ValueError("--epochs and --max-steps must be at least 1")
     if not 0 < args.budget <= 1:
@@ -197,7 +199,8 @@ def validate(args, world_size: int = 1) -> None:
         raise ValueError(f"--eval-every must be at least 1, got {args.eval_every}")
     if args.log_every < 1 or args.checkpoint_every < 0:
         raise ValueError("--log-every must be at least 1 and --checkpoint-every at least 0")
-    check_world(args, world_size)
+    check_world(method, args.client_id, world_size)
+    return method
 
 
 def main(argv=None) -> dict:
@@ -211,11 +214,11 @@ def main(argv=None) -> dict:
 
     # The flags are the same on every rank, and so is what is wrong with them: rank 0 alone says it.
     with one_line_errors("student_trainer", quiet=not world.is_main):
-        validate(args, world.world_size)
+        method = validate(args, world.world_size)
     with one_line_errors(f"student_trainer[rank {world.rank}]" if world.enabled else "student_trainer"):
         from student_trainer.engine.loop import main as train
 
         try:
-            return train(args)
+            return train(args, method)
         except grpc.RpcError as e:  # the teacher refused or vanished: say so in one line
             raise ConnectionError(f"teacher call failed: {e.code().name}: {e.details()}") from None

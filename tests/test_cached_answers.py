@@ -1,5 +1,4 @@
 """--query cached: each image's teacher answer is asked for once every R visits and reused in between."""
-import argparse
 import json
 from pathlib import Path
 
@@ -7,13 +6,12 @@ import pytest
 import torch
 
 from student_trainer.cli import main as train
-from student_trainer.query import build_policy
+from student_trainer.query import CachedConfig, build_policy
 from tests.conftest import train_args
 
 
 def _policy(refresh: int, size: int):
-    args = argparse.Namespace(query="cached", batch_size=8, k=8, refresh_every=refresh, seed=0)
-    return build_policy(args, dataset_size=size)
+    return build_policy("cached", CachedConfig(batch_size=8, refresh_every=refresh, seed=0), dataset_size=size)
 
 
 def _answer_for(indices: torch.Tensor, visit: int) -> dict:

@@ -3,6 +3,7 @@ its published formula, gradients, state round trips, feature pairs, the registry
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import math
 
@@ -11,7 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from common import reductions
-from student_trainer.distill import LOSSES, Combined, add_loss_arguments, build_loss, parse_pairs, resolve_pairs
+from student_trainer.distill import LOSSES, Combined, build_loss, parse_pairs, resolve_pairs
+from student_trainer.config import own_flag
+from student_trainer.flags import add_config_flags, config_from_flags
 from student_trainer.distill.at import AT
 from student_trainer.distill.base import LOGITS, DistillBatch, ModelShapes, StepContext, TeacherOutput
 from student_trainer.distill.crd import CRD
@@ -30,15 +33,19 @@ DATASET_SIZE = 200
 # ----------------------------------------------------------------------------- helpers
 
 def make_parser() -> argparse.ArgumentParser:
-    """The trainer's flag the losses read (--seed) plus every loss's own."""
+    """The trainer's flag the losses read (--seed) plus every loss's own, as the CLI adds them."""
     p = argparse.ArgumentParser()
     p.add_argument("--seed", type=int, default=0)
-    add_loss_arguments(p)
+    added: set[str] = set()
+    for cls in LOSSES.values():
+        add_config_flags(p, cls.config_type, added)
     return p
 
 
-def make_args(*argv):
-    return make_parser().parse_args([str(a) for a in argv])
+def make_args(*argv) -> dict:
+    """Every loss's config from these flags, as the trainer's CLI maps them."""
+    args = make_parser().parse_args([str(a) for a in argv])
+    return {name: config_from_flags(cls.config_type, args) for name, cls in LOSSES.items()}
 
 
 def batch_of(student_features=None, teacher=None, logits=None, labels_a=None, labels_b=None, mix=None,
@@ -322,14 +329,14 @@ def test_crd_negatives_skip_anchor_and_its_class():
 # ----------------------------------------------------------------------------- gradients
 
 def test_none_asks_the_teacher_nothing_and_adds_no_term(zoo_shapes):
-    loss = build_loss("none", make_args(), zoo_shapes, None)
+    loss = build_loss("none", zoo_shapes, None, make_args())
     assert loss.teacher_outputs() == [] and loss.student_features() == [] and not list(loss.parameters())
     assert loss(batch_of(logits=torch.randn(4, 10))) == {}
 
 
 @pytest.mark.parametrize("name", [n for n, cls in LOSSES.items() if cls.needs_teacher])
 def test_builds_from_flags_and_gradients_reach_student_not_teacher(name, zoo_shapes):
-    loss = build_loss(name, make_args(), zoo_shapes, None)
+    loss = build_loss(name, zoo_shapes, None, make_args())
     batch = random_batch(loss, zoo_shapes)
     terms = loss(batch)
     assert set(terms) == {f"loss_{name}"}
@@ -350,9 +357,7 @@ def test_builds_from_flags_and_gradients_reach_student_not_teacher(name, zoo_sha
 
 def test_every_loss_flag_is_its_own():
     for name, cls in LOSSES.items():
-        p = argparse.ArgumentParser()
-        cls.add_arguments(p.add_argument_group(name))
-        flags = [s for a in p._actions for s in a.option_strings if s not in ("-h", "--help")]
+        flags = [own_flag(f) for f in dataclasses.fields(cls.config_type) if own_flag(f)]
         kept = {"--T"}                               # KD's temperature kept its first name
         assert all(f.startswith(f"--{name}-") or f in kept for f in flags), (name, flags)
         assert flags or not cls.needs_teacher, name  # only 'none' has nothing to tune
@@ -370,11 +375,11 @@ def _roundtrip(state):
 @pytest.mark.parametrize("name", ["fitnet", "vid"])
 def test_learnable_modules_round_trip(name, zoo_shapes):
     torch.manual_seed(0)
-    a = build_loss(name, make_args(), zoo_shapes, None)
+    a = build_loss(name, zoo_shapes, None, make_args())
     batch = random_batch(a, zoo_shapes)
     a(batch)                                       # moves BatchNorm statistics
     torch.manual_seed(1)
-    b = build_loss(name, make_args(), zoo_shapes, None)
+    b = build_loss(name, zoo_shapes, None, make_args())
     b.load_state_dict(_roundtrip(a.state_dict()))
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb), ka
@@ -383,12 +388,12 @@ def test_learnable_modules_round_trip(name, zoo_shapes):
 
 
 def test_crd_resume_is_bit_exact(zoo_shapes):
-    a = build_loss("crd", make_args("--seed", 3), zoo_shapes, None)
+    a = build_loss("crd", zoo_shapes, None, make_args("--seed", 3))
     for step in range(2):
         a(random_batch(a, zoo_shapes, seed=step))
     state = _roundtrip(a.state_dict())
     assert {"memory_s", "memory_t", "z", "labels", "_extra_state"} <= set(state)
-    b = build_loss("crd", make_args("--seed", 4), zoo_shapes, None)
+    b = build_loss("crd", zoo_shapes, None, make_args("--seed", 4))
     assert not torch.equal(a.memory_s, b.memory_s)
     b.load_state_dict(state)
     nxt = random_batch(a, zoo_shapes, seed=5)
@@ -440,9 +445,9 @@ def test_pair_errors_are_one_line_and_list_the_offered_names(zoo_shapes):
         assert "student offers stem 32x32x32, stage1 64x32x32" in msg and "pool 256" in msg, msg
         assert "teacher offers stem" in msg, msg
     with pytest.raises(ValueError, match="takes no --feature-pairs"):
-        build_loss("kd", make_args(), zoo_shapes, "stage1:stage1")
+        build_loss("kd", zoo_shapes, "stage1:stage1", make_args())
     with pytest.raises(ValueError, match="choose from none, kd, dkd, at"):
-        build_loss("kd+nope", make_args(), zoo_shapes, None)
+        build_loss("kd+nope", zoo_shapes, None, make_args())
 
 
 def test_teacher_shapes_may_list_reduced_keys(zoo_shapes):
@@ -450,14 +455,14 @@ def test_teacher_shapes_may_list_reduced_keys(zoo_shapes):
     offered = ModelShapes(student=zoo_shapes.student, teacher=reductions.offered_keys(zoo_shapes.teacher),
                           num_classes=100, dataset_size=DATASET_SIZE)
     assert _resolve(SP, None, offered) == [("stage3", "stage3")]
-    loss = build_loss("kd+at", make_args(), offered, None)
+    loss = build_loss("kd+at", offered, None, make_args())
     assert loss.parts["at"].pairs == [(f"stage{i}", f"stage{i}") for i in (1, 2, 3)]
     for out in loss.teacher_outputs():
         assert out.key in offered.teacher
 
 
 def test_explicit_pairs_reach_the_loss(zoo_shapes):
-    loss = build_loss("at", make_args(), zoo_shapes, "stage2:stage2,stage3:stage3")
+    loss = build_loss("at", zoo_shapes, "stage2:stage2,stage3:stage3", make_args())
     assert loss.pairs == [("stage2", "stage2"), ("stage3", "stage3")]
     assert loss.teacher_outputs() == [TeacherOutput("stage2", "attention"), TeacherOutput("stage3", "attention")]
     assert [o.key for o in loss.teacher_outputs()] == ["stage2.attention", "stage3.attention"]
@@ -467,7 +472,7 @@ def test_explicit_pairs_reach_the_loss(zoo_shapes):
 
 def test_kd_plus_at_sums_both_weighted_terms(zoo_shapes):
     args = make_args("--kd-weight", 0.5, "--T", 3, "--at-weight", 10)
-    loss = build_loss("kd+at", args, zoo_shapes, None)
+    loss = build_loss("kd+at", zoo_shapes, None, args)
     assert isinstance(loss, Combined) and loss.name == "kd+at"
     assert loss.teacher_outputs()[0] == LOGITS
     assert {o.key for o in loss.teacher_outputs()} == {"logits", "stage1.attention", "stage2.attention",
@@ -483,8 +488,8 @@ def test_kd_plus_at_sums_both_weighted_terms(zoo_shapes):
 
 
 def test_combined_state_keys_name_their_part(zoo_shapes):
-    loss = build_loss("kd+fitnet", make_args(), zoo_shapes, None)
+    loss = build_loss("kd+fitnet", zoo_shapes, None, make_args())
     keys = list(loss.state_dict())
     assert keys and all(k.startswith("parts.fitnet.regressors.stage2_to_stage2.") for k in keys)
     with pytest.raises(ValueError, match="twice"):
-        build_loss("kd+kd", make_args(), zoo_shapes, None)
+        build_loss("kd+kd", zoo_shapes, None, make_args())

@@ -271,14 +271,12 @@ def test_flags_that_cannot_be_split_over_the_ranks_are_refused(extra, says):
 
 
 def test_each_rank_sees_its_share_of_the_global_flags():
-    from student_trainer.engine.distributed import per_rank_flags
-
     args, validate = _flags("--batch-size", "64", "--k", "48", "--b", "32")
-    validate(args, world_size=4)
-    local = per_rank_flags(args, 4)
+    method = validate(args, world_size=4)
+    local = method.for_rank(4).policy
     assert (local.batch_size, local.k, local.b) == (16, 12, 8.0)
-    assert (args.batch_size, args.k, args.b) == (64, 48, 32)  # the run's flags are left as they were
-    assert per_rank_flags(args, 1) is args
+    assert (method.policy.batch_size, method.policy.k, method.policy.b) == (64, 48, 32)  # the run's are kept
+    assert method.for_rank(1) is method
 
 
 @pytest.mark.parametrize("size, start", [(73, 0), (80, 32), (70, 48), (5, 0)])

@@ -1,5 +1,5 @@
 """Query policies: which images the teacher sees, checked against the paper's rule and each other."""
-import argparse
+import dataclasses
 
 import numpy as np
 import pytest
@@ -11,10 +11,16 @@ from student_trainer.query import POLICIES, build_policy
 from student_trainer.query.uncertainty import entropy
 
 
-def policy_args(query: str, **over) -> argparse.Namespace:
-    args = dict(query=query, batch_size=16, k=12, b=8.0, w=10.0, selection="entropy", uncertainty_bn="batch",
-                refresh_every=2, seed=3)
-    return argparse.Namespace(**(args | over))
+def policy_config(query: str, **over):
+    """``query``'s own config with these values (the fields it has of them)."""
+    values = dict(batch_size=16, k=12, b=8.0, w=10.0, selection="entropy", uncertainty_bn="batch",
+                  refresh_every=2, seed=3, views=1) | over
+    kind = POLICIES[query].config_type
+    return kind(**{f.name: values[f.name] for f in dataclasses.fields(kind) if f.name in values})
+
+
+def make_policy(query: str, dataset_size: int = 0, context=None, **over):
+    return build_policy(query, policy_config(query, **over), dataset_size, context)
 
 
 @pytest.fixture
@@ -29,14 +35,14 @@ def batch():
 
 def test_all_sends_every_image_unmixed(batch):
     student, images, labels, indices = batch
-    q = build_policy(policy_args("all")).select(student, images, labels, indices)
+    q = make_policy("all").select(student, images, labels, indices)
     assert torch.equal(q.images, images) and torch.equal(q.labels_a, labels) and torch.equal(q.labels_b, labels)
     assert torch.equal(q.indices, indices) and q.mix.abs().sum() == 0 and q.choosing_forward == 0
 
 
 def test_random_sends_k_distinct_unmixed_images_without_a_student_pass(batch):
     student, images, labels, indices = batch
-    q = build_policy(policy_args("random")).select(student, images, labels, indices)
+    q = make_policy("random").select(student, images, labels, indices)
     assert q.images.shape[0] == 12 and q.choosing_forward == 0 and q.mix.abs().sum() == 0
     assert len(set(q.indices.tolist())) == 12
     for img, lab, idx in zip(q.images, q.labels_a, q.indices.tolist()):
@@ -46,7 +52,7 @@ def test_random_sends_k_distinct_unmixed_images_without_a_student_pass(batch):
 def test_unix_is_the_papers_selection_and_mixing_with_the_same_draws(batch):
     """The policy's result equals select_and_mix fed the student's entropy and the same seeded draws."""
     student, images, labels, indices = batch
-    q = build_policy(policy_args("unix")).select(student, images, labels, indices)
+    q = make_policy("unix").select(student, images, labels, indices)
     with torch.no_grad():
         scores = entropy(torch.softmax(student(images), dim=1))
     rng, gen = np.random.default_rng(3), torch.Generator().manual_seed(3)
@@ -60,8 +66,8 @@ def test_unix_is_the_papers_selection_and_mixing_with_the_same_draws(batch):
 
 def test_unix_nomix_selects_as_unix_does_and_mixes_nothing(batch):
     student, images, labels, indices = batch
-    mixed = build_policy(policy_args("unix")).select(student, images, labels, indices)
-    plain = build_policy(policy_args("unix-nomix")).select(student, images, labels, indices)
+    mixed = make_policy("unix").select(student, images, labels, indices)
+    plain = make_policy("unix-nomix").select(student, images, labels, indices)
     assert torch.equal(plain.indices, mixed.indices)
     assert plain.mix.abs().sum() == 0 and torch.equal(plain.images, images[plain.indices - 100])
 
@@ -69,9 +75,9 @@ def test_unix_nomix_selects_as_unix_does_and_mixes_nothing(batch):
 def test_the_uncertainty_pass_leaves_batchnorm_running_stats_alone_in_batch_mode(batch):
     student, images, labels, indices = batch
     before = {k: v.clone() for k, v in student.state_dict().items()}
-    build_policy(policy_args("unix")).select(student, images, labels, indices)
+    make_policy("unix").select(student, images, labels, indices)
     assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
-    build_policy(policy_args("unix", uncertainty_bn="train")).select(student, images, labels, indices)
+    make_policy("unix", uncertainty_bn="train").select(student, images, labels, indices)
     assert not all(torch.equal(before[k], v) for k, v in student.state_dict().items())
 
 
@@ -80,7 +86,6 @@ def test_policy_state_round_trips_so_a_resumed_run_draws_the_same(batch, query, 
     from common.answer_store import open_store
     from common.views import StoredImages, Views, draw, render
     from student_trainer.query import PolicyContext
-    from student_trainer.query.stored_views import ViewShelf
 
     student, _, labels, indices = batch
     stored = StoredImages(torch.randint(0, 256, (200, 3, 16, 16), dtype=torch.uint8), torch.zeros(200).long(), 2,
@@ -88,13 +93,12 @@ def test_policy_state_round_trips_so_a_resumed_run_draws_the_same(batch, query, 
     recipes = draw(3, 1, indices, 2, True)
     images, views = render(stored, recipes), Views(recipes)   # every policy is given the batch's recipes
     with open_store(str(tmp_path / "store")) as store:
-        shelf = ViewShelf(store, teacher_sha256="t", data_fingerprint=stored.fingerprint, keys=["logits"], views=1)
-        context = PolicyContext(stored, shelf)                  # read by the policies that keep answers
-        a = build_policy(policy_args(query, views=1), 200, context)
+        context = PolicyContext(stored, store, "t", ("logits",))  # read by the policies that keep answers
+        a = make_policy(query, 200, context)
         q = a.select(student, images, labels, indices, views=views)
         a.complete(q, {"logits": torch.randn(q.teacher_rows, 10)})
         state = a.state_dict()
-        b = build_policy(policy_args(query, seed=99, views=1), 200, context)
+        b = make_policy(query, 200, context, seed=99)
         b.load_state_dict(state)
         qa = a.select(student, images, labels, indices, views=views)
         qb = b.select(student, images, labels, indices, views=views)
@@ -105,4 +109,4 @@ def test_policy_state_round_trips_so_a_resumed_run_draws_the_same(batch, query, 
 @pytest.mark.parametrize("query", ["unix", "random", "unix-nomix"])
 def test_a_k_outside_the_batch_is_one_line(query):
     with pytest.raises(ValueError, match="--k must be between 1 and --batch-size 16"):
-        POLICIES[query].validate(policy_args(query, k=17))
+        policy_config(query, k=17)

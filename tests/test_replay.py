@@ -149,12 +149,10 @@ def test_a_damaged_store_is_one_line_and_needs_views_as_recipes(grpc_teacher, tm
 def test_select_replays_exactly_the_stored_view_and_answer(tmp_path):
     """The policy alone: a visit to an image with V stored views trains on one of them, rendered from its recipe,
     with its answer; the others get a fresh view and are asked about."""
-    import argparse
-
     from common.answer_store import open_store
     from common.answer_store.codec import Entry
     from common.views import StoredImages, Views, draw, render, render_views
-    from student_trainer.query import PolicyContext, build_policy
+    from student_trainer.query import PolicyContext, ReplayConfig, build_policy
     from student_trainer.query.stored_views import ViewShelf
 
     g = torch.Generator().manual_seed(0)
@@ -172,8 +170,8 @@ def test_select_replays_exactly_the_stored_view_and_answer(tmp_path):
             shelf.write([sample, sample], [[0], [1]], [Entry({"recipe": r.tolist()}, {"logits": a})
                                                       for r, a in zip(rows, answers)])
             kept[sample] = {tuple(r.tolist()): a for r, a in zip(rows, answers)}
-        args = argparse.Namespace(batch_size=8, k=8, seed=0, views=2)
-        policy = build_policy(argparse.Namespace(**vars(args), query="replay"), 20, PolicyContext(stored, shelf))
+        policy = build_policy("replay", ReplayConfig(batch_size=8, seed=0, views=2), 20,
+                              PolicyContext(stored, store, "t", ("logits",)))
         local = torch.tensor([0, 5, 9, 10, 15, 19, 2, 12])  # rows 0-9 of the subset are samples 10-19
         recipes = draw(0, 1, local, 2, True)
         q = policy.select(None, render(stored, recipes), stored.labels[local], local,

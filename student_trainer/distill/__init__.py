@@ -9,8 +9,6 @@ and never compares loss names.
 """
 from __future__ import annotations
 
-import argparse
-
 from .at import AT
 from .base import DistillBatch, DistillLoss, ModelShapes, StepContext, TeacherOutput
 from .combine import Combined
@@ -28,7 +26,7 @@ from .vid import VID
 
 LOSSES: dict[str, type[DistillLoss]] = {cls.name: cls for cls in (NoDistill, KD, DKD, AT, SP, FitNet, PKT, RKD, VID, CRD)}
 
-__all__ = ["LOSSES", "build_loss", "add_loss_arguments", "loss_classes", "loss_needs_teacher", "parse_pairs", "resolve_pairs",
+__all__ = ["LOSSES", "build_loss", "loss_classes", "loss_needs_teacher", "parse_pairs", "resolve_pairs",
            "Combined", "DistillBatch", "DistillLoss", "FeatureLoss", "ModelShapes", "StepContext",
            "TeacherOutput"]
 
@@ -49,20 +47,16 @@ def loss_needs_teacher(name: str) -> bool:
     return any(cls.needs_teacher for cls in loss_classes(name))
 
 
-def add_loss_arguments(parser: argparse.ArgumentParser) -> None:
-    """Every registered loss's own flags, one argument group per loss."""
-    for cls in LOSSES.values():
-        cls.add_arguments(parser.add_argument_group(f"loss {cls.name}", cls.about))
+def build_loss(name: str, shapes: ModelShapes, pairs=None, configs: dict | None = None) -> DistillLoss:
+    """Build ``--loss name`` (one loss or ``a+b``) for the models' shapes.
 
-
-def build_loss(name: str, args: argparse.Namespace, shapes: ModelShapes, pairs=None) -> DistillLoss:
-    """Build ``--loss name`` (one loss or ``a+b``) from parsed flags and the models' shapes.
-
-    ``pairs`` is the ``--feature-pairs`` text (or an already parsed list, or None for
-    each loss's default); every feature loss in a combination uses the same pairs.
-    ``shapes.student`` / ``shapes.teacher`` list each model's named features with
-    their full per-image shapes (plus ``logits``).
+    ``configs`` maps a part's name to its config (``{"kd": KDConfig(T=2)}``); a part
+    without one takes its config's defaults. ``pairs`` is the ``--feature-pairs``
+    text (or an already parsed list, or None for each loss's default); every feature
+    loss in a combination uses the same pairs. ``shapes.student`` / ``shapes.teacher``
+    list each model's named features with their full per-image shapes (plus ``logits``).
     """
+    configs = configs or {}
     classes = loss_classes(name)
     if pairs and not any(issubclass(cls, FeatureLoss) for cls in classes):
         raise ValueError(f"--loss {name} uses the logits only and takes no --feature-pairs")
@@ -71,5 +65,5 @@ def build_loss(name: str, args: argparse.Namespace, shapes: ModelShapes, pairs=N
     for cls in classes:
         resolved = (resolve_pairs(cls, pairs, s_names, t_names, shapes.student, shapes.teacher)
                     if issubclass(cls, FeatureLoss) else [])
-        losses.append(cls.from_args(args, shapes, resolved))
+        losses.append(cls.build(configs.get(cls.name) or cls.config_type(), shapes, resolved))
     return losses[0] if len(losses) == 1 else Combined(losses)

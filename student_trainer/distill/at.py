@@ -1,12 +1,22 @@
 """Attention transfer."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
+
+from student_trainer.config import setting
 
 from .base import DistillBatch, TeacherOutput
 from .pairs import FeatureLoss, pool_to_common, reduce_feature, shared_stages, spatial_problem
 
 REDUCTION = "attention"
+
+
+@dataclass(frozen=True)
+class ATConfig:
+    """Attention transfer's weight."""
+    weight: float = setting(1000.0, "AT weight beta (RepDistiller/mdistiller: 1000)", flag="--at-weight")
 
 
 class AT(FeatureLoss):
@@ -35,19 +45,15 @@ class AT(FeatureLoss):
     name = "at"
     teacher_reduction = REDUCTION
     about = "attention transfer (Zagoruyko & Komodakis 2017) on stage features"
+    config_type = ATConfig
 
     def __init__(self, pairs, weight: float = 1000.0):
         super().__init__(pairs)
         self.weight = float(weight)
 
     @classmethod
-    def add_arguments(cls, group):
-        group.add_argument("--at-weight", type=float, default=1000.0,
-                           help="AT weight beta (RepDistiller/mdistiller: 1000)")
-
-    @classmethod
-    def from_args(cls, args, shapes, pairs):
-        return cls(pairs, weight=args.at_weight)
+    def build(cls, config: ATConfig, shapes, pairs):
+        return cls(pairs, weight=config.weight)
 
     @classmethod
     def default_pairs(cls, student_names, teacher_names):

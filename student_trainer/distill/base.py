@@ -9,15 +9,14 @@ saved and resumed with the run, and counted in its FLOPs.
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-NO_REDUCTION = "none"
-
+from common.reductions import NONE, make_key
+from student_trainer.config import NoConfig
 
 @dataclass(frozen=True)
 class TeacherOutput:
@@ -27,11 +26,11 @@ class TeacherOutput:
     full map, ``stage3.attention`` for the map reduced by ``attention``.
     """
     name: str
-    reduction: str = NO_REDUCTION
+    reduction: str = NONE
 
     @property
     def key(self) -> str:
-        return self.name if self.reduction == NO_REDUCTION else f"{self.name}.{self.reduction}"
+        return make_key(self.name, self.reduction)
 
 
 LOGITS = TeacherOutput("logits")
@@ -88,19 +87,14 @@ class DistillLoss(nn.Module):
     # Why the loss cannot be split over several processes (state kept per data-set index); "" if it can.
     per_image_state: ClassVar[str] = ""
 
-    @classmethod
-    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        """This loss's own flags (named ``--NAME-...``): the one place to add a hyperparameter."""
+    # The loss's hyperparameters: a frozen dataclass whose fields name their flags (``--NAME-...``) and
+    # whose ``__post_init__`` refuses bad values: the one place to add a hyperparameter.
+    config_type: ClassVar[type] = NoConfig
 
     @classmethod
-    def validate(cls, args: argparse.Namespace) -> None:
-        """Flag values this loss cannot work with, as one line (ValueError)."""
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, shapes: ModelShapes,
-                  pairs: list[tuple[str, str]]) -> "DistillLoss":
-        """Build from the parsed flags, the models' shapes and the resolved feature pairs."""
-        raise NotImplementedError
+    def build(cls, config, shapes: ModelShapes, pairs: list[tuple[str, str]]) -> "DistillLoss":
+        """Build from the loss's config, the models' shapes and the resolved feature pairs."""
+        return cls()
 
     def teacher_outputs(self) -> list[TeacherOutput]:
         return [LOGITS]

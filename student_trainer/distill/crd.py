@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from student_trainer.config import setting
 
 from .base import DistillBatch
 from .pairs import EmbeddingLoss
@@ -33,6 +36,25 @@ def _nce(p: torch.Tensor, n_data: int) -> torch.Tensor:
     log_d1 = torch.log(p[:, 0] / (p[:, 0] + m_pn + NCE_EPS))
     log_d0 = torch.log(m_pn / (p[:, 1:] + m_pn + NCE_EPS))
     return -(log_d1.sum() + log_d0.sum()) / p.shape[0]
+
+
+@dataclass(frozen=True)
+class CRDConfig:
+    """CRD's weight, embedding, NCE and negatives (RepDistiller's defaults); ``seed``: the run's, for its
+    draws of negatives."""
+    weight: float = setting(0.8, "CRD weight beta (RepDistiller/mdistiller: 0.8)", flag="--crd-weight")
+    feat_dim: int = setting(128, "embedding size (RepDistiller: 128)", flag="--crd-feat-dim")
+    nce_k: int = setting(16384, "negatives per anchor, capped at data-set size - 1 (RepDistiller: 16384)",
+                         flag="--crd-nce-k")
+    nce_t: float = setting(0.07, "NCE temperature (RepDistiller: 0.07)", flag="--crd-nce-t")
+    nce_m: float = setting(0.5, "memory-bank momentum (RepDistiller: 0.5)", flag="--crd-nce-m")
+    negatives: str = setting("other-class", "other-class: RepDistiller's exact mode; uniform: any other image",
+                             flag="--crd-negatives", choices=NEGATIVES)
+    seed: int = setting(0)
+
+    def __post_init__(self):
+        if self.negatives not in NEGATIVES:
+            raise ValueError(f"--crd-negatives {self.negatives!r}: choose one of {', '.join(NEGATIVES)}")
 
 
 class CRD(EmbeddingLoss):
@@ -78,6 +100,7 @@ class CRD(EmbeddingLoss):
     """
     name = "crd"
     about = "contrastive representation distillation (Tian et al. 2020) on the pool embedding"
+    config_type = CRDConfig
     max_pairs = 1
     per_image_state = "--loss crd keeps a memory bank of every training image"
 
@@ -102,21 +125,10 @@ class CRD(EmbeddingLoss):
         self.register_buffer("labels", torch.full((dataset_size,), -1, dtype=torch.long))  # -1: not seen
 
     @classmethod
-    def add_arguments(cls, group):
-        group.add_argument("--crd-weight", type=float, default=0.8, help="CRD weight beta (RepDistiller/mdistiller: 0.8)")
-        group.add_argument("--crd-feat-dim", type=int, default=128, help="embedding size (RepDistiller: 128)")
-        group.add_argument("--crd-nce-k", type=int, default=16384,
-                           help="negatives per anchor, capped at data-set size - 1 (RepDistiller: 16384)")
-        group.add_argument("--crd-nce-t", type=float, default=0.07, help="NCE temperature (RepDistiller: 0.07)")
-        group.add_argument("--crd-nce-m", type=float, default=0.5, help="memory-bank momentum (RepDistiller: 0.5)")
-        group.add_argument("--crd-negatives", choices=NEGATIVES, default="other-class",
-                           help="other-class: RepDistiller's exact mode; uniform: any other image")
-
-    @classmethod
-    def from_args(cls, args, shapes, pairs):
-        return cls(pairs, shapes.student, shapes.teacher, shapes.dataset_size, seed=args.seed,
-                   weight=args.crd_weight, feat_dim=args.crd_feat_dim, nce_k=args.crd_nce_k,
-                   nce_t=args.crd_nce_t, nce_m=args.crd_nce_m, negatives=args.crd_negatives)
+    def build(cls, config: CRDConfig, shapes, pairs):
+        return cls(pairs, shapes.student, shapes.teacher, shapes.dataset_size, seed=config.seed,
+                   weight=config.weight, feat_dim=config.feat_dim, nce_k=config.nce_k,
+                   nce_t=config.nce_t, nce_m=config.nce_m, negatives=config.negatives)
 
     # -- the generator travels with the state_dict
     def get_extra_state(self):

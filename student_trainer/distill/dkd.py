@@ -1,8 +1,12 @@
 """Decoupled knowledge distillation (logits only)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+from student_trainer.config import setting
 
 from .base import LOGITS, DistillBatch, DistillLoss, StepContext
 
@@ -24,6 +28,17 @@ def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """
     log_p, log_q = log_p.clamp_min(-1e4), log_q.clamp_min(-1e4)
     return (log_p.exp() * (log_p - log_q)).sum(1)
+
+
+@dataclass(frozen=True)
+class DKDConfig:
+    """DKD's weights, temperature and warm-up (mdistiller's defaults)."""
+    weight: float = setting(1.0, "DKD loss weight (mdistiller: 1)", flag="--dkd-weight")
+    alpha: float = setting(1.0, "TCKD weight alpha (mdistiller: 1)", flag="--dkd-alpha")
+    beta: float = setting(8.0, "NCKD weight beta (mdistiller: 8)", flag="--dkd-beta")
+    T: float = setting(4.0, "DKD temperature (mdistiller: 4)", flag="--dkd-T")
+    warmup: float = setting(20.0, "warm-up epochs of a 240-epoch run, scaled to shorter runs (mdistiller: 20)",
+                            flag="--dkd-warmup")
 
 
 class DKD(DistillLoss):
@@ -55,6 +70,7 @@ class DKD(DistillLoss):
     """
     name = "dkd"
     about = "decoupled KD (Zhao et al. 2022) on the logits"
+    config_type = DKDConfig
 
     def __init__(self, alpha=1.0, beta=8.0, T=4.0, warmup=20.0, weight=1.0):
         super().__init__()
@@ -62,18 +78,8 @@ class DKD(DistillLoss):
         self.warmup, self.weight = float(warmup), float(weight)
 
     @classmethod
-    def add_arguments(cls, group):
-        group.add_argument("--dkd-weight", type=float, default=1.0, help="DKD loss weight (mdistiller: 1)")
-        group.add_argument("--dkd-alpha", type=float, default=1.0, help="TCKD weight alpha (mdistiller: 1)")
-        group.add_argument("--dkd-beta", type=float, default=8.0, help="NCKD weight beta (mdistiller: 8)")
-        group.add_argument("--dkd-T", type=float, default=4.0, help="DKD temperature (mdistiller: 4)")
-        group.add_argument("--dkd-warmup", type=float, default=20.0,
-                           help="warm-up epochs of a 240-epoch run, scaled to shorter runs (mdistiller: 20)")
-
-    @classmethod
-    def from_args(cls, args, shapes, pairs):
-        return cls(alpha=args.dkd_alpha, beta=args.dkd_beta, T=args.dkd_T, warmup=args.dkd_warmup,
-                   weight=args.dkd_weight)
+    def build(cls, config: DKDConfig, shapes, pairs):
+        return cls(alpha=config.alpha, beta=config.beta, T=config.T, warmup=config.warmup, weight=config.weight)
 
     def teacher_outputs(self):
         return [LOGITS]

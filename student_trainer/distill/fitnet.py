@@ -1,8 +1,12 @@
 """FitNets hints with a learnable regressor."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import nn
+
+from student_trainer.config import setting
 
 from .base import DistillBatch
 from .pairs import FeatureLoss, shared_stages
@@ -35,6 +39,12 @@ class ConvReg(nn.Sequential):
         super().__init__(conv, nn.BatchNorm2d(t_shape[0]), nn.ReLU())
 
 
+@dataclass(frozen=True)
+class FitNetConfig:
+    """FitNet's hint weight."""
+    weight: float = setting(100.0, "FitNet hint weight beta (mdistiller/RepDistiller: 100)", flag="--fitnet-weight")
+
+
 class FitNet(FeatureLoss):
     """FitNets hint: ``w * sum_pairs mean (r(f_s) - f_t)^2`` with a learnable regressor r.
 
@@ -49,6 +59,7 @@ class FitNet(FeatureLoss):
     """
     name = "fitnet"
     about = "FitNets hint (Romero et al. 2015) with a conv regressor, middle stage"
+    config_type = FitNetConfig
 
     def __init__(self, pairs, student_shapes, teacher_shapes, weight: float = 100.0):
         super().__init__(pairs)
@@ -57,13 +68,8 @@ class FitNet(FeatureLoss):
             f"{s}_to_{t}": ConvReg(tuple(student_shapes[s]), tuple(teacher_shapes[t])) for s, t in self.pairs})
 
     @classmethod
-    def add_arguments(cls, group):
-        group.add_argument("--fitnet-weight", type=float, default=100.0,
-                           help="FitNet hint weight beta (mdistiller/RepDistiller: 100)")
-
-    @classmethod
-    def from_args(cls, args, shapes, pairs):
-        return cls(pairs, shapes.student, shapes.teacher, weight=args.fitnet_weight)
+    def build(cls, config: FitNetConfig, shapes, pairs):
+        return cls(pairs, shapes.student, shapes.teacher, weight=config.weight)
 
     @classmethod
     def default_pairs(cls, student_names, teacher_names):

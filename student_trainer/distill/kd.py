@@ -1,9 +1,23 @@
 """Hinton KD on the logits."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from student_trainer.config import setting
 from student_trainer.distill.functional import kd_loss
 
 from .base import LOGITS, DistillBatch, DistillLoss
+
+
+@dataclass(frozen=True)
+class KDConfig:
+    """Hinton KD's temperature and weight."""
+    T: float = setting(4.0, "KD temperature (mdistiller/RepDistiller: 4)", flag="--T")
+    weight: float = setting(1.0, "KD weight", flag="--kd-weight")
+
+    def __post_init__(self):
+        if self.T <= 0:
+            raise ValueError(f"--T must be > 0, got {self.T}")
 
 
 class KD(DistillLoss):
@@ -17,24 +31,15 @@ class KD(DistillLoss):
     """
     name = "kd"
     about = "Hinton KD on the logits"
+    config_type = KDConfig
 
     def __init__(self, T: float = 4.0, weight: float = 1.0):
         super().__init__()
         self.T, self.weight = float(T), float(weight)
 
     @classmethod
-    def add_arguments(cls, group):
-        group.add_argument("--T", type=float, default=4.0, help="KD temperature (mdistiller/RepDistiller: 4)")
-        group.add_argument("--kd-weight", type=float, default=1.0, help="KD weight")
-
-    @classmethod
-    def validate(cls, args):
-        if args.T <= 0:
-            raise ValueError(f"--T must be > 0, got {args.T}")
-
-    @classmethod
-    def from_args(cls, args, shapes, pairs):
-        return cls(T=args.T, weight=args.kd_weight)
+    def build(cls, config: KDConfig, shapes, pairs):
+        return cls(T=config.T, weight=config.weight)
 
     def teacher_outputs(self):
         return [LOGITS]

@@ -10,10 +10,6 @@ class NoDistill(DistillLoss):
     about = "no teacher: cross-entropy on the labels only (--method ce)"
     needs_teacher = False
 
-    @classmethod
-    def from_args(cls, args, shapes, pairs):
-        return cls()
-
     def teacher_outputs(self):
         return []
 

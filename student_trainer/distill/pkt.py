@@ -1,7 +1,11 @@
 """Probabilistic knowledge transfer."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from student_trainer.config import setting
 
 from .base import DistillBatch
 from .pairs import EmbeddingLoss
@@ -15,6 +19,12 @@ def _conditional(f: torch.Tensor) -> torch.Tensor:
     f = f / (f.norm(dim=1, keepdim=True) + EPS)
     k = (f @ f.t() + 1.0) / 2.0
     return k / k.sum(dim=1, keepdim=True)
+
+
+@dataclass(frozen=True)
+class PKTConfig:
+    """PKT's weight."""
+    weight: float = setting(30000.0, "PKT weight beta (RepDistiller/mdistiller: 30000)", flag="--pkt-weight")
 
 
 class PKT(EmbeddingLoss):
@@ -31,19 +41,15 @@ class PKT(EmbeddingLoss):
     """
     name = "pkt"
     about = "probabilistic knowledge transfer (Passalis & Tefas 2018) on the pool embedding"
+    config_type = PKTConfig
 
     def __init__(self, pairs, weight: float = 30000.0):
         super().__init__(pairs)
         self.weight = float(weight)
 
     @classmethod
-    def add_arguments(cls, group):
-        group.add_argument("--pkt-weight", type=float, default=30000.0,
-                           help="PKT weight beta (RepDistiller/mdistiller: 30000)")
-
-    @classmethod
-    def from_args(cls, args, shapes, pairs):
-        return cls(pairs, weight=args.pkt_weight)
+    def build(cls, config: PKTConfig, shapes, pairs):
+        return cls(pairs, weight=config.weight)
 
     def forward(self, batch: DistillBatch):
         total = 0.0

@@ -1,8 +1,12 @@
 """Relational knowledge distillation."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+from student_trainer.config import setting
 
 from .base import DistillBatch
 from .pairs import EmbeddingLoss
@@ -28,6 +32,14 @@ def _angles(e: torch.Tensor) -> torch.Tensor:
     return torch.bmm(diff, diff.transpose(1, 2)).flatten()
 
 
+@dataclass(frozen=True)
+class RKDConfig:
+    """RKD's overall, distance and angle weights."""
+    weight: float = setting(1.0, "RKD overall weight (RepDistiller/mdistiller: 1)", flag="--rkd-weight")
+    distance_weight: float = setting(25.0, "distance term weight (paper: 25)", flag="--rkd-distance-weight")
+    angle_weight: float = setting(50.0, "angle term weight (paper: 50)", flag="--rkd-angle-weight")
+
+
 class RKD(EmbeddingLoss):
     """Relational KD: ``w * (w_d * L_distance + w_a * L_angle)``.
 
@@ -44,21 +56,16 @@ class RKD(EmbeddingLoss):
     """
     name = "rkd"
     about = "relational KD (Park et al. 2019): distance and angle on the pool embedding"
+    config_type = RKDConfig
 
     def __init__(self, pairs, weight=1.0, distance_weight=25.0, angle_weight=50.0):
         super().__init__(pairs)
         self.weight, self.distance_weight, self.angle_weight = float(weight), float(distance_weight), float(angle_weight)
 
     @classmethod
-    def add_arguments(cls, group):
-        group.add_argument("--rkd-weight", type=float, default=1.0, help="RKD overall weight (RepDistiller/mdistiller: 1)")
-        group.add_argument("--rkd-distance-weight", type=float, default=25.0, help="distance term weight (paper: 25)")
-        group.add_argument("--rkd-angle-weight", type=float, default=50.0, help="angle term weight (paper: 50)")
-
-    @classmethod
-    def from_args(cls, args, shapes, pairs):
-        return cls(pairs, weight=args.rkd_weight, distance_weight=args.rkd_distance_weight,
-                   angle_weight=args.rkd_angle_weight)
+    def build(cls, config: RKDConfig, shapes, pairs):
+        return cls(pairs, weight=config.weight, distance_weight=config.distance_weight,
+                   angle_weight=config.angle_weight)
 
     def forward(self, batch: DistillBatch):
         total = 0.0

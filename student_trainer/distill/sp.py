@@ -1,12 +1,16 @@
 """Similarity-preserving distillation."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from common import reductions
+from common.reductions import NONE
+from student_trainer.config import setting
 
-from .base import NO_REDUCTION, DistillBatch, TeacherOutput
+from .base import DistillBatch, TeacherOutput
 from .pairs import FeatureLoss, reduce_feature, stage_names
 
 REDUCTIONS = ("none", "pool", "attention")   # choices of --sp-reduction, all in common.reductions
@@ -16,6 +20,18 @@ def _similarity(f: torch.Tensor) -> torch.Tensor:
     """Row-normalised Gram matrix of the flattened features, ``N x N``."""
     f = f.flatten(1)
     return F.normalize(f @ f.t(), dim=1)
+
+
+@dataclass(frozen=True)
+class SPConfig:
+    """SP's weight, and what the teacher sends of its features."""
+    weight: float = setting(3000.0, "SP weight beta (RepDistiller/mdistiller: 3000)", flag="--sp-weight")
+    reduction: str = setting(NONE, "what the teacher sends: none = full maps (the paper); pool or attention "
+                             "send less but deviate from the paper", flag="--sp-reduction", choices=REDUCTIONS)
+
+    def __post_init__(self):
+        if self.reduction not in REDUCTIONS:
+            raise ValueError(f"--sp-reduction {self.reduction!r}: choose one of {', '.join(REDUCTIONS)}")
 
 
 class SP(FeatureLoss):
@@ -38,32 +54,25 @@ class SP(FeatureLoss):
     """
     name = "sp"
     about = "similarity-preserving KD (Tung & Mori 2019) on the last stage"
+    config_type = SPConfig
 
-    def __init__(self, pairs, weight: float = 3000.0, reduction: str = NO_REDUCTION):
+    def __init__(self, pairs, weight: float = 3000.0, reduction: str = NONE):
         super().__init__(pairs)
         if reduction not in REDUCTIONS:
             raise ValueError(f"--sp-reduction {reduction!r}: choose one of {', '.join(REDUCTIONS)}")
         self.weight, self.teacher_reduction = float(weight), reduction
 
     @classmethod
-    def add_arguments(cls, group):
-        group.add_argument("--sp-weight", type=float, default=3000.0,
-                           help="SP weight beta (RepDistiller/mdistiller: 3000)")
-        group.add_argument("--sp-reduction", choices=REDUCTIONS, default="none",
-                           help="what the teacher sends: none = full maps (the paper); pool or attention "
-                                "send less but deviate from the paper")
-
-    @classmethod
-    def from_args(cls, args, shapes, pairs):
+    def build(cls, config: SPConfig, shapes, pairs):
         for s, t in pairs:
             for side, shape in (("student", shapes.student[s]), ("teacher", shapes.teacher[t])):
                 try:
-                    reductions.reduced_shape(args.sp_reduction, tuple(shape))
+                    reductions.reduced_shape(config.reduction, tuple(shape))
                 except ValueError:
-                    raise ValueError(f"--sp-reduction {args.sp_reduction} applies to "
-                                     f"{reductions.APPLIES_TO[args.sp_reduction]}, but the {side} feature of "
+                    raise ValueError(f"--sp-reduction {config.reduction} applies to "
+                                     f"{reductions.APPLIES_TO[config.reduction]}, but the {side} feature of "
                                      f"pair {s}:{t} is {tuple(shape)}; use --sp-reduction none") from None
-        return cls(pairs, weight=args.sp_weight, reduction=args.sp_reduction)
+        return cls(pairs, weight=config.weight, reduction=config.reduction)
 
     @classmethod
     def default_pairs(cls, student_names, teacher_names):

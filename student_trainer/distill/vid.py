@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from student_trainer.config import setting
 
 from .base import DistillBatch
 from .pairs import FeatureLoss, pool_to_common, shared_stages, spatial_problem
@@ -39,6 +42,18 @@ class VIDHead(nn.Module):
         return F.softplus(self.log_scale) + self.eps
 
 
+@dataclass(frozen=True)
+class VIDConfig:
+    """VID's weight, initial variance and variance floor."""
+    weight: float = setting(1.0, "VID weight beta (RepDistiller/mdistiller: 1)", flag="--vid-weight")
+    init_pred_var: float = setting(5.0, "initial variance of q(t|s) (RepDistiller/mdistiller: 5.0)", flag="--vid-init-pred-var")
+    eps: float = setting(1e-5, "variance floor (RepDistiller/mdistiller: 1e-5)", flag="--vid-eps")
+
+    def __post_init__(self):
+        if self.init_pred_var <= self.eps:
+            raise ValueError("--vid-init-pred-var must be larger than --vid-eps")
+
+
 class VID(FeatureLoss):
     """Variational information distillation: ``w * sum_pairs mean 0.5 * ((mu(f_s) - f_t)^2 / var + log var)``.
 
@@ -55,6 +70,7 @@ class VID(FeatureLoss):
     """
     name = "vid"
     about = "variational information distillation (Ahn et al. 2019) on stage features"
+    config_type = VIDConfig
 
     def __init__(self, pairs, student_shapes, teacher_shapes, weight=1.0, init_pred_var=5.0, eps=1e-5):
         super().__init__(pairs)
@@ -64,18 +80,9 @@ class VID(FeatureLoss):
             for s, t in self.pairs})
 
     @classmethod
-    def add_arguments(cls, group):
-        group.add_argument("--vid-weight", type=float, default=1.0, help="VID weight beta (RepDistiller/mdistiller: 1)")
-        group.add_argument("--vid-init-pred-var", type=float, default=5.0,
-                           help="initial variance of q(t|s) (RepDistiller/mdistiller: 5.0)")
-        group.add_argument("--vid-eps", type=float, default=1e-5, help="variance floor (RepDistiller/mdistiller: 1e-5)")
-
-    @classmethod
-    def from_args(cls, args, shapes, pairs):
-        if args.vid_init_pred_var <= args.vid_eps:
-            raise ValueError("--vid-init-pred-var must be larger than --vid-eps")
-        return cls(pairs, shapes.student, shapes.teacher, weight=args.vid_weight,
-                   init_pred_var=args.vid_init_pred_var, eps=args.vid_eps)
+    def build(cls, config: VIDConfig, shapes, pairs):
+        return cls(pairs, shapes.student, shapes.teacher, weight=config.weight,
+                   init_pred_var=config.init_pred_var, eps=config.eps)
 
     @classmethod
     def default_pairs(cls, student_names, teacher_names):

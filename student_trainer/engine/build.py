@@ -21,14 +21,13 @@ from torch.utils.data import DataLoader
 from common.answer_store import AnswerStore, open_store
 from common.data import DataSpec, build_dataset
 from common.models import build_model
-from student_trainer.distill import loss_needs_teacher
 from student_trainer.engine.accounting import flops_per_image
 from student_trainer.engine.data_order import EpochSampler, RenderedViews, SeededItems, whole_batch
 from student_trainer.engine.distiller import Distiller, build_distiller
-from student_trainer.engine.distributed import (DistInfo, broadcast_buffers, ddp, eval_shard, per_rank_flags,
-                                                rank_device, rank_name)
+from student_trainer.engine.distributed import DistInfo, broadcast_buffers, ddp, eval_shard, rank_device, rank_name
 from student_trainer.engine.run_dir import DATA_RECORD, claim
 from student_trainer.engine.timing import PhaseTimer
+from student_trainer.method import Method
 from student_trainer.teachers import CLIENTS, ClientCounters, TeacherClient, TeacherInfo, connect, teacher_options
 from student_trainer.teachers.stored import StoredTeacher, record_teacher
 
@@ -150,9 +149,10 @@ def check_teacher_renders(info: TeacherInfo, spec: DataSpec, args) -> None:
                          f"--dataset and data flags, or use --send pixels")
 
 
-def connect_teacher(args, device, dist: DistInfo, store: AnswerStore | None = None) -> TeacherClient | None:
+def connect_teacher(args, method: Method, device, dist: DistInfo,
+                    store: AnswerStore | None = None) -> TeacherClient | None:
     """The teacher the loss needs (None for one that needs none; the store's record of it for --teacher-id)."""
-    if not loss_needs_teacher(args.loss):
+    if not method.needs_teacher:
         return None
     if store is not None and args.teacher_id:
         return StoredTeacher.from_store(store, args.teacher_id)
@@ -189,9 +189,9 @@ def data_record(spec: DataSpec, args) -> dict:
             "std": list(spec.std), "measured_on": spec.measured_on}
 
 
-def build_run(args: argparse.Namespace, dist: DistInfo = DistInfo()) -> Run:
+def build_run(args: argparse.Namespace, method: Method, dist: DistInfo = DistInfo()) -> Run:
     device = rank_device(resolve_device(args.device), dist)
-    local = per_rank_flags(args, dist.world_size)  # N/P images a step, k/P for the teacher
+    local = method.for_rank(dist.world_size)  # N/P images a step, k/P for the teacher
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.deterministic:
@@ -200,7 +200,7 @@ def build_run(args: argparse.Namespace, dist: DistInfo = DistInfo()) -> Run:
     # The teacher first, for it may say which data set to train on; before the seed, so that the student
     # and the loss draw the same numbers whatever kind it is (a local: one builds a model as it loads).
     store = open_store(args.answer_store) if args.answer_store else None
-    teacher = connect_teacher(args, device, dist, store)
+    teacher = connect_teacher(args, method, device, dist, store)
     seed_everything(args.seed)
 
     mean, std, measured_on = saved_normalisation(args)
@@ -220,9 +220,8 @@ def build_run(args: argparse.Namespace, dist: DistInfo = DistInfo()) -> Run:
     timer = PhaseTimer(device)
     distiller = build_distiller(local, student, teacher, input_shape=spec.input_shape,
                                 num_classes=spec.num_classes, dataset_size=len(spec.train), device=device,
-                                timer=timer, stored=spec.train_views, store=store)
-    if isinstance(teacher, StoredTeacher):
-        distiller.policy.check_all_stored(len(spec.train))
+                                timer=timer, serial=args.serial_teacher, stored=spec.train_views, store=store)
+    distiller.policy.preflight(len(spec.train), asks_teacher=not isinstance(teacher, StoredTeacher))
     # Several ranks: the training forward goes through DDP, which averages the student's gradients in
     # backward; the loss's own modules (a regressor, ...) are averaged by hand after it (the loop).
     model = ddp(student, device)
@@ -241,7 +240,7 @@ def build_run(args: argparse.Namespace, dist: DistInfo = DistInfo()) -> Run:
         train_items, collate = RenderedViews(spec.train_views, args.seed), whole_batch
     else:  # per-item, or a data set read from files
         train_items, collate = SeededItems(spec.train, args.seed), None
-    train_loader = DataLoader(train_items, batch_size=local.batch_size, sampler=sampler, drop_last=args.drop_last,
+    train_loader = DataLoader(train_items, batch_size=local.policy.batch_size, sampler=sampler, drop_last=args.drop_last,
                               collate_fn=collate, **loader_opts)
     test_loader = DataLoader(eval_shard(spec.test, dist), batch_size=max(args.batch_size, 256), shuffle=False,
                              **loader_opts)

@@ -25,12 +25,11 @@ from common.features import capture_features, feature_names
 from common.flops import count_flops
 from common.reductions import NONE, offered_keys
 from common.views import Views
-from student_trainer.distill import build_loss
 from student_trainer.distill.base import DistillBatch, DistillLoss, ModelShapes, StepContext
 from student_trainer.distill.functional import mixed_ce
 from student_trainer.engine.timing import NULL_TIMER, PhaseTimer
-from student_trainer.query import PolicyContext, Query, QueryPolicy, build_policy
-from student_trainer.query.stored_views import ViewShelf
+from student_trainer.method import Method
+from student_trainer.query import PolicyContext, Query, QueryPolicy
 
 
 @dataclass
@@ -214,21 +213,19 @@ def loss_flops_per_image(loss: DistillLoss, shapes: ModelShapes, device, batch: 
     return count_flops(step) / batch
 
 
-def build_distiller(args, student: nn.Module, teacher, *, input_shape, num_classes: int, dataset_size: int,
-                    device, timer: PhaseTimer = NULL_TIMER, stored=None, store=None) -> Distiller:
-    """The policy and loss the flags name, built for these models' shapes and feature pairs (``stored``: the
-    training split in memory; ``store``: --answer-store)."""
+def build_distiller(method: Method, student: nn.Module, teacher, *, input_shape, num_classes: int,
+                    dataset_size: int, device, timer: PhaseTimer = NULL_TIMER, serial: bool = False, stored=None,
+                    store=None) -> Distiller:
+    """The method's policy and loss, built for these models' shapes and feature pairs (``stored``: the
+    training split in memory; ``store``: the replay store)."""
     info = teacher.describe() if teacher is not None else None
     t_shapes = offered_keys(info.output_shapes, info.reductions or [NONE]) if info else {}
     shapes = ModelShapes(student_shapes(student, input_shape, device), t_shapes, num_classes, dataset_size)
-    loss = build_loss(args.loss, args, shapes, args.feature_pairs)
-    ce_weight = args.ce_weight if args.ce_weight is not None else (0.0 if loss.teacher_outputs() else 1.0)
-    shelf = None
-    if store is not None and info is not None:
-        shelf = ViewShelf(store, teacher_sha256=info.weights_sha256, data_fingerprint=stored.fingerprint,
-                          keys=[o.key for o in loss.teacher_outputs()], views=args.views)
-    policy = build_policy(args, dataset_size, PolicyContext(stored=stored, shelf=shelf))
-    distiller = Distiller(student, teacher, policy, loss, ce_weight=ce_weight,
-                          timer=timer, serial=args.serial_teacher).to(device)
+    loss = method.build_loss(shapes)
+    context = PolicyContext(stored=stored, store=store, teacher_sha256=info.weights_sha256 if info else None,
+                            keys=tuple(o.key for o in loss.teacher_outputs()))
+    policy = method.build_policy(dataset_size, context)
+    distiller = Distiller(student, teacher, policy, loss, ce_weight=method.ce_weight_for(loss),
+                          timer=timer, serial=serial).to(device)
     distiller.flops_per_image = loss_flops_per_image(distiller.loss, shapes, device)
     return distiller

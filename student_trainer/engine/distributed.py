@@ -9,12 +9,10 @@ here is the identity, so a single process runs exactly as it did before DDP.
 One student, P processes: ``--batch-size`` N, ``--k`` and ``--b`` describe the
 global step; each rank draws N/P images (its share of each global batch,
 ``data_order.EpochSampler``), sends k/P of them to the teacher and mixes with
-b/P (``per_rank_flags``); ``check_world`` refuses flags that do not split.
+b/P (the policy's config scales itself: ``Method.for_rank``); ``check_world`` refuses what does not split.
 """
 from __future__ import annotations
 
-import argparse
-import copy
 import os
 import uuid
 from dataclasses import dataclass
@@ -26,8 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from common.cli_errors import AlreadyReported
-from student_trainer.distill import loss_classes
-from student_trainer.query import POLICIES
+from student_trainer.method import Method
 
 CLIENT_ID_LIMIT = 64  # the teacher server's longest client id
 
@@ -182,37 +179,19 @@ def cleanup() -> None:
 
 
 # --- what each rank does of a global step ------------------------------------------------------------
-def check_world(args: argparse.Namespace, world_size: int) -> None:
-    """Flags that cannot be split over ``world_size`` processes, as one line (run after the flags resolve)."""
+def check_world(method: Method, client_id: str | None, world_size: int) -> None:
+    """What cannot be split over ``world_size`` processes, as one line (the policy's config says what of
+    its own does not split)."""
     if world_size == 1:
         return
-    n = args.batch_size
-    if n % world_size:
-        raise ValueError(f"--batch-size {n} is the global batch, split evenly over the {world_size} processes "
-                         f"torchrun started: give a multiple of {world_size}")
-    policy = POLICIES[args.query]
-    if policy.uses_k and args.k % world_size:
-        raise ValueError(f"--k {args.k} is the teacher's images per global batch, split evenly over the "
-                         f"{world_size} processes torchrun started: give a multiple of {world_size}")
-    for part in [*loss_classes(args.loss), policy]:
+    method.for_rank(world_size)
+    for part in method.parts():
         if part.per_image_state:
             raise ValueError(f"{part.per_image_state} by data-set index, which would differ on each of the "
                              f"{world_size} processes: train it in one process (--nproc_per_node=1)")
-    if args.client_id and len(args.client_id) + len(f"-rank{world_size - 1}") > CLIENT_ID_LIMIT:
+    if client_id and len(client_id) + len(f"-rank{world_size - 1}") > CLIENT_ID_LIMIT:
         raise ValueError(f"--client-id gets -rank<R> appended on each of the {world_size} processes and must "
                          f"then stay within {CLIENT_ID_LIMIT} characters; shorten it")
-
-
-def per_rank_flags(args: argparse.Namespace, world_size: int) -> argparse.Namespace:
-    """The flags as one rank sees them: N/P images a step, k/P of them for the teacher, mixing midpoint b/P."""
-    if world_size == 1:
-        return args
-    local = copy.copy(args)
-    local.batch_size = args.batch_size // world_size
-    local.k = args.k // world_size
-    if getattr(args, "b", None) is not None:
-        local.b = args.b / world_size
-    return local
 
 
 def rank_name(given: str | None, info: DistInfo) -> str:

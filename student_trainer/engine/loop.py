@@ -22,6 +22,7 @@ from student_trainer.engine.pipeline import epoch_steps
 from student_trainer.engine.run_log import RunLog
 from student_trainer.engine.run_state import RunState, saved_on_outage
 from student_trainer.engine.summary import build_summary, format_summary
+from student_trainer.method import Method
 
 
 def train_one_epoch(run: Run, state: RunState, log: RunLog) -> dict:
@@ -121,7 +122,7 @@ def finish(run: Run, state: RunState, server_end) -> dict:
     return summary
 
 
-def main(args) -> dict:
+def main(args, method: Method) -> dict:
     """Train one student as the flags say; return (and write) the run's summary.
 
     Under ``torchrun`` (RANK and WORLD_SIZE set, more than one process) every rank runs this and
@@ -129,7 +130,7 @@ def main(args) -> dict:
     """
     dist = init_distributed(use_cuda=resolve_device(args.device).type == "cuda")
     try:
-        built = build_run(args, dist)
+        built = build_run(args, method, dist)
         state = RunState(built)
         if args.resume:
             state.resume(args.resume)

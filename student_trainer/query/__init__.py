@@ -13,21 +13,22 @@ A new policy is one file holding one ``QueryPolicy`` subclass and one entry in `
 """
 from __future__ import annotations
 
-import argparse
-
 from student_trainer.query.all_images import AllImages
-from student_trainer.query.base import PolicyContext, Query, QueryPolicy
-from student_trainer.query.cached import RememberedAnswers
+from student_trainer.query.base import PolicyConfig, PolicyContext, Query, QueryPolicy, SubsetConfig
+from student_trainer.query.cached import CachedConfig, RememberedAnswers
 from student_trainer.query.random_subset import RandomSubset
-from student_trainer.query.replay import Replay
-from student_trainer.query.uncertain import Uncertain, UncertainUnmixed
+from student_trainer.query.replay import Replay, ReplayConfig
+from student_trainer.query.uncertain import Uncertain, UncertaintyConfig, UncertainUnmixed, UnixConfig
 
 POLICIES: dict[str, type[QueryPolicy]] = {
     p.name: p for p in (AllImages, Uncertain, UncertainUnmixed, RandomSubset, RememberedAnswers, Replay)}
 
 
-def build_policy(args: argparse.Namespace, dataset_size: int = 0, context: PolicyContext | None = None) -> QueryPolicy:
-    return POLICIES[args.query](args, dataset_size, context)
+def build_policy(name: str, config: PolicyConfig | None = None, dataset_size: int = 0,
+                 context: PolicyContext | None = None) -> QueryPolicy:
+    """``--query name`` built from its config (its defaults where None)."""
+    return POLICIES[name](config, dataset_size, context)
 
 
-__all__ = ["POLICIES", "PolicyContext", "Query", "QueryPolicy", "build_policy"]
+__all__ = ["POLICIES", "CachedConfig", "PolicyConfig", "PolicyContext", "Query", "QueryPolicy", "ReplayConfig",
+           "SubsetConfig", "UncertaintyConfig", "UnixConfig", "build_policy"]

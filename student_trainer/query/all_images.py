@@ -9,11 +9,6 @@ class AllImages(QueryPolicy):
     name = "all"
     about = "every image, unmixed (conventional KD; k = N)"
     sends_all = True
-    uses_k = False
-
-    @classmethod
-    def validate(cls, args):
-        pass
 
     def select(self, student, images, labels, indices, timer=NULL_TIMER, views=None):
         return unmixed(images, labels, indices, views=views)

@@ -6,7 +6,7 @@ computed on the teacher's answers for them.
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from common.views import Views
+from student_trainer.config import setting
 from student_trainer.engine.timing import NULL_TIMER, PhaseTimer
 from student_trainer.query.mixing import scaled_for_batch
 
@@ -57,38 +58,85 @@ def unmixed(images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, k
 
 @dataclass
 class PolicyContext:
-    """What some policies need beyond the flags: the training split in memory (to render a stored view) and
-    the shelf of stored views in the answer store."""
-    stored: object | None = None     # common.views.StoredImages
-    shelf: object | None = None      # student_trainer.query.stored_views.ViewShelf
+    """What some policies need beyond their config: the training split in memory (to render a stored view),
+    and the replay store with what keys its entries (the teacher's weights, the outputs the loss asks for)."""
+    stored: object | None = None          # common.views.StoredImages
+    store: object | None = None           # common.answer_store.AnswerStore: the run's --replay-store
+    teacher_sha256: str | None = None     # the teacher whose answers are stored
+    keys: tuple[str, ...] = ()            # the outputs stored with each view
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """What every policy is told: N images a step and the seed of its own draws (general flags)."""
+    batch_size: int = setting(64)
+    seed: int = setting(0)
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+
+    def for_rank(self, world_size: int) -> "PolicyConfig":
+        """One rank's share of a global step under torchrun; a one-line ValueError where the figures do not
+        split evenly over ``world_size`` processes."""
+        return dataclasses.replace(self, **self.rank_share(world_size))
+
+    def rank_share(self, world_size: int) -> dict:
+        """The fields that differ on one rank of ``world_size``: here N/P images a step."""
+        if self.batch_size % world_size:
+            raise ValueError(f"--batch-size {self.batch_size} is the global batch, split evenly over the "
+                             f"{world_size} processes torchrun started: give a multiple of {world_size}")
+        return {"batch_size": self.batch_size // world_size}
+
+
+@dataclass(frozen=True)
+class SubsetConfig(PolicyConfig):
+    """A policy that sends k of the N images to the teacher."""
+    k: int = setting(48)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 1 <= self.k <= self.batch_size:
+            raise ValueError(f"--k must be between 1 and --batch-size {self.batch_size}, got {self.k}")
+
+    def rank_share(self, world_size: int) -> dict:
+        """N/P images, k/P of them for the teacher."""
+        share = super().rank_share(world_size)
+        if self.k % world_size:
+            raise ValueError(f"--k {self.k} is the teacher's images per global batch, split evenly over the "
+                             f"{world_size} processes torchrun started: give a multiple of {world_size}")
+        return share | {"k": self.k // world_size}
 
 
 class QueryPolicy:
-    """Subclasses set ``name``/``about`` and implement ``select``; RNG state rides in checkpoints."""
+    """Subclasses set ``name``/``about`` and implement ``select``; RNG state rides in checkpoints.
+
+    ``config_type`` is the policy's frozen config (``PolicyConfig`` or a subclass): its
+    defaults, flags and checks in one place; the policy is built from one.
+    """
     name: ClassVar[str] = ""
     about: ClassVar[str] = ""
+    config_type: ClassVar[type[PolicyConfig]] = PolicyConfig
     sends_all: ClassVar[bool] = False   # True: the teacher sees every image (k = N)
-    uses_k: ClassVar[bool] = True       # False: --k plays no part (the policy sends all, or N/R)
     # Why the policy cannot be split over several processes (state kept per data-set index); "" if it can.
     per_image_state: ClassVar[str] = ""
+    # True: the policy keeps answers in a replay store (``context.shelf``), which the run must name.
+    needs_store: ClassVar[bool] = False
 
-    needs_store: ClassVar[bool] = False  # True: the policy keeps answers in --answer-store (``context.shelf``)
+    def __init__(self, config: PolicyConfig | None = None, dataset_size: int = 0,
+                 context: PolicyContext | None = None):
+        self.config = config if config is not None else self.config_type()
+        if not isinstance(self.config, self.config_type):
+            raise TypeError(f"--query {self.name} takes a {self.config_type.__name__}, "
+                            f"not a {type(self.config).__name__}")
+        self.batch_size = self.config.batch_size
+        self.k = getattr(self.config, "k", self.batch_size)
+        self.rng = np.random.default_rng(self.config.seed)
+        self.gen = torch.Generator().manual_seed(self.config.seed)
 
-    def __init__(self, args: argparse.Namespace, dataset_size: int = 0, context: PolicyContext | None = None):
-        self.batch_size = args.batch_size
-        self.k = args.k
-        self.rng = np.random.default_rng(args.seed)
-        self.gen = torch.Generator().manual_seed(args.seed)
-
-    @classmethod
-    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        """Flags only this policy reads."""
-
-    @classmethod
-    def validate(cls, args: argparse.Namespace) -> None:
-        """Flag values this policy cannot work with, as one line."""
-        if not 1 <= args.k <= args.batch_size:
-            raise ValueError(f"--k must be between 1 and --batch-size {args.batch_size}, got {args.k}")
+    def preflight(self, dataset_size: int, asks_teacher: bool) -> None:
+        """A check of the policy's own before the first step (``asks_teacher`` False: there is no live
+        teacher, only stored answers); a one-line ValueError where the run cannot go on."""
 
     def k_for(self, n: int) -> int:
         return scaled_for_batch(n, self.batch_size, self.k, 0.0)[0]

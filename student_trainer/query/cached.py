@@ -1,10 +1,24 @@
 """Beyond the paper: every image every step, each teacher answer reused for R visits of the image."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from student_trainer.engine.timing import NULL_TIMER
-from student_trainer.query.base import QueryPolicy, unmixed
+from student_trainer.config import setting
+from student_trainer.query.base import PolicyConfig, QueryPolicy, unmixed
+
+
+@dataclass(frozen=True)
+class CachedConfig(PolicyConfig):
+    refresh_every: int = setting(2, "cached: ask the teacher about each image once every R visits (1: every time, = KD)",
+                                 flag="--refresh-every", metavar="R")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.refresh_every < 1:
+            raise ValueError(f"--refresh-every must be at least 1, got {self.refresh_every}")
 
 
 class RememberedAnswers(QueryPolicy):
@@ -21,27 +35,17 @@ class RememberedAnswers(QueryPolicy):
     name = "cached"
     about = ("every image, unmixed; each image's teacher answer is asked for once every --refresh-every "
              "visits and reused in between (beyond the paper)")
-    uses_k = False
+    config_type = CachedConfig
     per_image_state = "--query cached remembers each training image's answer"
 
-    def __init__(self, args, dataset_size: int = 0, context=None):
-        super().__init__(args, dataset_size, context)
+    def __init__(self, config: CachedConfig | None = None, dataset_size: int = 0, context=None):
+        super().__init__(config, dataset_size, context)
         if dataset_size < 1:
             raise ValueError("--query cached needs the training set's size")
-        self.refresh = args.refresh_every
+        self.refresh = self.config.refresh_every
         self.visits = torch.zeros(dataset_size, dtype=torch.long)
         self.answered = torch.zeros(dataset_size, dtype=torch.bool)
         self.store: dict[str, torch.Tensor] = {}
-
-    @classmethod
-    def add_arguments(cls, group):
-        group.add_argument("--refresh-every", type=int, default=2, metavar="R",
-                           help="cached: ask the teacher about each image once every R visits (1: every time, = KD)")
-
-    @classmethod
-    def validate(cls, args):
-        if args.refresh_every < 1:
-            raise ValueError(f"--refresh-every must be at least 1, got {args.refresh_every}")
 
     @property
     def teacher_images_per_batch(self) -> int:

@@ -4,12 +4,13 @@ from __future__ import annotations
 import torch
 
 from student_trainer.engine.timing import NULL_TIMER
-from student_trainer.query.base import QueryPolicy, unmixed
+from student_trainer.query.base import QueryPolicy, SubsetConfig, unmixed
 
 
 class RandomSubset(QueryPolicy):
     name = "random"
     about = "a random k of N, unmixed, no uncertainty pass"
+    config_type = SubsetConfig
 
     def select(self, student, images, labels, indices, timer=NULL_TIMER, views=None):
         with timer.phase("mixing"):

@@ -5,15 +5,29 @@ from __future__ import annotations
 import logging
 import uuid
 
+from dataclasses import dataclass
+
 import torch
 
 from common.answer_store.codec import Entry
 from common.views import Views, render_views
 from student_trainer.engine.timing import NULL_TIMER
-from student_trainer.query.base import QueryPolicy, unmixed
-from student_trainer.query.stored_views import recipe_of, views_of
+from student_trainer.config import setting
+from student_trainer.query.base import PolicyConfig, QueryPolicy, unmixed
+from student_trainer.query.stored_views import ViewShelf, recipe_of, views_of
 
 log = logging.getLogger("student_trainer")
+
+
+@dataclass(frozen=True)
+class ReplayConfig(PolicyConfig):
+    views: int = setting(1, "replay: views stored per image (the teacher sees each image V times in all)",
+                         flag="--views", metavar="V")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.views < 1:
+            raise ValueError(f"--views must be at least 1, got {self.views}")
 
 
 class Replay(QueryPolicy):
@@ -30,34 +44,30 @@ class Replay(QueryPolicy):
     name = "replay"
     about = ("every image, unmixed; each image's first V views go to the teacher and into --answer-store, "
              "later visits replay a stored view with its stored answer (beyond the paper)")
-    uses_k = False
+    config_type = ReplayConfig
     needs_store = True
 
-    def __init__(self, args, dataset_size: int = 0, context=None):
-        super().__init__(args, dataset_size, context)
-        if context is None or context.shelf is None or context.stored is None:
-            raise ValueError("--query replay needs an answer store and a data set held in memory")
-        self.shelf, self.stored, self.v = context.shelf, context.stored, args.views
+    def __init__(self, config: ReplayConfig | None = None, dataset_size: int = 0, context=None):
+        super().__init__(config, dataset_size, context)
+        if context is None or context.store is None or context.stored is None or not context.teacher_sha256:
+            raise ValueError("--query replay needs a replay store, a teacher's identity and a data set held in "
+                             "memory")
+        self.stored, self.v = context.stored, self.config.views
+        self.shelf = ViewShelf(context.store, teacher_sha256=context.teacher_sha256,
+                               data_fingerprint=context.stored.fingerprint, keys=list(context.keys), views=self.v)
         self.run_id = uuid.uuid4().hex[:16]   # who wrote an entry; restored on resume
         self.completes = 0                     # steps answered so far; an entry records the one it was stored in
-
-    @classmethod
-    def add_arguments(cls, group):
-        group.add_argument("--views", type=int, default=1, metavar="V",
-                           help="replay: views stored per image (the teacher sees each image V times in all)")
-
-    @classmethod
-    def validate(cls, args):
-        if args.views < 1:
-            raise ValueError(f"--views must be at least 1, got {args.views}")
 
     @property
     def teacher_images_per_batch(self) -> int:
         return self.batch_size  # until the views are stored; the counters say what was really sent
 
-    def check_all_stored(self, size: int) -> None:
+    def preflight(self, dataset_size: int, asks_teacher: bool) -> None:
         """With no teacher to ask: refuse, before training, a run whose views are not all stored."""
-        samples = self.stored.origin.tolist() if self.stored.origin is not None else list(range(size))
+        if asks_teacher:
+            return
+        samples = (self.stored.origin.tolist() if self.stored.origin is not None
+                   else list(range(dataset_size)))
         short = 0
         for first in range(0, len(samples), 4096):
             short += sum(sum(e is not None for e in slots) < self.v

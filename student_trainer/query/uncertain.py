@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from student_trainer.engine.timing import NULL_TIMER
-from student_trainer.query.base import Query, QueryPolicy
+from student_trainer.config import setting
+from student_trainer.query.base import Query, QueryPolicy, SubsetConfig
 from student_trainer.query.mixing import scaled_for_batch, select_and_mix
 from student_trainer.query.uncertainty import UNCERTAINTY, uncertainty
 
@@ -49,30 +51,53 @@ def bn_mode(model: nn.Module, mode: str):
                     m.num_batches_tracked.copy_(tracked)
 
 
+BN_MODES = ("batch", "train", "eval")
+
+
+@dataclass(frozen=True)
+class UncertaintyConfig(SubsetConfig):
+    """The k most uncertain of N, by the student's no-grad pass."""
+    selection: str = setting("entropy", "uncertainty measure (unix, unix-nomix)", flag="--selection",
+                             choices=tuple(sorted(UNCERTAINTY)))
+    uncertainty_bn: str = setting("train", "BatchNorm in the no-grad uncertainty pass: train = the reference's "
+                                  "(see README)", flag="--uncertainty-bn", choices=BN_MODES)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.selection not in UNCERTAINTY:
+            raise ValueError(f"unknown --selection {self.selection!r}; choose one of {', '.join(sorted(UNCERTAINTY))}")
+        if self.uncertainty_bn not in BN_MODES:
+            raise ValueError(f"unknown --uncertainty-bn {self.uncertainty_bn!r}; choose batch, train or eval")
+
+
+@dataclass(frozen=True)
+class UnixConfig(UncertaintyConfig):
+    """UNIX-KD's mixing of the selected images: the more certain, the more mixed."""
+    b: float = setting(32.0, "rank where mixing reaches half strength (unix)", flag="--b")
+    w: float = setting(10.0, "sharpness of the mixing sigmoid (unix)", flag="--w")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.w < 0:
+            raise ValueError(f"--w must be >= 0, got {self.w}")
+
+    def rank_share(self, world_size: int) -> dict:
+        """k/P of N/P images, and the mixing midpoint b/P: each rank mixes its share as the batch would."""
+        return super().rank_share(world_size) | {"b": self.b / world_size}
+
+
 class Uncertain(QueryPolicy):
     """The k most uncertain images by the student's no-grad pass over all N, mixed (UNIX-KD) or not."""
     name = "unix"
     about = "UNIX-KD: the k most uncertain of N, mixed with partners (the more certain, the more mixed)"
+    config_type = UnixConfig
     mixes = True
 
-    def __init__(self, args, dataset_size: int = 0, context=None):
-        super().__init__(args, dataset_size, context)
-        self.b, self.w, self.measure, self.bn = args.b, args.w, args.selection, args.uncertainty_bn
-
-    @classmethod
-    def add_arguments(cls, group):
-        group.add_argument("--b", type=float, default=32, help="rank where mixing reaches half strength (unix)")
-        group.add_argument("--w", type=float, default=10.0, help="sharpness of the mixing sigmoid (unix)")
-        group.add_argument("--selection", choices=sorted(UNCERTAINTY), default="entropy",
-                           help="uncertainty measure (unix, unix-nomix)")
-        group.add_argument("--uncertainty-bn", choices=("batch", "train", "eval"), default="train",
-                           help="BatchNorm in the no-grad uncertainty pass: train = the reference's (see README)")
-
-    @classmethod
-    def validate(cls, args):
-        super().validate(args)
-        if args.w < 0:
-            raise ValueError(f"--w must be >= 0, got {args.w}")
+    def __init__(self, config: UncertaintyConfig | None = None, dataset_size: int = 0, context=None):
+        super().__init__(config, dataset_size, context)
+        c = self.config
+        self.measure, self.bn = c.selection, c.uncertainty_bn
+        self.b, self.w = (c.b, c.w) if self.mixes else (0.0, 0.0)  # no mixing: nothing to scale
 
     def scores(self, student: nn.Module, images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), bn_mode(student, self.bn):
@@ -107,8 +132,5 @@ class Uncertain(QueryPolicy):
 class UncertainUnmixed(Uncertain):
     name = "unix-nomix"
     about = "UNIX-KD's uncertainty selection of k of N, without mixing (ablation)"
+    config_type = UncertaintyConfig
     mixes = False
-
-    @classmethod
-    def add_arguments(cls, group):
-        """unix's flags (--selection, --uncertainty-bn) serve it; --b and --w are unused."""
