@@ -15,7 +15,6 @@ result is bit-identical to asking first and computing after (``serial``).
 from __future__ import annotations
 
 import copy
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +26,7 @@ from common.reductions import NONE, offered_keys
 from common.views import Views
 from student_trainer.distill.base import DistillBatch, DistillLoss, ModelShapes, StepContext
 from student_trainer.distill.functional import mixed_ce
+from student_trainer.engine.steps_in_flight import SentStep, completed
 from student_trainer.engine.timing import NULL_TIMER, PhaseTimer
 from student_trainer.method import Method
 from student_trainer.query import PolicyContext, Query, QueryPolicy
@@ -45,59 +45,15 @@ class StepOutput:
     losses: dict[str, torch.Tensor] = field(default_factory=dict)  # each term, as weighted in ``loss``
 
 
-def completed(value) -> Future:
-    future: Future = Future()
-    future.set_result(value)
-    return future
-
-
-@dataclass
-class Prepared:
-    """A step whose images are chosen and sent: what is in flight between ``prepare`` and ``train_on``.
-
-    ``--prefetch D`` keeps D of these ahead of the one being trained; a checkpoint
-    stores them (with their answers when in) so a resumed run trains on exactly the
-    images and answers the uninterrupted one did.
-    """
-    query: Query
-    batch_images: int                 # images drawn from the data set for this step (N)
-    answer: Future | None = None      # None: the loss asks the teacher nothing
-
-    def wait(self) -> dict[str, torch.Tensor]:
-        return self.answer.result() if self.answer is not None else {}
-
-    @property
-    def answered(self) -> bool:
-        """The teacher's answer is here (not pending, not failed)."""
-        return self.answer is not None and self.answer.done() and self.answer.exception() is None
-
-    def to_state(self) -> dict:
-        """Plain tensors and numbers (a weights-only checkpoint); the answer only if it arrived."""
-        done = self.answered
-        q = self.query
-        return {"images": q.images.cpu(), "labels_a": q.labels_a.cpu(), "labels_b": q.labels_b.cpu(),
-                "mix": q.mix.cpu(), "indices": q.indices.cpu(), "choosing_forward": q.choosing_forward,
-                "parts": dict(q.parts), "batch_images": self.batch_images,
-                "ask": None if q.ask is None else q.ask.cpu(), "known": {k: v.cpu() for k, v in q.known.items()},
-                "answer": {k: v.cpu() for k, v in self.answer.result().items()} if done else None,
-                "views": None if q.views is None else torch.from_numpy(q.views.as_array())}
-
-    @classmethod
-    def from_state(cls, state: dict, device) -> "Prepared":
-        q = Query(*(state[k].to(device) for k in ("images", "labels_a", "labels_b", "mix", "indices")),
-                  choosing_forward=state["choosing_forward"], parts=dict(state["parts"]),
-                  ask=None if state.get("ask") is None else state["ask"].to(device), known=dict(state.get("known", {})),
-                  views=None if state.get("views") is None else Views.from_array(state["views"].numpy()))
-        return cls(q, state["batch_images"], completed(state["answer"]) if state["answer"] is not None else None)
-
-
 class Distiller(nn.Module):
     def __init__(self, student: nn.Module, teacher, policy: QueryPolicy, loss: DistillLoss, *,
                  ce_weight: float, timer: PhaseTimer = NULL_TIMER, serial: bool = False):
         super().__init__()
         self.loss = loss
-        self.student, self.teacher, self.policy = [student], teacher, policy  # not submodules: saved apart
-        self.trained = [student]  # what the training forward runs through (the student, or DDP around it)
+        self.teacher, self.policy = teacher, policy  # the teacher's client and the query policy
+        # Not submodules, so the student is saved apart from the loss's modules: the student, and what the
+        # training forward runs through (the student, or DDP around it).
+        self._models = {"student": student, "forward": student}
         self.ce_weight, self.timer, self.serial = ce_weight, timer, serial
         self.keys = [o.key for o in loss.teacher_outputs()]
         self.features = loss.student_features()
@@ -105,7 +61,11 @@ class Distiller(nn.Module):
     def train_through(self, wrapper: nn.Module) -> None:
         """Run the training forward through ``wrapper`` (DistributedDataParallel around the student), so its
         gradients are averaged over the ranks; the uncertainty pass and the feature hooks stay on the student."""
-        self.trained = [wrapper]
+        self._models["forward"] = wrapper
+
+    @property
+    def student(self) -> nn.Module:
+        return self._models["student"]
 
     @property
     def images_per_batch(self) -> int:
@@ -115,10 +75,10 @@ class Distiller(nn.Module):
         return self.policy.teacher_images_per_batch
 
     def prepare(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
-                views: Views | None = None) -> Prepared:
+                views: Views | None = None) -> SentStep:
         """Choose the step's images and send them to the teacher; the answer is waited for in ``train_on``."""
-        q = self.policy.select(self.student[0], images, labels, indices, self.timer, views=views)
-        return Prepared(q, images.shape[0], self._ask(q))
+        q = self.policy.select(self.student, images, labels, indices, self.timer, views=views)
+        return SentStep(q, images.shape[0], self._ask(q))
 
     def _ask(self, q: Query):
         if not self.keys:
@@ -135,22 +95,22 @@ class Distiller(nn.Module):
                     pass
             return answer
 
-    def resend(self, prepared: Prepared) -> None:
+    def resend(self, step: SentStep) -> None:
         """Ask again for an answer a saved run never got (the teacher was gone, or the run stopped)."""
-        if prepared.answer is None and self.keys:
-            prepared.answer = self._ask(prepared.query)
+        if step.answer is None and self.keys:
+            step.answer = self._ask(step.query)
 
-    def train_on(self, prepared: Prepared, context: StepContext = StepContext()) -> StepOutput:
+    def train_on(self, step: SentStep, context: StepContext = StepContext()) -> StepOutput:
         """The student's forward (while the teacher works), then the wait, then the loss."""
-        student, q = self.student[0], prepared.query
-        with self.timer.phase("student"), capture_features(student, self.features) as feats:
-            logits = self.trained[0](q.images)
+        q = step.query
+        with self.timer.phase("student"), capture_features(self.student, self.features) as feats:
+            logits = self._models["forward"](q.images)
         with self.timer.phase("teacher"):
-            answer = self.policy.complete(q, prepared.wait())
-            teacher = {k: v.to(logits.device) for k, v in answer.items()}
+            answers = self.policy.complete(q, step.wait())
+            answers = {k: v.to(logits.device) for k, v in answers.items()}
         with self.timer.phase("student"):
             l_ce = mixed_ce(logits, q.labels_a, q.labels_b, q.mix)
-            terms = self.loss(DistillBatch(logits, teacher, dict(feats), q.labels_a, q.labels_b, q.mix, q.indices,
+            terms = self.loss(DistillBatch(logits, answers, dict(feats), q.labels_a, q.labels_b, q.mix, q.indices,
                                            context))
             ce = self.ce_weight * l_ce
             total = ce + sum(terms.values(), torch.zeros((), device=logits.device))
@@ -163,10 +123,10 @@ class Distiller(nn.Module):
     def student_buffers(self) -> dict[str, torch.Tensor]:
         """The student's BN statistics: its forward runs before the teacher's answer is in, so a
         teacher that never answers leaves them one forward ahead of a clean save."""
-        return {n: b.clone() for n, b in self.student[0].named_buffers()}
+        return {n: b.clone() for n, b in self.student.named_buffers()}
 
     def restore_student_buffers(self, saved: dict[str, torch.Tensor]) -> None:
-        buffers = dict(self.student[0].named_buffers())
+        buffers = dict(self.student.named_buffers())
         with torch.no_grad():
             for name, value in saved.items():
                 buffers[name].copy_(value)

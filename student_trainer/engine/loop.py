@@ -29,17 +29,17 @@ def train_one_epoch(run: Run, state: RunState, log: RunLog) -> dict:
     """Train the epoch in progress from its saved position; return its mean loss parts."""
     run.model.train()
     log.start_epoch()
-    for prepared, context in epoch_steps(state):
-        with saved_on_outage(state, prepared):
-            out = run.distiller.train_on(prepared, context)  # the student's forward and the losses
+    for step, context in epoch_steps(state):
+        with saved_on_outage(state, step):
+            out = run.distiller.train_on(step, context)  # the student's forward and the losses
         with run.timer.phase("student"):
             run.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()  # through DDP: the student's gradients are averaged over the ranks here
             average_gradients(run.distiller.parameters())  # the loss's own modules' (no-op in one process)
             run.optimizer.step()
             run.scheduler.step()
-        state.trained(prepared, out)
-        log.step(prepared, out)
+        state.finish_step(step, out)
+        log.step(step, out)
         if run.args.checkpoint_every and state.work.steps % run.args.checkpoint_every == 0:
             state.save()
     return log.end_epoch_steps()

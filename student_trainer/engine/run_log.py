@@ -50,12 +50,12 @@ class RunLog:
         self.bar = tqdm(total=run.steps_per_epoch, initial=p.step_in_epoch, desc=f"epoch {p.epoch}", leave=False,
                         disable=True if run.args.no_progress or not run.dist.is_main else None, dynamic_ncols=True)
 
-    def step(self, prepared, out) -> None:
+    def step(self, step, out) -> None:
         """After a trained step: its loss parts, and whatever is due every --log-every steps."""
         args, work = self.run.args, self.state.work
         if args.record_indices:
             record = {"step": work.steps, "epoch": self.state.progress.epoch,
-                      "indices": prepared.query.indices.tolist()}
+                      "indices": step.query.indices.tolist()}
             with self.indices.open("a") as f:
                 f.write(json.dumps(record) + "\n")
         self.steps += 1

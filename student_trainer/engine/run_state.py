@@ -1,7 +1,7 @@
 """Where a run stands and everything it must save to go on bit-identically after a stop.
 
 ``RunState`` holds the progress, the work counted, the steps in flight
-(``--prefetch``) and the server's counts at the start; ``state_dict`` is the
+(``--prefetch``, a ``StepsInFlight``) and the server's counts at the start; ``state_dict`` is the
 whole checkpoint (weights, optimiser, schedule, RNGs, the distiller's state),
 ``load_state_dict`` restores this process's part of one. ``last.pt`` is written
 atomically at every epoch end and every ``--checkpoint-every`` steps.
@@ -15,8 +15,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections import deque
-from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,8 +24,8 @@ import torch
 
 from common.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, plain, save_checkpoint
 from student_trainer.engine.accounting import WorkCounters
-from student_trainer.engine.distiller import Prepared
 from student_trainer.engine.distributed import DistInfo, gather_objects, save_on_master
+from student_trainer.engine.steps_in_flight import SentStep, StepsInFlight
 from student_trainer.teachers import ClientCounters, ServerStats, TeacherUnavailable
 
 log = logging.getLogger("student_trainer")
@@ -75,18 +73,17 @@ class RunState:
         self.run = run
         self.progress = Progress()
         self.work = WorkCounters()
-        self.inflight: deque[Prepared] = deque()  # steps chosen and sent, not yet trained (--prefetch)
+        self.in_flight = StepsInFlight(run.distiller, run.args.prefetch, run.device, run.timer)
         self.server_start = run.teacher.try_server_stats() if run.teacher else None  # this rank's client's
         self._earlier_lives, self._life_start = 0.0, time.perf_counter()
 
     def done(self) -> bool:
         return self.progress.epoch > self.run.args.epochs or self.work.steps >= self.run.total_steps
 
-    def trained(self, prepared: Prepared, out) -> None:
-        """``prepared``, the oldest step in flight, is trained: count it and let it go."""
-        assert self.inflight[0] is prepared
-        self.inflight.popleft()
-        self.work.add(prepared.batch_images, out)
+    def finish_step(self, step: SentStep, out) -> None:
+        """``step``, the oldest in flight, is trained: count it and let it go."""
+        self.in_flight.release(step)
+        self.work.add(step.batch_images, out)
         self.progress.step_in_epoch += 1
 
     def epochs_trained(self) -> float:
@@ -101,7 +98,7 @@ class RunState:
         """What differs between ranks (``PER_RANK``): each rank's own, restored by it on resume."""
         run = self.run
         return {"distiller": run.distiller.training_state(), "rng": rng_state(),
-                "inflight": [prepared.to_state() for prepared in self.inflight],
+                "inflight": self.in_flight.state(),
                 "counters": self.work.as_dict(), "timing": run.timer.as_dict(),
                 "client_counters": run.teacher.counters.as_dict() if run.teacher else None,
                 "server_start": asdict(self.server_start) if self.server_start else None}
@@ -141,19 +138,14 @@ class RunState:
         if own.get("server_start"):
             self.server_start = ServerStats(**own["server_start"])
         set_rng_state(own["rng"])
-        self.inflight = deque(Prepared.from_state(state, run.device) for state in own.get("inflight") or [])
-        if len(self.inflight) > run.args.prefetch + 1:
-            raise CheckpointError(f"{path} has {len(self.inflight)} steps in flight; resume it with "
-                                  f"--prefetch {len(self.inflight) - 1} or more")
-        for prepared in self.inflight:
-            run.distiller.resend(prepared)
+        self.in_flight.load(own.get("inflight") or [], path)
 
     def save(self, *, best: bool = False) -> None:
         """Every rank calls it (it gathers their states); rank 0 writes ``last.pt`` (and ``best.pt``)."""
         with self.run.timer.phase("checkpoint"):
             # Let the steps in flight settle (answered or failed), so the saved counters and the saved
             # answers agree: each answer is in the checkpoint exactly when it was counted.
-            futures.wait([prepared.answer for prepared in self.inflight if prepared.answer is not None])
+            self.in_flight.settle()
             self.progress.wall_seconds = self.wall()
             self.run.sync_buffers()
             ckpt = self.state_dict()
@@ -171,8 +163,8 @@ class RunState:
 
 
 @contextmanager
-def saved_on_outage(state: RunState, prepared: Prepared):
-    """Training ``prepared`` while its teacher may be gone: if it is, save the run as it stood before the
+def saved_on_outage(state: RunState, step: SentStep):
+    """Training ``step`` while its teacher may be gone: if it is, save the run as it stood before the
     step, then stop in one line.
 
     The steps in flight are saved with their images (and answers where they came), so a
@@ -181,7 +173,7 @@ def saved_on_outage(state: RunState, prepared: Prepared):
     whose answer is already in cannot fail so, and keeps no copy of them.
     """
     distiller = state.run.distiller
-    settled = prepared.answer is None or prepared.answered
+    settled = step.answer is None or step.answered
     before = None if settled else distiller.student_buffers()
     try:
         yield

@@ -1,0 +1,114 @@
+"""The steps in flight: chosen and sent to the teacher, not yet trained, in one place.
+
+``--prefetch D`` keeps D steps ahead of the one being trained, so the teacher answers
+about the next batches while the student trains on this one. ``StepsInFlight`` owns
+that queue: it fills it (draw a batch, let the policy choose, send), hands out the
+oldest step and lets it go once trained, waits for its answers before a checkpoint,
+writes it into the checkpoint (the images, and the answers where they came) and, on
+resume, reads it back and asks again for the answers a stopped run never got. A
+resumed run so trains on exactly the images and answers the uninterrupted one did.
+"""
+from __future__ import annotations
+
+from collections import deque
+from concurrent import futures
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import torch
+
+from common.checkpoint import CheckpointError
+from common.views import Views
+from student_trainer.query import Query
+
+
+def completed(value) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
+@dataclass
+class SentStep:
+    """A step whose images are chosen and sent: the query, the images drawn for it, the teacher's answer."""
+    query: Query
+    batch_images: int                 # images drawn from the data set for this step (N)
+    answer: Future | None = None      # None: the loss asks the teacher nothing
+
+    def wait(self) -> dict[str, torch.Tensor]:
+        return self.answer.result() if self.answer is not None else {}
+
+    @property
+    def answered(self) -> bool:
+        """The teacher's answer is here (not pending, not failed)."""
+        return self.answer is not None and self.answer.done() and self.answer.exception() is None
+
+    def to_state(self) -> dict:
+        """Plain tensors and numbers (a weights-only checkpoint); the answer only if it arrived."""
+        q = self.query
+        return {"images": q.images.cpu(), "labels_a": q.labels_a.cpu(), "labels_b": q.labels_b.cpu(),
+                "mix": q.mix.cpu(), "indices": q.indices.cpu(), "choosing_forward": q.choosing_forward,
+                "parts": dict(q.parts), "batch_images": self.batch_images,
+                "ask": None if q.ask is None else q.ask.cpu(), "known": {k: v.cpu() for k, v in q.known.items()},
+                "answer": {k: v.cpu() for k, v in self.answer.result().items()} if self.answered else None,
+                "views": None if q.views is None else torch.from_numpy(q.views.as_array())}
+
+    @classmethod
+    def from_state(cls, state: dict, device) -> "SentStep":
+        q = Query(*(state[k].to(device) for k in ("images", "labels_a", "labels_b", "mix", "indices")),
+                  choosing_forward=state["choosing_forward"], parts=dict(state["parts"]),
+                  ask=None if state.get("ask") is None else state["ask"].to(device), known=dict(state.get("known", {})),
+                  views=None if state.get("views") is None else Views.from_array(state["views"].numpy()))
+        return cls(q, state["batch_images"], completed(state["answer"]) if state["answer"] is not None else None)
+
+
+class StepsInFlight:
+    """The queue of sent steps, oldest first: at most ``prefetch`` beyond the one being trained.
+
+    ``distiller`` chooses and sends a step (``prepare``) and asks again for a lost answer (``resend``).
+    """
+
+    def __init__(self, distiller, prefetch: int, device, timer):
+        self.distiller, self.prefetch, self.device, self.timer = distiller, prefetch, device, timer
+        self.queue: deque[SentStep] = deque()
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    @property
+    def oldest(self) -> SentStep | None:
+        return self.queue[0] if self.queue else None
+
+    def fill(self, batches, steps_left: int) -> None:
+        """Draw, choose and send until ``prefetch`` steps wait beyond the one to train now (never more than
+        ``steps_left``, never past the loader's end)."""
+        while len(self.queue) <= self.prefetch and len(self.queue) < steps_left:
+            with self.timer.phase("data"):
+                batch = next(batches, None)
+            if batch is None:
+                return
+            images, labels, indices = (t.to(self.device, non_blocking=True) for t in batch[:3])
+            views = Views.from_array(batch[3].numpy()) if len(batch) > 3 else None  # RenderedViews' recipes
+            self.queue.append(self.distiller.prepare(images, labels, indices, views))
+
+    def release(self, step: SentStep) -> None:
+        """``step``, the oldest, is trained: it leaves the queue."""
+        assert self.queue and self.queue[0] is step
+        self.queue.popleft()
+
+    def settle(self) -> None:
+        """Wait until every answer in flight is in or failed, so a checkpoint's counters and answers agree."""
+        futures.wait([step.answer for step in self.queue if step.answer is not None])
+
+    def state(self) -> list[dict]:
+        return [step.to_state() for step in self.queue]
+
+    def load(self, states: list[dict], path) -> None:
+        """The steps a checkpoint held, their missing answers asked for again."""
+        queue = deque(SentStep.from_state(state, self.device) for state in states)
+        if len(queue) > self.prefetch + 1:
+            raise CheckpointError(f"{path} has {len(queue)} steps in flight; resume it with "
+                                  f"--prefetch {len(queue) - 1} or more")
+        self.queue = queue
+        for step in self.queue:
+            self.distiller.resend(step)
