@@ -3,7 +3,8 @@
 A record keeps what is small enough to commit: ``summary.json``, ``metrics.jsonl`` and ``run.json`` (the
 exact trainer flags, the teacher's checkpoint and sha256, the commit). It is reused only when its flags and
 teacher match exactly, so an experiment continues on another machine from committed records and every
-number can be checked against its run.
+number can be checked against its run. A trainer flag renamed since a record was written is read under its
+new name (``RENAMED_FLAGS``), so a rename alone retrains nothing.
 """
 from __future__ import annotations
 
@@ -15,10 +16,17 @@ from pathlib import Path
 
 log = logging.getLogger("experiment")
 RUN_FILES = ("summary.json", "metrics.jsonl")  # what a run record keeps: small, committed with the results
+# Trainer flags renamed since committed records were written, old name -> new name.
+RENAMED_FLAGS = {"--answer-store": "--replay-store"}
 
 
 class NotRecorded(Exception):
     """``--records-only``: this run has no record made with exactly these flags and teacher."""
+
+
+def current_flags(flags: list[str] | None) -> list[str] | None:
+    """A saved record's flags as the trainer names them today: each renamed flag under its new name."""
+    return None if flags is None else [RENAMED_FLAGS.get(flag, flag) for flag in flags]
 
 
 def recorded_summary(record: Path, flags: list[str], teacher: dict | None) -> dict | None:
@@ -27,7 +35,7 @@ def recorded_summary(record: Path, flags: list[str], teacher: dict | None) -> di
     if not (provenance.is_file() and (record / "summary.json").is_file()):
         return None
     saved = json.loads(provenance.read_text())
-    if saved.get("flags") == flags and saved.get("teacher") == teacher:
+    if current_flags(saved.get("flags")) == flags and saved.get("teacher") == teacher:
         log.info("reusing %s (same flags and teacher)", record)
         return json.loads((record / "summary.json").read_text())
     log.info("%s was made with other flags or another teacher: not reused", record)

@@ -15,7 +15,7 @@ from student_trainer.tools.experiment.training import asks_teacher, train_or_reu
 
 
 def store_flags(group: dict, seed: int, out: Path) -> tuple[list[str], Path | None]:
-    """The run's answer-store flags, and the store to empty before it (None: keep what is there).
+    """The run's ``--replay-store`` flags, and the store to empty before it (None: keep what is there).
 
     "own": each run its own, empty store; "shared": the group's seeds one after another on one store (a
     sweep: the first pays the teacher, the others find its answers).
@@ -25,7 +25,7 @@ def store_flags(group: dict, seed: int, out: Path) -> tuple[list[str], Path | No
         return [], None
     store = out / "stores" / group["name"] / (f"seed{seed}" if mode == "own" else "shared")
     fresh = store if mode == "own" or seed == group.get("seeds", [0])[0] else None
-    return ["--answer-store", str(store)], fresh
+    return ["--replay-store", str(store)], fresh
 
 
 def train_groups(config: dict, base: list[str], out: Path, records: Path, teacher: dict, url: str | None,
