@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from student_trainer.cli import main as train
-from student_trainer.tools.experiment import load_config, main as experiment, to_flags
+from student_trainer.tools.experiment.cli import main as experiment
+from student_trainer.tools.experiment.config import load_config, to_flags
 from student_trainer.tools.report import main as report
 from tests.conftest import train_args
 
