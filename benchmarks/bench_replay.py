@@ -55,9 +55,9 @@ def finished(proc: subprocess.Popen, out: Path) -> dict:
 def arm_flags(arm: str, stores: dict[str, str], steps: int) -> list[str]:
     local = ["--teacher-url", f"local:{TEACHER}"]
     return {"ce": ["--method", "ce"], "kd": ["--method", "kd", *local],
-            "replay-lmdb": ["--query", "replay", "--loss", "kd", "--views", "1", "--answer-store", stores["lmdb"],
+            "replay-lmdb": ["--query", "replay", "--loss", "kd", "--views", "1", "--replay-store", stores["lmdb"],
                             *local],
-            "replay-redis": ["--query", "replay", "--loss", "kd", "--views", "1", "--answer-store",
+            "replay-redis": ["--query", "replay", "--loss", "kd", "--views", "1", "--replay-store",
                              stores["redis"], *local]}[arm] + ["--max-steps", str(steps), "--epochs", "50",
                                                                "--seed", "7"]
 
@@ -80,7 +80,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         stores = {"lmdb": str(tmp / "answers"), "redis": redis_url}
         for kind, url in stores.items():  # fill: one epoch over the subset stores one view of every image
-            fill = ["--query", "replay", "--loss", "kd", "--views", "1", "--answer-store", url,
+            fill = ["--query", "replay", "--loss", "kd", "--views", "1", "--replay-store", url,
                     "--teacher-url", f"local:{TEACHER}", "--epochs", "1", "--seed", "0"]
             out = tmp / f"fill-{kind}"
             finished(trainer(fill, out), out)

@@ -1,6 +1,7 @@
 """Turn the errors a user can cause into one readable line and exit code 2."""
 from __future__ import annotations
 
+import argparse
 import sys
 from contextlib import contextmanager
 
@@ -64,3 +65,13 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     if len(shape) != 3 or min(shape) < 1:
         raise argparse.ArgumentTypeError(f"expected C,H,W like 3,32,32, got {text!r}")
     return shape
+
+
+def renamed_flag(new: str, why: str = ""):
+    """An argparse action for a flag that was renamed: using the old name is one line naming the new one."""
+
+    class Renamed(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            parser.error(f"{option_string} was renamed {new}{f' ({why})' if why else ''}")
+
+    return Renamed

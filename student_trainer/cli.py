@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from common.cli_errors import one_line_errors, parse_numbers, parse_shape
+from common.cli_errors import one_line_errors, parse_numbers, parse_shape, renamed_flag
 from common.codec import WIRE_DTYPES
 from student_trainer.distill import LOSSES, loss_classes
 from student_trainer.engine.distributed import check_world, env_info
@@ -47,13 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wait for the teacher before the student's forward (no overlap; same result, slower)")
     m.add_argument("--teacher-url", help="grpc://HOST:PORT, grpcs://HOST:PORT, triton://HOST:PORT/MODEL "
                    "or local:CHECKPOINT (not needed for ce)")
-    m.add_argument("--answer-store", metavar="URL",
-                   help="where --query replay keeps the teacher's answers with their views: a folder (an "
-                   "embedded LMDB store, lmdb:PATH) or redis://HOST:PORT/DB (a store several hosts share)")
+    m.add_argument("--replay-store", metavar="URL",
+                   help="the replay store: where --query replay keeps each image's views with the teacher's "
+                   "answers, read by sample: a folder (an embedded LMDB store, lmdb:PATH) or redis://HOST:PORT/DB "
+                   "(a store several hosts share). Not the server's --recipe-store, which keeps answers by recipe")
+    m.add_argument("--answer-store", nargs="?", help=argparse.SUPPRESS,
+                   action=renamed_flag("--replay-store", "the views each image keeps for --query replay"))
     m.add_argument("--teacher-id", metavar="SHA256",
                    help="with --query replay and no --teacher-url: the teacher whose stored answers to train "
                    "on (its weights' sha256, as a run with the teacher logs it)")
-    m.add_argument("--k", type=int, default=SubsetConfig.k, help="images per batch sent to the teacher (all but --query all)")
+    m.add_argument("--k", type=int, default=SubsetConfig.k,
+                   help="images per batch sent to the teacher (all but --query all)")
     m.add_argument("--ce-weight", type=float, default=None,
                    help="weight of cross-entropy on the (mixed) labels (default: 0 with a teacher, 1 without)")
     added: set[str] = set()
@@ -181,11 +185,11 @@ def validate(args, world_size: int = 1) -> Method:
         raise ValueError("--prefetch overlaps the teacher with training; --serial-teacher turns overlap off: "
                          "choose one")
     policy = method.policy_type
-    if policy.needs_store and not args.answer_store:
-        raise ValueError(f"--query {args.query} needs --answer-store (a folder for an embedded LMDB store, or "
+    if policy.needs_store and not args.replay_store:
+        raise ValueError(f"--query {args.query} needs --replay-store (a folder for an embedded LMDB store, or "
                          "redis://HOST:PORT/DB)")
-    if args.answer_store and not policy.needs_store:
-        raise ValueError(f"--answer-store is read by --query {', '.join(n for n, p in POLICIES.items() if p.needs_store)}"
+    if args.replay_store and not policy.needs_store:
+        raise ValueError(f"--replay-store is read by --query {', '.join(n for n, p in POLICIES.items() if p.needs_store)}"
                          f", not by --query {args.query}")
     if args.teacher_id and (args.teacher_url or not policy.needs_store):
         raise ValueError("--teacher-id names a stored teacher for --query replay without --teacher-url")

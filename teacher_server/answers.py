@@ -1,4 +1,4 @@
-"""Answers to view recipes kept in an answer store (``--answer-store``), so a recipe asked again runs no forward.
+"""Answers to view recipes kept in an answer store (the recipe store, ``--recipe-store``), so a recipe asked again runs no forward.
 
 A recipe names its image exactly (given the split's fingerprint), so the answer
 of a teacher to it can be kept and given again: the second student of a sweep

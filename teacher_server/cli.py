@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from common.cli_errors import one_line_errors, parse_shape
+from common.cli_errors import one_line_errors, parse_shape, renamed_flag
 from teacher_server.backends import add_backend_arguments, serve
 
 log = logging.getLogger("teacher_server")
@@ -37,8 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
                       "--train-size; a subset of a real set renders from the whole split)")
     data.add_argument("--data-seed", type=int, default=0, help="the trainer's --data-seed (synthetic)")
     data.add_argument("--no-augment", action="store_true", help="the trainer's --no-augment")
-    data.add_argument("--answer-store", metavar="URL", help="keep the answers to recipes here and give them again "
-                      "with no forward: lmdb:PATH (or a bare directory) on this host, redis://HOST:PORT/DB shared")
+    data.add_argument("--recipe-store", metavar="URL", help="the recipe store: keep the answers to view recipes "
+                      "here, read by recipe, and give them again with no forward: lmdb:PATH (or a bare directory) on "
+                      "this host, redis://HOST:PORT/DB shared. Not the trainer's --replay-store (views per image)")
+    data.add_argument("--answer-store", nargs="?", help=argparse.SUPPRESS,
+                      action=renamed_flag("--recipe-store", "the answers this server keeps per view recipe"))
     run = p.add_argument_group("serving")
     run.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     run.add_argument("--port", type=int, default=None,

@@ -172,9 +172,9 @@ def serve_grpc(teacher: TeacherModel, args) -> None:
         signal.signal(sig, lambda signum, _frame: stop.append(signum))
     tls = server_credentials(args.tls_cert, args.tls_key) if args.tls_cert else None
     data = served_data(teacher, args)
-    if args.answer_store and data is None:
-        raise ValueError("--answer-store keeps answers to view recipes: give --dataset too")
-    store = open_store(args.answer_store) if args.answer_store else None
+    if args.recipe_store and data is None:
+        raise ValueError("--recipe-store keeps answers to view recipes: give --dataset too")
+    store = open_store(args.recipe_store) if args.recipe_store else None
     server, servicer, port = build_server(
         teacher, host=args.host, port=args.port, max_batch=args.max_batch, workers=args.workers,
         check_finite=not args.allow_nonfinite, token=token, tls=tls,

@@ -245,7 +245,7 @@ def test_a_server_asked_for_a_data_set_read_from_files_says_so_in_one_line(tmp_p
     assert e.value.code == 2 and len(err.splitlines()) == 1 and "no views in memory" in err, err
 
 
-# --- answers kept in a store (--answer-store) ------------------------------------------------------------
+# --- answers kept in a store (--recipe-store) ------------------------------------------------------------
 
 @pytest.fixture()
 def stored_server(teacher, tmp_path):

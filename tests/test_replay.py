@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _flags(url, out, store, *extra):
     return train_args(out, *(["--teacher-url", url] if url else []), "--query", "replay", "--loss", "kd",
-                      "--answer-store", store, "--batch-size", "16", "--train-size", "96", "--epochs", "2",
+                      "--replay-store", store, "--batch-size", "16", "--train-size", "96", "--epochs", "2",
                       "--milestones", "1", "--wire-dtype", "float32", "--no-tensorboard", *map(str, extra))
 
 
@@ -143,7 +143,7 @@ def test_a_damaged_store_is_one_line_and_needs_views_as_recipes(grpc_teacher, tm
     assert len(err) == 1 and "needs --augment-draws batched" in err[0]
     with pytest.raises(SystemExit):
         train(train_args(tmp_path / "c", "--query", "replay", "--loss", "kd", "--teacher-url", url))
-    assert "needs --answer-store" in capsys.readouterr().err
+    assert "needs --replay-store" in capsys.readouterr().err
 
 
 def test_select_replays_exactly_the_stored_view_and_answer(tmp_path):

@@ -54,7 +54,7 @@ class Run:
     flops: dict[str, float]     # measured FLOPs per image of each kind of work (accounting)
     steps_per_epoch: int        # global steps: every rank draws its share of each
     total_steps: int
-    store: AnswerStore | None = None  # --answer-store
+    store: AnswerStore | None = None  # --replay-store
 
     def sync_buffers(self) -> None:
         """Rank 0's BatchNorm statistics (and the loss's buffers) on every rank, so all evaluate and save
@@ -199,7 +199,7 @@ def build_run(args: argparse.Namespace, method: Method, dist: DistInfo = DistInf
         torch.backends.cudnn.benchmark = False
     # The teacher first, for it may say which data set to train on; before the seed, so that the student
     # and the loss draw the same numbers whatever kind it is (a local: one builds a model as it loads).
-    store = open_store(args.answer_store) if args.answer_store else None
+    store = open_store(args.replay_store) if args.replay_store else None
     teacher = connect_teacher(args, method, device, dist, store)
     seed_everything(args.seed)
 

@@ -82,7 +82,7 @@ def build_summary(*, args, spec, work, top1, best_top1, epochs, teacher, server_
         # Wall seconds by phase: data loading, uncertainty pass, mixing, waiting for the
         # teacher, student forward/backward/step, evaluation, checkpoints.
         "time_split": {k: round(v, 3) for k, v in (time_split or {}).items()},
-        # --answer-store: views read back (hits), slots found empty or damaged (misses), entries written.
+        # --replay-store: views read back (hits), slots found empty or damaged (misses), entries written.
         "answer_store": None if store is None else {"url": store.url, **store.counters.as_dict()},
     }
     return s

@@ -9,7 +9,7 @@ A new policy is one file holding one ``QueryPolicy`` subclass and one entry in `
 ``cached``      every image, unmixed; each image's answer is asked for once every R visits and
                 reused in between (beyond the paper: fewer teacher images, no uncertainty pass)
 ``replay``      every image, unmixed; its first V views are asked for and stored with their recipes
-                in --answer-store, later visits replay a stored view with its answer (beyond the paper)
+                in --replay-store, later visits replay a stored view with its answer (beyond the paper)
 """
 from __future__ import annotations
 

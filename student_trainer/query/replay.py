@@ -36,13 +36,13 @@ class Replay(QueryPolicy):
     seeded choice), exactly as stored, with the stored answer, and asks the teacher nothing.
 
     The student never learns from an answer computed on another view than its own (Beyer et al.'s
-    consistency, which ``cached`` gives up). Views are unmixed. The store (``--answer-store``) outlives
+    consistency, which ``cached`` gives up). Views are unmixed. The store (``--replay-store``) outlives
     the run: another seed, another student or another host with the same teacher and data starts with
     every view stored before. A resumed run is exact: views its crashed twin stored after the checkpoint
     count as not yet there (it finds each one again, as the view it draws, and takes the stored answer).
     """
     name = "replay"
-    about = ("every image, unmixed; each image's first V views go to the teacher and into --answer-store, "
+    about = ("every image, unmixed; each image's first V views go to the teacher and into --replay-store, "
              "later visits replay a stored view with its stored answer (beyond the paper)")
     config_type = ReplayConfig
     needs_store = True
