@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
+LOGITS = "logits"  # the output every teacher gives (its features are named by the model)
 NONE = "none"
 SEPARATOR = "."   # between an output's name and its reduction in a key
 ATTENTION_P = 2   # AT (Zagoruyko & Komodakis, 2017) uses |f|^2

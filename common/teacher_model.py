@@ -46,7 +46,7 @@ class TeacherModel:
         # never contended there; it keeps other callers sharing one model (the in-process client, tests) from
         # running forwards at once, whose feature hooks would capture each other's tensors.
         self._lock = threading.Lock()
-        dotted = [n for n in self.feature_names if reductions.SEPARATOR in n or n == "logits"]
+        dotted = [n for n in self.feature_names if reductions.SEPARATOR in n or n == reductions.LOGITS]
         if dotted:
             raise ValueError(f"feature names {dotted} cannot be served: '{reductions.SEPARATOR}' separates an "
                              "output from its reduction in a key, and 'logits' is the logits")
@@ -54,7 +54,7 @@ class TeacherModel:
             self.output_shapes = self._probe_shapes()
 
     def _probe_shapes(self) -> dict[str, tuple[int, ...]]:
-        names = ["logits", *self.feature_names]
+        names = [reductions.LOGITS, *self.feature_names]
         result, _ = self.forward(torch.zeros(1, *self.input_shape), names)
         return {name: tuple(result[name].shape[1:]) for name in names}
 
@@ -86,7 +86,7 @@ class TeacherModel:
         # (the probe at load runs before there are shapes to check keys against)
         parsed = {key: reductions.parse_key(key) if self.output_shapes is None
                   else reductions.check_key(key, self.output_shapes) for key in keys}
-        features = list(dict.fromkeys(name for name, _ in parsed.values() if name != "logits"))
+        features = list(dict.fromkeys(name for name, _ in parsed.values() if name != reductions.LOGITS))
         with self._lock, torch.inference_mode():
             x = images.to(self.device, self.compute_dtype, non_blocking=True)
             start = time.perf_counter()
@@ -94,7 +94,7 @@ class TeacherModel:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             seconds = time.perf_counter() - start
-            result = {"logits": logits, **feats}
+            result = {reductions.LOGITS: logits, **feats}
             out = {key: reductions.reduce(reduction, result[name].float())
                    for key, (name, reduction) in parsed.items()}
         return {key: t.cpu() for key, t in out.items()}, seconds

@@ -10,6 +10,7 @@ import logging
 from common.cli_errors import one_line_errors, parse_numbers, parse_shape, renamed_flag
 from common.codec import WIRE_DTYPES
 from student_trainer.distill import LOSSES, loss_classes
+from student_trainer.engine.data_order import DRAWS
 from student_trainer.engine.distributed import check_world, env_info
 from student_trainer.flags import add_config_flags, config_from_flags
 from student_trainer.method import SHORTHANDS, Method
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--std", type=parse_numbers, default=None, metavar="R,G,B", help="folder: see --mean")
     d.add_argument("--data-seed", type=int, default=0)
     d.add_argument("--no-augment", action="store_true")
-    d.add_argument("--augment-draws", choices=("batched", "per-item"), default="batched",
+    d.add_argument("--augment-draws", choices=DRAWS, default=DRAWS[0],
                    help="batched: each view a recipe hashed from (seed, epoch, index), a batch rendered at once "
                         "from the images in memory (Fashion-MNIST, CIFAR, synthetic); per-item: the data set's "
                         "transforms image by image under a seed each (any data set; the draws of earlier "

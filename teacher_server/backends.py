@@ -16,6 +16,7 @@ class Backend:
     serve: Callable[..., None]
     default_port: int
     about: str
+    renders_recipes: bool = False  # True: it can hold a data set and render view recipes (--dataset)
 
 
 def _serve_grpc(teacher, args) -> None:
@@ -31,7 +32,7 @@ def _serve_triton(teacher, args) -> None:
 
 
 BACKENDS: dict[str, Backend] = {
-    "grpc": Backend(_serve_grpc, 50051, "our own gRPC service (protos/teacher.proto)"),
+    "grpc": Backend(_serve_grpc, 50051, "our own gRPC service (protos/teacher.proto)", renders_recipes=True),
     "triton": Backend(_serve_triton, 8001, "a real NVIDIA Triton server (PyTriton), KServe v2 gRPC/HTTP"),
 }
 

@@ -5,7 +5,7 @@ import argparse
 import logging
 
 from common.cli_errors import one_line_errors, parse_shape, renamed_flag
-from teacher_server.backends import add_backend_arguments, serve
+from teacher_server.backends import BACKENDS, add_backend_arguments, serve
 
 log = logging.getLogger("teacher_server")
 
@@ -73,9 +73,9 @@ def main(argv=None) -> None:
         if not args.checkpoint and not args.arch:
             raise ValueError("give exactly one of --checkpoint PATH or --arch NAME (alone: a random teacher; "
                              "with --checkpoint: the network of another project's state dict)")
-        if args.dataset and args.backend != "grpc":
+        if args.dataset and not BACKENDS[args.backend].renders_recipes:
             raise ValueError(f"--dataset: --backend {args.backend} takes images only (view recipes are rendered by "
-                             "--backend grpc)")
+                             f"--backend {', '.join(n for n, b in BACKENDS.items() if b.renders_recipes)})")
         if args.max_batch < 1:
             raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}")
         from common.teacher_model import load_teacher

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from common import reductions
+from common.reductions import LOGITS
 from common.cli_errors import one_line_errors, parse_shape
 from common.features import capture_features
 from common.teacher_model import TeacherModel, load_teacher
@@ -56,12 +57,12 @@ class TeacherWithFeatures(nn.Module):
         super().__init__()
         self.model = model
         self.keys = [reductions.parse_key(k) for k in keys]
-        self.feature_names = list(dict.fromkeys(name for name, _ in self.keys if name != "logits"))
+        self.feature_names = list(dict.fromkeys(name for name, _ in self.keys if name != LOGITS))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         with capture_features(self.model, self.feature_names) as feats:
             logits = self.model(images.float())
-        outputs = {"logits": logits, **feats}
+        outputs = {LOGITS: logits, **feats}
         return tuple(reductions.reduce(reduction, outputs[name]) for name, reduction in self.keys)
 
 
@@ -72,11 +73,18 @@ class ExportFormat:
     filename: str
     write: Callable[[TeacherWithFeatures, torch.Tensor, Path, list[str], list[str]], None]
     indexed_names: bool  # LibTorch's NAME__INDEX convention
+    # Runs the exported file on the CPU as its Triton backend would: (model file, config, images) -> outputs
+    # in the config's order.
+    run: Callable[[Path, object, torch.Tensor], list]
 
     def tensor_names(self, outputs: list[str]) -> tuple[str, list[str]]:
         if not self.indexed_names:
             return "images", list(outputs)
         return "images__0", [f"{name}__{i}" for i, name in enumerate(outputs)]
+
+    def plain_name(self, tensor_name: str) -> str:
+        """An output's name as the teacher gives it, from its name in the exported file."""
+        return tensor_name.rsplit("__", 1)[0] if self.indexed_names else tensor_name
 
 
 def _write_torchscript(wrapper, example, path, input_name, output_names) -> None:
@@ -112,9 +120,26 @@ def _write_onnx(wrapper, example, path, input_name, output_names) -> None:
                           dynamic_axes={name: batch for name in [input_name, *output_names]})
 
 
+def _run_torchscript(path: Path, config, images: torch.Tensor) -> list:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        return list(module(images))
+
+
+def _run_onnx(path: Path, config, images: torch.Tensor) -> list:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    results = session.run([o.name for o in config.output], {config.input[0].name: images.numpy()})
+    return [torch.from_numpy(r) for r in results]
+
+
 FORMATS: dict[str, ExportFormat] = {
-    "torchscript": ExportFormat("pytorch_libtorch", "pytorch", "model.pt", _write_torchscript, True),
-    "onnx": ExportFormat("onnxruntime_onnx", "onnxruntime", "model.onnx", _write_onnx, False),
+    "torchscript": ExportFormat("pytorch_libtorch", "pytorch", "model.pt", _write_torchscript, True,
+                                _run_torchscript),
+    "onnx": ExportFormat("onnxruntime_onnx", "onnxruntime", "model.onnx", _write_onnx, False, _run_onnx),
 }
 
 
@@ -175,28 +200,21 @@ def run_exported(folder: Path, images: torch.Tensor) -> dict[str, torch.Tensor]:
     from tritonclient.grpc import model_config_pb2 as mc
 
     config = text_format.Parse((folder / "config.pbtxt").read_text(), mc.ModelConfig())
-    names = [o.name.rsplit("__", 1)[0] if config.backend == "pytorch" else o.name for o in config.output]
-    if config.backend == "pytorch":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            module = torch.jit.load(str(folder / "1" / "model.pt"), map_location="cpu")
-        with torch.no_grad():
-            results = module(images)
-        return dict(zip(names, results))
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(folder / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
-    results = session.run([o.name for o in config.output], {config.input[0].name: images.numpy()})
-    return {n: torch.from_numpy(r) for n, r in zip(names, results)}
+    fmt = next((f for f in FORMATS.values() if f.backend == config.backend), None)
+    if fmt is None:
+        raise ValueError(f"{folder} holds a model for Triton's {config.backend!r} backend, which no export "
+                         f"format here writes")
+    results = fmt.run(folder / "1" / fmt.filename, config, images)
+    return {fmt.plain_name(o.name): r for o, r in zip(config.output, results)}
 
 
 def verify(teacher: TeacherModel, folder: Path, input_dtype: str, batch: int = 3) -> float:
     """Largest |logits difference| between the exported model and the eager one, on the same batch."""
     images = torch.randn(batch, *teacher.input_shape, generator=torch.Generator().manual_seed(0))
     images = images.to(TORCH_DTYPES[input_dtype])
-    expected, _ = teacher.forward(images, ["logits"])
-    got = run_exported(folder, images)["logits"]
-    return float((got.float() - expected["logits"]).abs().max())
+    expected, _ = teacher.forward(images, [LOGITS])
+    got = run_exported(folder, images)[LOGITS]
+    return float((got.float() - expected[LOGITS]).abs().max())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ from test_data import write_cifar10
 
 from common.data import build_dataset
 from common.views import Recipes, draw, render
-from student_trainer.engine.data_order import EpochSampler, RenderedViews, whole_batch
+from student_trainer.engine.data_order import EpochSampler, RenderedViews
 
 
 def _by_torchvision(pixels, recipe: tuple[int, int, bool], pad: int, mean, std) -> torch.Tensor:
@@ -82,7 +82,7 @@ def test_rendered_batches_are_the_same_with_or_without_loader_processes():
         sampler = EpochSampler(40, seed=2, batch_size=8)
         sampler.set_epoch(3, start=8)
         loader = DataLoader(RenderedViews(spec.train_views, seed=2), batch_size=8, sampler=sampler,
-                            collate_fn=whole_batch, num_workers=workers)
+                            collate_fn=RenderedViews.collate, num_workers=workers)
         return list(loader)
 
     alone, helped = batches(0), batches(2)

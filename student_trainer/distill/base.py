@@ -15,6 +15,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from common import reductions
 from common.reductions import NONE, make_key
 from student_trainer.config import NoConfig
 
@@ -33,7 +34,7 @@ class TeacherOutput:
         return make_key(self.name, self.reduction)
 
 
-LOGITS = TeacherOutput("logits")
+LOGITS = TeacherOutput(reductions.LOGITS)
 
 
 @dataclass(frozen=True)

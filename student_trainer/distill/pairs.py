@@ -113,8 +113,8 @@ def resolve_pairs(loss_cls: type[DistillLoss], text_or_none, student_names: Sequ
     ``ValueError`` naming what both models offer when a name is unknown or the
     loss cannot use the shapes.
     """
-    student_names = [n for n in student_names if n != "logits" and reductions.SEPARATOR not in n]
-    teacher_names = [n for n in teacher_names if n != "logits" and reductions.SEPARATOR not in n]
+    student_names = [n for n in student_names if n != reductions.LOGITS and reductions.SEPARATOR not in n]
+    teacher_names = [n for n in teacher_names if n != reductions.LOGITS and reductions.SEPARATOR not in n]
 
     def fail(problem: str) -> ValueError:
         return ValueError(f"--loss {loss_cls.name}: {problem}; student offers "
@@ -154,11 +154,11 @@ def resolve_pairs(loss_cls: type[DistillLoss], text_or_none, student_names: Sequ
 def teacher_feature_names(shapes: ModelShapes) -> list[str]:
     """The teacher's named features in ``shapes.teacher``: its full outputs, not reduced keys
     such as ``stage3.attention`` (which ``common.reductions.offered_keys`` also lists)."""
-    return [k for k in shapes.teacher if k != "logits" and reductions.SEPARATOR not in k]
+    return [k for k in shapes.teacher if k != reductions.LOGITS and reductions.SEPARATOR not in k]
 
 
 def student_feature_names(shapes: ModelShapes) -> list[str]:
-    return [k for k in shapes.student if k != "logits"]
+    return [k for k in shapes.student if k != reductions.LOGITS]
 
 
 # ---------------------------------------------------------------- spatial matching

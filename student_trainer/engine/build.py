@@ -22,7 +22,7 @@ from common.answer_store import AnswerStore, open_store
 from common.data import DataSpec, build_dataset
 from common.models import build_model
 from student_trainer.engine.accounting import flops_per_image
-from student_trainer.engine.data_order import EpochSampler, RenderedViews, SeededItems, whole_batch
+from student_trainer.engine.data_order import EpochSampler, training_items
 from student_trainer.engine.distiller import Distiller, build_distiller
 from student_trainer.engine.distributed import DistInfo, broadcast_buffers, ddp, eval_shard, rank_device, rank_name
 from student_trainer.engine.run_dir import DATA_RECORD, claim
@@ -110,14 +110,12 @@ def check_teacher_fits(info: TeacherInfo, spec) -> None:
             f"in {spec.num_classes}: {fix}")
 
 
-def check_store_fits(args, spec: DataSpec, teacher: TeacherClient | None, store: AnswerStore) -> None:
+def check_store_fits(query: str, items, teacher: TeacherClient | None, store: AnswerStore) -> None:
     """A store is keyed by the teacher's weights and the data set's views: both must be known, and the live
     teacher is recorded so that a later run can train on its answers alone."""
-    if spec.train_views is None or args.augment_draws != "batched":
-        raise ValueError(f"--query {args.query} stores views as recipes: it needs --augment-draws batched and a "
-                         f"data set held in memory ({spec.name} is read from files)"
-                         if spec.train_views is None else
-                         f"--query {args.query} stores views as recipes: it needs --augment-draws batched")
+    if items.recipes is None:
+        raise ValueError(f"--query {query} stores views as recipes: it needs --augment-draws batched on a data set "
+                         f"held in memory, but {items.why_not_recipes}")
     info = teacher.describe() if teacher else None
     if info is not None and not info.weights_sha256:
         raise ValueError(f"teacher {info.model_name} at {teacher.url} does not say its weights' sha256 (a server "
@@ -128,17 +126,15 @@ def check_store_fits(args, spec: DataSpec, teacher: TeacherClient | None, store:
                  store.url)
 
 
-def check_teacher_renders(info: TeacherInfo, spec: DataSpec, args) -> None:
+def check_teacher_renders(teacher: TeacherClient, spec: DataSpec, items) -> None:
     """``--send recipes``: the views must be recipes and the teacher must render them from this very split
     (same fingerprint), or the answers are for other images: refuse up front, never fall back to pixels."""
-    if args.send != "recipes":
+    if not teacher.takes_recipes:
         return
-    if spec.train_views is None or args.augment_draws != "batched":
-        why = (f"{spec.name} is read from files image by image" if spec.train_views is None
-               else "--augment-draws per-item draws each view image by image")
+    if items.recipes is None:
         raise ValueError(f"--send recipes needs views drawn as recipes (--augment-draws batched on a data set "
-                         f"held in memory), but {why}: use --send pixels")
-    ours = spec.train_views.fingerprint
+                         f"held in memory), but {items.why_not_recipes}: use --send pixels")
+    info, ours = teacher.describe(), items.recipes.fingerprint
     if info.data is None:
         raise ValueError(f"--send recipes: teacher {info.model_name} holds no data set to render recipes from; "
                          f"start it with --dataset {spec.name} (and this run's data flags), or use --send pixels")
@@ -210,17 +206,18 @@ def build_run(args: argparse.Namespace, method: Method, dist: DistInfo = DistInf
                          augment=not args.no_augment, download=args.download)
     if measured_on:
         spec = dataclasses.replace(spec, measured_on=measured_on)
+    train_items = training_items(spec, args.augment_draws, args.seed)
     if teacher:
         check_teacher_fits(teacher.describe(), spec)
-        check_teacher_renders(teacher.describe(), spec, args)
+        check_teacher_renders(teacher, spec, train_items)
     if store is not None:
-        check_store_fits(args, spec, teacher, store)
+        check_store_fits(args.query, train_items, teacher, store)
     student = build_model(args.arch, num_classes=spec.num_classes, in_channels=spec.input_shape[0],
                           image_size=spec.input_shape[1:]).to(device)
     timer = PhaseTimer(device)
     distiller = build_distiller(local, student, teacher, input_shape=spec.input_shape,
                                 num_classes=spec.num_classes, dataset_size=len(spec.train), device=device,
-                                timer=timer, serial=args.serial_teacher, stored=spec.train_views, store=store)
+                                timer=timer, serial=args.serial_teacher, stored=train_items.recipes, store=store)
     distiller.policy.preflight(len(spec.train), asks_teacher=not isinstance(teacher, StoredTeacher))
     # Several ranks: the training forward goes through DDP, which averages the student's gradients in
     # backward; the loss's own modules (a regressor, ...) are averaged by hand after it (the loop).
@@ -236,12 +233,8 @@ def build_run(args: argparse.Namespace, method: Method, dist: DistInfo = DistInf
     loader_opts = dict(num_workers=args.workers, pin_memory=device.type == "cuda",
                        persistent_workers=args.workers > 0,
                        multiprocessing_context="forkserver" if args.workers > 0 else None)
-    if args.augment_draws == "batched" and spec.train_views is not None:
-        train_items, collate = RenderedViews(spec.train_views, args.seed), whole_batch
-    else:  # per-item, or a data set read from files
-        train_items, collate = SeededItems(spec.train, args.seed), None
-    train_loader = DataLoader(train_items, batch_size=local.policy.batch_size, sampler=sampler, drop_last=args.drop_last,
-                              collate_fn=collate, **loader_opts)
+    train_loader = DataLoader(train_items, batch_size=local.policy.batch_size, sampler=sampler,
+                              drop_last=args.drop_last, collate_fn=train_items.collate, **loader_opts)
     test_loader = DataLoader(eval_shard(spec.test, dist), batch_size=max(args.batch_size, 256), shuffle=False,
                              **loader_opts)
 

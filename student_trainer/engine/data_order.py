@@ -72,11 +72,14 @@ class SeededItems(Dataset):
     """Wraps a data set so item ``(epoch, index)`` is augmented under its own seed.
 
     Items are ``(image, label, index)``: losses that keep per-image state (CRD's
-    memory bank) need the data-set index.
+    memory bank) need the data-set index. Its views are not recipes (``recipes``
+    None; ``why_not_recipes`` says why).
     """
+    collate = None
+    recipes = None
 
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset, self.seed = dataset, seed
+    def __init__(self, dataset: Dataset, seed: int, why_not_recipes: str = ""):
+        self.dataset, self.seed, self.why_not_recipes = dataset, seed, why_not_recipes
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -94,8 +97,20 @@ class RenderedViews(Dataset):
     with a batch's keys): ``(images, labels, indices, recipes)`` as one batch, the views drawn as recipes
     (``recipes``: ``Views.as_array`` rows, int64, so they ride through the loader as a tensor)."""
 
+    why_not_recipes = ""
+
     def __init__(self, stored: StoredImages, seed: int):
         self.stored, self.seed = stored, seed
+
+    @property
+    def recipes(self) -> StoredImages:
+        """The split the recipes are drawn on and rendered from (a server that holds it renders them too)."""
+        return self.stored
+
+    @staticmethod
+    def collate(batch):
+        """Its batches come already stacked."""
+        return batch
 
     def __len__(self) -> int:
         return len(self.stored)
@@ -114,6 +129,15 @@ class RenderedViews(Dataset):
         return images[0], int(labels[0]), int(indices[0])
 
 
-def whole_batch(batch):
-    """The DataLoader's collate for ``RenderedViews``: its batches come already stacked."""
-    return batch
+DRAWS = ("batched", "per-item")
+
+
+def training_items(spec, draws: str, seed: int) -> RenderedViews | SeededItems:
+    """The training split as the loader reads it: each view a recipe, a batch rendered at once from the images
+    in memory (``batched``, where the split is held in memory), else each image through the data set's own
+    transforms under its own seed (``per-item``, and any split read from files)."""
+    if draws == "batched" and spec.train_views is not None:
+        return RenderedViews(spec.train_views, seed)
+    why = (f"{spec.name} is read from files image by image" if spec.train_views is None
+           else "--augment-draws per-item draws each view image by image")
+    return SeededItems(spec.train, seed, why)

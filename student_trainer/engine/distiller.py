@@ -24,7 +24,7 @@ from common.features import capture_features, feature_names
 from common.flops import count_flops
 from common.reductions import NONE, offered_keys
 from common.views import Views
-from student_trainer.distill.base import DistillBatch, DistillLoss, ModelShapes, StepContext
+from student_trainer.distill.base import LOGITS, DistillBatch, DistillLoss, ModelShapes, StepContext
 from student_trainer.distill.functional import mixed_ce
 from student_trainer.engine.steps_in_flight import SentStep, completed
 from student_trainer.engine.timing import NULL_TIMER, PhaseTimer
@@ -149,7 +149,7 @@ def student_shapes(student: nn.Module, input_shape: tuple[int, ...], device) -> 
             logits = student(torch.zeros(2, *input_shape, device=device))
     finally:
         student.train(was_training)
-    return {"logits": tuple(logits.shape[1:]), **{n: tuple(f.shape[1:]) for n, f in feats.items()}}
+    return {LOGITS.key: tuple(logits.shape[1:]), **{n: tuple(f.shape[1:]) for n, f in feats.items()}}
 
 
 def loss_flops_per_image(loss: DistillLoss, shapes: ModelShapes, device, batch: int = 4) -> float:
@@ -161,7 +161,7 @@ def loss_flops_per_image(loss: DistillLoss, shapes: ModelShapes, device, batch: 
         return torch.randn(batch, *shape, generator=gen).to(device).requires_grad_(grad)
 
     labels = torch.zeros(batch, dtype=torch.long, device=device)
-    inputs = DistillBatch(rand(shapes.student["logits"], True), {o.key: rand(shapes.teacher[o.key])
+    inputs = DistillBatch(rand(shapes.student[LOGITS.key], True), {o.key: rand(shapes.teacher[o.key])
                                                                 for o in probe.teacher_outputs()},
                           {f: rand(shapes.student[f], True) for f in probe.student_features()}, labels, labels,
                           torch.zeros(batch, device=device), torch.arange(batch, device=device))
