@@ -236,6 +236,11 @@ class TeacherClient(ABC):
         self._pool: ThreadPoolExecutor | None = None
         self._stats_warned = False
 
+    @property
+    def takes_recipes(self) -> bool:
+        """True: a batch that comes with its views travels as them, rendered by the teacher."""
+        return self.send == "recipes"
+
     @classmethod
     @abstractmethod
     def from_url(cls, url: str, **options) -> TeacherClient:
