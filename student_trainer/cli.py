@@ -14,6 +14,7 @@ from student_trainer.engine.data_order import DRAWS
 from student_trainer.engine.distributed import check_world, env_info
 from student_trainer.flags import add_config_flags, config_from_flags
 from student_trainer.method import SHORTHANDS, Method
+from student_trainer.run_config import DataConfig, RunConfig, ScheduleConfig, TeacherConfig, TrainConfig
 from student_trainer.query import POLICIES, PolicyConfig, SubsetConfig
 from student_trainer.teachers.options import DEFAULTS as TEACHER
 from student_trainer.teachers.options import SENDS
@@ -174,6 +175,32 @@ def method_from_flags(args) -> Method:
     return method
 
 
+def teacher_config(args) -> TeacherConfig:
+    return TeacherConfig(url=args.teacher_url, replay_store=args.replay_store, stored_id=args.teacher_id,
+                         wire_dtype=args.wire_dtype, send=args.send, timeout=args.teacher_timeout,
+                         connect_timeout=args.connect_timeout, max_wait=args.teacher_max_wait, tls_ca=args.tls_ca,
+                         token_file=args.token_file, client_id=args.client_id, prefetch=args.prefetch,
+                         serial=args.serial_teacher)
+
+
+def train_config(args, method: Method) -> TrainConfig:
+    """The flags as the engine reads them: typed sections, nothing of argparse."""
+    data = DataConfig(dataset=args.dataset, root=args.data_root, download=args.download, train_size=args.train_size,
+                      test_size=args.test_size, image_shape=args.image_shape, num_classes=args.num_classes,
+                      image_size=args.image_size, mean=args.mean, std=args.std, seed=args.data_seed,
+                      augment=not args.no_augment, draws=args.augment_draws, workers=args.workers,
+                      drop_last=args.drop_last)
+    schedule = ScheduleConfig(arch=args.arch, epochs=args.epochs, max_steps=args.max_steps, budget=args.budget,
+                              batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                              nesterov=args.nesterov, weight_decay=args.weight_decay,
+                              milestones=tuple(args.milestones), lr_gamma=args.lr_gamma)
+    run = RunConfig(out=args.out, resume=args.resume, overwrite=args.overwrite, seed=args.seed, device=args.device,
+                    threads=args.threads, deterministic=args.deterministic, checkpoint_every=args.checkpoint_every,
+                    eval_every=args.eval_every, log_every=args.log_every, tensorboard=not args.no_tensorboard,
+                    progress=not args.no_progress, record_indices=args.record_indices)
+    return TrainConfig(method, teacher_config(args), data, schedule, run, flags=dict(vars(args)))
+
+
 def validate(args, world_size: int = 1) -> Method:
     """Flag combinations argparse cannot check, each as one readable line; ``world_size``: processes
     torchrun started for this student. Returns the run's method, built from the flags."""
@@ -224,6 +251,6 @@ def main(argv=None) -> dict:
         from student_trainer.engine.loop import main as train
 
         try:
-            return train(args, method)
+            return train(train_config(args, method))
         except grpc.RpcError as e:  # the teacher refused or vanished: say so in one line
             raise ConnectionError(f"teacher call failed: {e.code().name}: {e.details()}") from None

@@ -89,3 +89,43 @@ def test_the_student_side_never_imports_the_teacher_server():
     leaks = {name: sorted(t for t in targets if t.split(".")[0] == "teacher_server")
              for name, targets in graph.items() if name.startswith("student_trainer")}
     assert {name: t for name, t in leaks.items() if t} == {}
+
+
+# --- the house bar: sizes a reader can hold, and configs instead of parsed flags ----------------------------
+MAX_FUNCTION, MAX_CLASS = 80, 150
+SIZE_EXEMPT = {"build_parser"}  # a parser's flag list reads best in one place
+TYPED = ("student_trainer/query", "student_trainer/distill", "student_trainer/teachers",
+         "student_trainer/engine")  # below the CLI: configs, never an argparse namespace
+
+
+def _sources(*packages: str):
+    for package in packages:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if not path.name.endswith("_pb2.py") and not path.name.endswith("_pb2_grpc.py"):
+                yield path, ast.parse(path.read_text(), str(path))
+
+
+def _too_long(tree: ast.AST, kinds: tuple, limit: int) -> list[str]:
+    return [f"{node.name} ({node.end_lineno - node.lineno + 1} lines)" for node in ast.walk(tree)
+            if isinstance(node, kinds) and node.end_lineno - node.lineno + 1 > limit and node.name not in SIZE_EXEMPT]
+
+
+def test_no_function_over_80_lines_and_no_class_over_150():
+    found = {}
+    for path, tree in _sources("common", "student_trainer", "teacher_server"):
+        long = (_too_long(tree, (ast.FunctionDef, ast.AsyncFunctionDef), MAX_FUNCTION)
+                + _too_long(tree, (ast.ClassDef,), MAX_CLASS))
+        if long:
+            found[str(path.relative_to(ROOT))] = long
+    assert found == {}
+
+
+def test_below_the_cli_nothing_reads_parsed_flags():
+    reads = {}
+    for path, tree in _sources(*TYPED):
+        names = sorted({f"args.{node.attr}" for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                        and isinstance(node.value, ast.Name) and node.value.id == "args"})
+        if names:
+            reads[str(path.relative_to(ROOT))] = names
+    assert reads == {}
+    assert _too_long(ast.parse("def f():\n" + "    pass\n" * 90), (ast.FunctionDef,), MAX_FUNCTION)  # it can fail

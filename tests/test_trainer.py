@@ -160,12 +160,10 @@ def test_without_dataset_the_run_trains_on_the_data_set_the_teacher_was_trained_
 
 
 def test_the_data_set_is_the_flags_else_the_teachers_else_synthetic(shipped_grpc_teacher, grpc_teacher):
-    from argparse import Namespace
-
     from student_trainer.engine.build import dataset_name
     from student_trainer.teachers import connect
 
-    given, not_given = Namespace(dataset="synthetic"), Namespace(dataset=None)
+    given, not_given = "synthetic", None
     with connect(shipped_grpc_teacher) as says, connect(grpc_teacher[0]) as does_not_say:
         assert dataset_name(not_given, says) == "fashion-mnist" and dataset_name(given, says) == "synthetic"
         assert dataset_name(not_given, does_not_say) == "synthetic"

@@ -22,7 +22,7 @@ from student_trainer.engine.pipeline import epoch_steps
 from student_trainer.engine.run_log import RunLog
 from student_trainer.engine.run_state import RunState, saved_on_outage
 from student_trainer.engine.summary import build_summary, format_summary
-from student_trainer.method import Method
+from student_trainer.run_config import TrainConfig
 
 
 def train_one_epoch(run: Run, state: RunState, log: RunLog) -> dict:
@@ -40,7 +40,7 @@ def train_one_epoch(run: Run, state: RunState, log: RunLog) -> dict:
             run.scheduler.step()
         state.finish_step(step, out)
         log.step(step, out)
-        if run.args.checkpoint_every and state.work.steps % run.args.checkpoint_every == 0:
+        if run.config.run.checkpoint_every and state.work.steps % run.config.run.checkpoint_every == 0:
             state.save()
     return log.end_epoch_steps()
 
@@ -70,8 +70,8 @@ def end_epoch(run: Run, state: RunState, log: RunLog, parts: dict, epoch_seconds
     p = state.progress
     complete = p.step_in_epoch >= run.steps_per_epoch
     # --eval-every E: every E-th epoch, and always where the run stops (the summary's top-1 is the last one)
-    evaluated = not complete or p.epoch % run.args.eval_every == 0 or state.work.steps >= run.total_steps \
-        or p.epoch >= run.args.epochs
+    evaluated = not complete or p.epoch % run.config.run.eval_every == 0 or state.work.steps >= run.total_steps \
+        or p.epoch >= run.config.schedule.epochs
     if evaluated:
         with run.timer.phase("eval"):
             run.sync_buffers()
@@ -109,7 +109,7 @@ def finish(run: Run, state: RunState, server_end) -> dict:
     server_start, server_end = summed_server(state.server_start), summed_server(server_end)
     cost, kd_cost = costs(work, run.flops)
     p = state.progress
-    summary = build_summary(args=run.args, spec=run.spec, work=work, top1=p.top1, best_top1=p.best_top1,
+    summary = build_summary(config=run.config, spec=run.spec, work=work, top1=p.top1, best_top1=p.best_top1,
                             epochs=round(state.epochs_trained(), 4), teacher=run.teacher, client=client,
                             server_start=server_start, server_end=server_end, flops=run.flops, cost=cost,
                             kd_cost=kd_cost, wall_seconds=state.wall(), time_split=run.timer.as_dict(),
@@ -122,18 +122,18 @@ def finish(run: Run, state: RunState, server_end) -> dict:
     return summary
 
 
-def main(args, method: Method) -> dict:
-    """Train one student as the flags say; return (and write) the run's summary.
+def main(config: TrainConfig) -> dict:
+    """Train one student as the config says; return (and write) the run's summary.
 
     Under ``torchrun`` (RANK and WORLD_SIZE set, more than one process) every rank runs this and
     they train the one student together.
     """
-    dist = init_distributed(use_cuda=resolve_device(args.device).type == "cuda")
+    dist = init_distributed(use_cuda=resolve_device(config.run.device).type == "cuda")
     try:
-        built = build_run(args, method, dist)
+        built = build_run(config, dist)
         state = RunState(built)
-        if args.resume:
-            state.resume(args.resume)
+        if config.run.resume:
+            state.resume(config.run.resume)
         return train(built, state, RunLog(state))
     finally:
         cleanup()

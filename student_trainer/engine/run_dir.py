@@ -58,10 +58,9 @@ def check_or_clear(out: Path, resume: str | None, overwrite: bool) -> None:
     clear(out, found)
 
 
-def claim(args) -> Path:
+def claim(out: Path, resume: str | None, overwrite: bool) -> Path:
     """``--out``, made ready for this run on every rank: rank 0 checks it (and clears it with ``--overwrite``)
     while the others wait, so no rank writes there before the verdict."""
-    out = Path(args.out)
-    decided_on_master(lambda: check_or_clear(out, args.resume, args.overwrite))
+    decided_on_master(lambda: check_or_clear(out, resume, overwrite))
     out.mkdir(parents=True, exist_ok=True)
     return out

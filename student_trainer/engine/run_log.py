@@ -21,15 +21,15 @@ log = logging.getLogger("student_trainer")
 class RunLog:
     def __init__(self, state):
         self.state, self.run = state, state.run
-        run, args = self.run, self.run.args
+        run, settings = self.run, self.run.config.run
         self.metrics = run.out / "metrics.jsonl"
         self.indices = run.out / f"indices.rank{run.dist.rank}.jsonl"
         if run.dist.is_main:
-            self._keep_saved_epochs() if args.resume else self.metrics.write_text("")
-        if args.record_indices and not args.resume:
+            self._keep_saved_epochs() if settings.resume else self.metrics.write_text("")
+        if settings.record_indices and not settings.resume:
             self.indices.write_text("")
         self.writer = None
-        if not args.no_tensorboard and run.dist.is_main:
+        if settings.tensorboard and run.dist.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(run.out / "tensorboard"), purge_step=state.work.steps or None)
@@ -48,12 +48,12 @@ class RunLog:
         self.sums, self.window, self.steps, self.window_steps = {}, {}, 0, 0
         self.start, self.images_at_start = time.perf_counter(), self.state.work.student_images
         self.bar = tqdm(total=run.steps_per_epoch, initial=p.step_in_epoch, desc=f"epoch {p.epoch}", leave=False,
-                        disable=True if run.args.no_progress or not run.dist.is_main else None, dynamic_ncols=True)
+                        disable=True if not run.config.run.progress or not run.dist.is_main else None, dynamic_ncols=True)
 
     def step(self, step, out) -> None:
         """After a trained step: its loss parts, and whatever is due every --log-every steps."""
-        args, work = self.run.args, self.state.work
-        if args.record_indices:
+        settings, work = self.run.config.run, self.state.work
+        if settings.record_indices:
             record = {"step": work.steps, "epoch": self.state.progress.epoch,
                       "indices": step.query.indices.tolist()}
             with self.indices.open("a") as f:
@@ -63,7 +63,7 @@ class RunLog:
         for name, value in out.parts.items():
             self.sums[name] = self.sums.get(name, 0.0) + value
             self.window[name] = self.window.get(name, 0.0) + value
-        if work.steps % args.log_every == 0:
+        if work.steps % settings.log_every == 0:
             self._tensorboard_steps()
         self.bar.update(1)
         if self.steps % 10 == 0:
@@ -82,7 +82,7 @@ class RunLog:
         """The window's mean parts and the run's counts so far (every rank takes part; rank 0 writes)."""
         window, count = self.window, self.window_steps
         self.window, self.window_steps = {}, 0
-        if self.run.args.no_tensorboard or not count:
+        if not self.run.config.run.tensorboard or not count:
             return
         means = mean_over_ranks({name: value / count for name, value in window.items()})
         work, client = summed_work(self.state.work), summed_client(self.run.teacher_counters())
@@ -120,7 +120,7 @@ class RunLog:
             self.writer.add_scalar("test/top1_by_teacher_images", p.top1, work.teacher_images)
             self.writer.flush()
         log.info("epoch %d/%d  loss %.4f  top-1 %s  teacher images %d of %d  (%.1f s)", p.epoch,
-                 run.args.epochs, parts.get("loss", float("nan")), f"{p.top1:.2f}%" if evaluated else "not measured",
+                 run.config.schedule.epochs, parts.get("loss", float("nan")), f"{p.top1:.2f}%" if evaluated else "not measured",
                  work.teacher_images,
                  work.student_images, epoch_seconds)
 

@@ -73,12 +73,12 @@ class RunState:
         self.run = run
         self.progress = Progress()
         self.work = WorkCounters()
-        self.in_flight = StepsInFlight(run.distiller, run.args.prefetch, run.device, run.timer)
+        self.in_flight = StepsInFlight(run.distiller, run.config.teacher.prefetch, run.device, run.timer)
         self.server_start = run.teacher.try_server_stats() if run.teacher else None  # this rank's client's
         self._earlier_lives, self._life_start = 0.0, time.perf_counter()
 
     def done(self) -> bool:
-        return self.progress.epoch > self.run.args.epochs or self.work.steps >= self.run.total_steps
+        return self.progress.epoch > self.run.config.schedule.epochs or self.work.steps >= self.run.total_steps
 
     def finish_step(self, step: SentStep, out) -> None:
         """``step``, the oldest in flight, is trained: count it and let it go."""
@@ -105,25 +105,25 @@ class RunState:
 
     def state_dict(self) -> dict:
         """The run's checkpoint: what the ranks share once, and each rank's own (every rank must call it)."""
-        run, args, p = self.run, self.run.args, self.progress
-        meta = {"dataset": run.spec.name, "method": args.method, "seed": args.seed,
+        run, config, p = self.run, self.run.config, self.progress
+        meta = {"dataset": run.spec.name, "method": config.method.label, "seed": config.run.seed,
                 "teacher": run.teacher.describe().model_name if run.teacher else None,
                 "epoch": p.epochs_done, "steps": self.work.steps, "top1": p.top1,
                 "mean": list(run.spec.mean), "std": list(run.spec.std),
                 **({"classes": list(run.spec.classes)} if run.spec.classes else {})}
         return make_checkpoint(
-            run.student, arch=args.arch, num_classes=run.spec.num_classes, input_shape=run.spec.input_shape,
+            run.student, arch=config.schedule.arch, num_classes=run.spec.num_classes, input_shape=run.spec.input_shape,
             meta=meta, optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
             progress=asdict(p), **rank_entries(gather_objects(self.rank_state())),
-            run_flags={k: plain(v) for k, v in vars(args).items() if k not in ("resume", "overwrite")})
+            run_flags={k: plain(v) for k, v in config.flags.items() if k not in ("resume", "overwrite")})
 
     def load_state_dict(self, ckpt: dict, path) -> None:
         """Restore this rank's run from ``ckpt`` (read from ``path``, named in messages)."""
         run = self.run
         if "progress" not in ckpt:
             raise CheckpointError(f"{path} holds weights only, no training state to resume from")
-        if ckpt["arch"] != run.args.arch:
-            raise CheckpointError(f"{path} is a {ckpt['arch']} run, but --arch is {run.args.arch}")
+        if ckpt["arch"] != run.config.schedule.arch:
+            raise CheckpointError(f"{path} is a {ckpt['arch']} run, but --arch is {run.config.schedule.arch}")
         own = own_entries(ckpt, run.dist, path)  # this rank's entries; another world size is refused
         run.student.load_state_dict(ckpt["state_dict"])
         run.optimizer.load_state_dict(ckpt["optimizer"])

@@ -29,7 +29,7 @@ def _stats_source(start, end) -> str | None:
     return end.source if end is not None else None
 
 
-def build_summary(*, args, spec, work, top1, best_top1, epochs, teacher, server_start, server_end,
+def build_summary(*, config, spec, work, top1, best_top1, epochs, teacher, server_start, server_end,
                   flops, cost, kd_cost, wall_seconds, time_split=None, k=0, client=None, processes=1,
                   store=None) -> dict:
     """``client``: the teacher client's counters as a dict (summed over the ranks), default the teacher's own;
@@ -37,21 +37,21 @@ def build_summary(*, args, spec, work, top1, best_top1, epochs, teacher, server_
     c = client if client is not None else (teacher.counters.as_dict() if teacher else None)
     info = teacher.describe() if teacher else None
     s = {
-        "method": args.method,
-        "arch": args.arch,
+        "method": config.method.label,
+        "arch": config.schedule.arch,
         "dataset": spec.name,
         "teacher": info.model_name if info else None,
         "teacher_arch": info.arch if info else None,
         "teacher_id": info.weights_sha256 if info else None,
-        "teacher_url": args.teacher_url if teacher else None,
-        "wire_dtype": args.wire_dtype if teacher else None,
-        "send": args.send if teacher else None,  # the teacher's images as pixels, or as view recipes
-        "batch_size": args.batch_size,     # the global batch (each of the processes draws its share)
+        "teacher_url": config.teacher.url if teacher else None,
+        "wire_dtype": config.teacher.wire_dtype if teacher else None,
+        "send": config.teacher.send if teacher else None,  # the teacher's images as pixels, or as view recipes
+        "batch_size": config.schedule.batch_size,     # the global batch (each of the processes draws its share)
         "processes": processes,           # torchrun's --nproc_per_node x nodes: ranks training this student
-        "query": args.query,
-        "loss": args.loss,
+        "query": config.method.query,
+        "loss": config.method.loss,
         "k": k,
-        "seed": args.seed,
+        "seed": config.run.seed,
         "top1": top1,
         "best_top1": best_top1,
         "epochs": epochs,

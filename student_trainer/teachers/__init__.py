@@ -43,7 +43,7 @@ def connect(url: str, **opts) -> TeacherClient:
     opts = {k: v for k, v in opts.items() if v is not None}
     for option in opts:
         if option in FLAGS and option not in client.uses:
-            raise ValueError(f"{FLAGS[option][0]} does not apply to {_kind(scheme)} teachers")
+            raise ValueError(f"{FLAGS[option]} does not apply to {_kind(scheme)} teachers")
     return client.from_url(url, **opts)
 
 

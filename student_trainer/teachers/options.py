@@ -21,22 +21,22 @@ class ConnectionDefaults:
 
 DEFAULTS = ConnectionDefaults()
 
-# The flags that some kinds of teacher do not use: connect's option -> (the flag, its dest in the parsed args).
-FLAGS = {"max_wait": ("--teacher-max-wait", "teacher_max_wait"), "tls_ca": ("--tls-ca", "tls_ca"),
-         "token_file": ("--token-file", "token_file"), "client_id": ("--client-id", "client_id"),
-         "send": ("--send", "send")}
+# The options that some kinds of teacher do not use: connect's option (a field of the run's TeacherConfig of the
+# same name) -> the trainer flag that sets it.
+FLAGS = {"max_wait": "--teacher-max-wait", "tls_ca": "--tls-ca", "token_file": "--token-file",
+         "client_id": "--client-id", "send": "--send"}
 SENDS = ("pixels", "recipes")
 
 
-def teacher_options(args) -> dict:
-    """The teacher-connection flags the user gave (retry budget, TLS, token, client id, what is sent) as
-    ``connect`` options.
+def teacher_options(config) -> dict:
+    """The connection options the user set (retry budget, TLS, token, client id, what is sent), from the run's
+    ``TeacherConfig``, as ``connect`` options.
 
-    A flag left at its default is not passed, so ``connect`` refuses only flags that were asked for.
+    One left at its default is not passed, so ``connect`` refuses only options that were asked for.
     """
     given = {}
-    for option, (_, dest) in FLAGS.items():
-        value = getattr(args, dest, None)
+    for option in FLAGS:
+        value = getattr(config, option, None)
         if value is not None and value != getattr(DEFAULTS, option, None):
             given[option] = value
     return given
