@@ -11,7 +11,6 @@ for more); ``server.stop`` stops it once the gRPC server has stopped.
 """
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import signal
@@ -23,9 +22,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from common.answer_store import AnswerStore
+from common.net import is_loopback
 from common.teacher_model import TeacherModel
 from protos import teacher_pb2_grpc as pb_grpc
-from common.answer_store import AnswerStore
 from teacher_server.answers import StoredAnswers
 from teacher_server.auth import BearerTokenInterceptor
 from teacher_server.metrics import TeacherMetrics
@@ -34,15 +34,6 @@ from teacher_server.servicer import TeacherServicer, max_message_bytes
 
 SERVICE_NAME = "unixkd.teacher.v1.Teacher"
 log = logging.getLogger("teacher_server")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def build_server(teacher: TeacherModel, *, host: str = "127.0.0.1", port: int = 50051,
