@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from common import reductions
+from common.devices import resolve_device
 from common.foreign_checkpoints import DEFAULT_INPUT_SHAPE, model_from_file
 from common.features import feature_names, forward_with_features
 from common.flops import forward_flops_per_image
@@ -110,9 +111,7 @@ def weights_digest(model: nn.Module) -> str:
 
 
 def _prepare(model: nn.Module, device: str, half: bool) -> tuple[nn.Module, torch.device, torch.dtype]:
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA device is available")
+    dev = resolve_device(device)
     if half and dev.type != "cuda":
         raise ValueError("--half needs --device cuda (half precision on the CPU is slow and inexact)")
     dtype = torch.float16 if half else torch.float32

@@ -97,6 +97,9 @@ class TeacherMetrics:
         self.request_seconds = Histogram(f"{PREFIX}_request_seconds", "Handler time of answered requests",
                                          buckets=SECONDS_BUCKETS, registry=r)
         self.inflight = Gauge(f"{PREFIX}_inflight_requests", "Infer calls being handled now", registry=r)
+        self.malformed = Counter(f"{PREFIX}_malformed_requests", "Calls whose bytes are no message of their "
+                                 "method's request type (answered INVALID_ARGUMENT before any check)", ["method"],
+                                 registry=r)
         self._busy = BusyWindow(busy_window)
         Gauge(f"{PREFIX}_busy_ratio", f"Forward seconds per wall second over the last {busy_window:g} s "
               "(seconds in the model's forward calls, failed ones included)",

@@ -11,7 +11,6 @@ for more); ``server.stop`` stops it once the gRPC server has stopped.
 """
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import signal
@@ -23,26 +22,18 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from common.teacher_model import TeacherModel
-from protos import teacher_pb2_grpc as pb_grpc
 from common.answer_store import AnswerStore
+from common.net import is_loopback
+from common.teacher_model import TeacherModel
 from teacher_server.answers import StoredAnswers
 from teacher_server.auth import BearerTokenInterceptor
+from teacher_server.handlers import SERVICE_NAME, add_teacher_service
+from teacher_server.malformed import MalformedLog
 from teacher_server.metrics import TeacherMetrics
 from teacher_server.recipes import ServedData, load_data
 from teacher_server.servicer import TeacherServicer, max_message_bytes
 
-SERVICE_NAME = "unixkd.teacher.v1.Teacher"
 log = logging.getLogger("teacher_server")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def build_server(teacher: TeacherModel, *, host: str = "127.0.0.1", port: int = 50051,
@@ -77,7 +68,8 @@ def build_server(teacher: TeacherModel, *, host: str = "127.0.0.1", port: int = 
                                check_finite=check_finite, metrics=metrics, queue_delay_us=queue_delay_us,
                                data=data, answers=StoredAnswers(answer_store, teacher.weights_sha256,
                                                                 data.views.fingerprint) if answer_store else None)
-    pb_grpc.add_TeacherServicer_to_server(servicer, server)
+    malformed = MalformedLog(metrics.malformed)  # requests that do not parse: INVALID_ARGUMENT, a line now and then
+    add_teacher_service(server, servicer, malformed)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
@@ -100,13 +92,14 @@ def build_server(teacher: TeacherModel, *, host: str = "127.0.0.1", port: int = 
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     server.health = health_servicer
     server.metrics = metrics
-    server.stop = _stopping_the_batcher_too(server.stop, servicer)
+    server.stop = _stopping_the_batcher_too(server.stop, servicer, malformed)
     return server, servicer, bound
 
 
-def _stopping_the_batcher_too(grpc_stop, servicer: TeacherServicer):
+def _stopping_the_batcher_too(grpc_stop, servicer: TeacherServicer, malformed: MalformedLog):
     """``server.stop(grace)`` that also stops the batcher once the gRPC server has stopped (calls in
-    flight answered within ``grace``); the event it returns is set when both have."""
+    flight answered within ``grace``), and logs the malformed requests not logged yet; the event it
+    returns is set when all that is done."""
 
     def stop(grace):
         grpc_done = grpc_stop(grace)
@@ -115,6 +108,7 @@ def _stopping_the_batcher_too(grpc_stop, servicer: TeacherServicer):
         def finish():
             grpc_done.wait()
             servicer.close()  # anything still queued fails (its call is gone anyway); the running batch ends
+            malformed.close()
             done.set()
 
         threading.Thread(target=finish, name="teacher-stop", daemon=True).start()

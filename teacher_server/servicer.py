@@ -1,73 +1,39 @@
 """The Teacher gRPC service: checks each request, batches it with others, counts what it served.
 
-Every Infer is checked before it is queued; a bad one gets INVALID_ARGUMENT
-(RESOURCE_EXHAUSTED for a batch over the limit) with a message saying what was
-expected and what came, and never joins a batch. A request may carry view
-recipes instead of images: checked against the data set the server holds and
-rendered here (``teacher_server.recipes``), once the answer store, where there
-is one, has answered the rows it keeps (``teacher_server.answers``). Good
+Every Infer is checked before it is queued (``teacher_server.checks``); a bad
+one gets INVALID_ARGUMENT (RESOURCE_EXHAUSTED for a batch over the limit) with
+a message saying what was expected and what came, and never joins a batch. A
+request may carry view recipes instead of images: checked against the data set
+the server holds and rendered here, once the answer store, where there is one,
+has answered the rows it keeps (``teacher_server.recipe_answers``). Good
 requests go to the dynamic batcher (``teacher_server.batcher``), which runs
 concurrent requests as one forward; a model error fails the requests of that
 batch with INTERNAL, with their request ids logged. Neither stops the server.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass
+from functools import partial
 
 import grpc
 import torch
 
 from common import codec, reductions
 from common.teacher_model import TeacherModel
-from common.views import Views
 from protos import teacher_pb2 as pb
 from protos import teacher_pb2_grpc as pb_grpc
 from teacher_server import recipes
-from teacher_server.answers import StoredAnswers, assemble
+from teacher_server.answers import StoredAnswers
 from teacher_server.batcher import Answer, Batcher, BatcherClosed, Cancelled, ModelError
+from teacher_server.checks import BadRequest, Checked, RequestChecks, short
 from teacher_server.counters import ServerCounters, TooManyClients
 from teacher_server.events import ServerEvents
-from teacher_server.finite import require_finite
 from teacher_server.metrics import CLIENT_ID_HEADER, CLIENT_ID_RULE, TeacherMetrics, valid_client_id
+from teacher_server.recipe_answers import answer_views
 
 log = logging.getLogger("teacher_server")
-
-MAX_REQUEST_ID = 128
-MAX_OUTPUT_KEY = 128
-
-
-class BadRequest(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
-
-
-def _short(value, limit: int = 120) -> str:
-    """``repr``-like text of client-sent values, cut so an error message stays one short line."""
-    text = str(list(value)) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[:limit] + f"... ({len(value)} items)"
-
-
-def _invalid(message: str) -> BadRequest:
-    return BadRequest(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
-def _cut(text: str, limit: int = 320) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-@dataclass(frozen=True)
-class Checked:
-    """A request decoded and checked: its images, or its view recipes (rendered in ``render_dtype``)."""
-    images: torch.Tensor | None
-    outputs: list[str]
-    out_dtype: int
-    views: Views | None = None
-    render_dtype: int = 0
 
 
 def _metadata(context: grpc.ServicerContext, key: str) -> str | None:
@@ -92,6 +58,7 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         self.max_batch = max_batch
         self.max_message_bytes = max_message_bytes
         self.check_finite = check_finite
+        self.checks = RequestChecks(teacher, max_batch=max_batch, data=data, check_finite=check_finite)
         self.counters = counters or ServerCounters()
         self.metrics = metrics or TeacherMetrics(max_batch=max_batch, device=teacher.device)
         self.events = ServerEvents(self.counters, self.metrics, teacher.flops_per_image)
@@ -104,105 +71,12 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         """Stop the batcher: the running batch finishes, requests still queued fail (UNAVAILABLE)."""
         self.batcher.close(timeout)
 
-    def validate(self, request: pb.InferRequest) -> Checked:
-        """Decode and check a request (images, or view recipes rendered here); BadRequest says what was
-        expected and what came."""
-        if len(request.request_id) > MAX_REQUEST_ID:
-            raise _invalid(f"request_id must be at most {MAX_REQUEST_ID} characters, "
-                           f"got {len(request.request_id)}")
-        has_images, has_views = request.HasField("images"), request.HasField("views")
-        if has_images and has_views:
-            raise _invalid("request has both images and view recipes; send one of them")
-        if not has_images and not has_views:
-            raise _invalid("request has no images tensor (and no view recipes)")
-        in_dtype = request.images.dtype if has_images else (request.views.render_dtype or pb.FLOAT32)
-        if in_dtype not in codec.ITEMSIZE:
-            raise _invalid(f"{'images' if has_images else 'view recipes: render'}: unknown dtype code {in_dtype}; "
-                           f"expected one of { {name: code for name, code in codec.WIRE_DTYPES.items()} }")
-        if has_views:
-            n = self._recipe_rows(request.views)
-        else:
-            want = (*self.teacher.input_shape,)
-            if len(request.images.shape) != 4 or tuple(request.images.shape[1:]) != want:
-                raise _invalid(f"images must have shape [N, {', '.join(map(str, want))}], "
-                               f"got {_short(request.images.shape)}")
-            n = request.images.shape[0]
-        if n < 1:
-            raise _invalid(f"batch must hold at least 1 image, got {n}")
-        if n > self.max_batch:
-            raise BadRequest(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                             f"batch of {n} images is over this server's max batch {self.max_batch}")
-        outputs = self._outputs(request)
-        out_dtype = request.output_dtype or in_dtype
-        if out_dtype not in codec.ITEMSIZE:
-            raise _invalid(f"unknown output dtype code {out_dtype}; expected one of {sorted(codec.WIRE_DTYPES)}")
-        if has_views:
-            return self._recipes(request.views, in_dtype, outputs, out_dtype)
-        try:
-            images = codec.decode(request.images)  # checks byte length == shape x itemsize
-        except codec.CodecError as e:
-            raise _invalid(f"images: {e}") from None
-        if self.check_finite:
-            try:
-                require_finite(images)
-            except ValueError as e:
-                raise _invalid(str(e)) from None
-        return Checked(images, outputs, out_dtype)
-
-    def _recipe_rows(self, msg: pb.ViewRecipes) -> int:
-        """How many rows a recipe request holds, where this server can render them at all."""
-        if self.data is None:
-            raise _invalid("view recipes sent, but this server holds no data set to render them from (start "
-                           "it with --dataset NAME); send images")
-        if len(msg.rows) % recipes.ROW_BYTES:
-            raise _invalid(f"view recipes must be whole rows of {recipes.ROW_BYTES} bytes "
-                           f"({Views.COLUMNS} int64), got {len(msg.rows)} bytes")
-        return len(msg.rows) // recipes.ROW_BYTES
-
-    def _outputs(self, request: pb.InferRequest) -> list[str]:
-        outputs = list(request.outputs) or ["logits"]
-        if len(set(outputs)) != len(outputs):
-            raise _invalid(f"outputs must be distinct keys, got {_short(outputs)}")
-        for key in outputs:
-            if len(key) > MAX_OUTPUT_KEY:
-                raise _invalid(f"outputs must be keys of at most {MAX_OUTPUT_KEY} characters, got one of {len(key)}")
-            try:
-                reductions.check_key(key, self.teacher.output_shapes)
-            except ValueError as e:
-                raise _invalid(f"outputs must be keys NAME or NAME.REDUCTION that this teacher offers; "
-                               f"{_cut(str(e))}") from None
-        return outputs
-
-    def _recipes(self, msg: pb.ViewRecipes, render_dtype: int, outputs: list[str], out_dtype: int) -> Checked:
-        """View recipes checked against the data set held here (rendered once the store has said which
-        rows it lacks)."""
-        try:
-            views = recipes.decode(msg, self.data)
-        except ValueError as e:
-            raise _invalid(f"view recipes: {_cut(str(e))}") from None
-        return Checked(None, outputs, out_dtype, views, render_dtype)
-
     def _serve(self, request: pb.InferRequest, job: Checked, context) -> tuple[Answer, int, float]:
         """(the answer, rows answered from the store, seconds rendering); raises BadRequest."""
+        forward = partial(self._answer, request, outputs=job.outputs, context=context)
         if job.views is None:
-            return self._answer(request, job.images, job.outputs, context), 0, 0.0
-        n = len(job.views)
-        found = (self.answers.look_up(job.views, job.outputs, job.render_dtype, job.out_dtype) if self.answers
-                 else [None] * n)
-        missing = [i for i, f in enumerate(found) if f is None]
-        if not missing:
-            kept = assemble(found, [], {}, job.outputs)
-            return Answer(kept, forward_seconds=0.0, share_seconds=0.0, queue_seconds=0.0, batch_images=0,
-                          batch_requests=0), n, 0.0
-        start = time.perf_counter()
-        images = recipes.render(self.data, job.views, job.render_dtype, None if len(missing) == n else missing)
-        rendered = time.perf_counter() - start
-        answer = self._answer(request, images, job.outputs, context)
-        if self.answers is None:
-            return answer, 0, rendered
-        self.answers.keep(job.views, missing, answer.outputs, job.render_dtype, job.out_dtype)
-        outputs = answer.outputs if len(missing) == n else assemble(found, missing, answer.outputs, job.outputs)
-        return dataclasses.replace(answer, outputs=outputs), n - len(missing), rendered
+            return forward(job.images), 0, 0.0
+        return answer_views(job, self.data, self.answers, forward)
 
     def _answer(self, request: pb.InferRequest, images: torch.Tensor, outputs: list[str],
                 context: grpc.ServicerContext) -> Answer:
@@ -226,7 +100,7 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         caller = self.events.caller(_metadata(context, CLIENT_ID_HEADER))
         with self.metrics.in_flight():
             try:
-                job = self.validate(request)
+                job = self.checks.check(request)
                 checked = time.perf_counter()
                 answer, from_store, render_seconds = self._serve(request, job, context)
             except BadRequest as e:
@@ -246,7 +120,7 @@ class TeacherServicer(pb_grpc.TeacherServicer):
                 log.warning("request %r: the caller left before the reply (deadline or cancel); "
                             "not counted as served", request.request_id)
                 context.abort(grpc.StatusCode.CANCELLED, "the caller left before the reply")
-            n = job.images.shape[0] if job.views is None else len(job.views)
+            n = job.rows
             self.events.answered(caller, images=n, bytes_in=request.ByteSize(),
                                  bytes_out=response.ByteSize(), share_seconds=answer.share_seconds,
                                  queue_seconds=checked - arrived + answer.queue_seconds,
@@ -271,7 +145,7 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         if client is not None:
             if not valid_client_id(client):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"client_id must be {CLIENT_ID_RULE}, got {_short(client[:80])}")
+                              f"client_id must be {CLIENT_ID_RULE}, got {short(client[:80])}")
             try:
                 self.counters.track(client)  # counted apart from now on, if it is not yet
             except TooManyClients as e:

@@ -180,3 +180,27 @@ def test_a_triton_future_for_a_stopped_server_ends_in_teacher_unavailable(tmp_pa
     message = str(err.value)
     assert "\n" not in message
     assert f"teacher at triton://127.0.0.1:{ports['grpc']}/teacher gave no answer to ModelInfer" in message
+
+
+def test_the_first_chunk_error_fails_the_batch_and_the_chunks_not_sent_are_dropped():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from student_trainer.teachers.chunks import ask_in_chunks
+
+    asked = []
+
+    def ask(chunk, outputs, views):
+        asked.append(int(chunk[0, 0]))
+        if int(chunk[0, 0]) == 2:
+            raise ValueError("chunk 2 refused")
+        return {"logits": chunk.clone()}
+
+    with ThreadPoolExecutor(1) as pool:  # one at a time: chunks 3 and 4 are still queued when 2 fails
+        images = torch.arange(10, dtype=torch.float32).div(2).floor().reshape(10, 1)  # chunk k of 2 rows holds k
+        answer = ask_in_chunks(pool, ask, images, ["logits"], 2, Future(), dropped=lambda: AssertionError())
+        with pytest.raises(ValueError, match="chunk 2 refused"):
+            answer.result(timeout=10)
+        assert asked == [0, 1, 2]
+        whole = ask_in_chunks(pool, lambda c, o, v: {"logits": c * 10}, images, ["logits"], 3, Future(),
+                              dropped=lambda: AssertionError())
+        assert torch.equal(whole.result(timeout=10)["logits"], images * 10)  # four chunks, back in order

@@ -106,7 +106,7 @@ def test_exported_model_gives_the_eager_logits_and_features(repository, teacher,
 
 
 def test_the_triton_client_maps_libtorch_names_back():
-    from student_trainer.teachers.triton_client import plain_name
+    from student_trainer.teachers.triton_config import plain_name
 
     assert [plain_name(n) for n in ("logits__0", "stage1__2", "images", "pool", "stage3.attention__12")] == \
         ["logits", "stage1", "images", "pool", "stage3.attention"]

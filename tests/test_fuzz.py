@@ -4,17 +4,22 @@ Each generated request starts valid and gets one to three mutations, each of
 which alone makes it malformed; the real server (in this process, real gRPC on
 localhost, one channel) must answer INVALID_ARGUMENT or RESOURCE_EXHAUSTED, never
 anything else, and a valid request afterwards must still get the right logits.
-The same for requests that carry view recipes instead of images.
+The same for requests that carry view recipes instead of images, and for bytes
+that are no protobuf message at all (which must not flood the log).
 """
 import collections
+import logging
 import math
+import random
 import struct
+import time
 
 import grpc
 import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
+from google.protobuf.message import DecodeError
 from hypothesis import strategies as st
 
 from common import codec
@@ -46,7 +51,7 @@ def small_server():
     teacher = load_teacher(arch="resnet8", num_classes=4, input_shape=SHAPE, seed=0)
     server, servicer, port = build_server(teacher, port=0, max_batch=MAX_BATCH, data=ServedData("fuzz", STORED))
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    yield teacher, servicer, pb_grpc.TeacherStub(channel)
+    yield teacher, servicer, pb_grpc.TeacherStub(channel), channel
     channel.close()
     server.stop(grace=None).wait()
 
@@ -117,7 +122,7 @@ EXPECTED_ALONE = {kind: RE if kind in ("batch_over_max", "message_over_limit") e
 
 
 def test_malformed_requests_get_clean_errors_and_the_server_keeps_answering(small_server):
-    teacher, servicer, stub = small_server
+    teacher, servicer, stub, _ = small_server
     offered = ["logits", *teacher.feature_names]
     limit = servicer.max_message_bytes
     codes: collections.Counter = collections.Counter()
@@ -213,7 +218,7 @@ RECIPE_KINDS = ["sample_out_of_range", "crop_out_of_range", "flip_in_a_set_that_
 
 
 def test_malformed_recipe_requests_get_clean_errors_and_the_server_keeps_answering(small_server):
-    teacher, servicer, stub = small_server
+    teacher, servicer, stub, _ = small_server
     offered = ["logits", *teacher.feature_names]
     codes: collections.Counter = collections.Counter()
     kinds_seen: collections.Counter = collections.Counter()
@@ -252,3 +257,68 @@ def test_malformed_recipe_requests_get_clean_errors_and_the_server_keeps_answeri
     want, _ = teacher.forward(render_views(STORED, views), ["logits"])
     assert ok.request_id == "after-fuzz"
     assert np.array_equal(codec.decode(ok.outputs["logits"]).numpy(), want["logits"].numpy())
+
+
+GARBAGE = 50
+REQUEST_TYPES = {"Infer": pb.InferRequest, "Describe": pb.DescribeRequest, "Stats": pb.StatsRequest}
+
+
+def _garbage(n: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    """``n`` (method, bytes) pairs, spread over the RPCs, whose bytes parse as no request of their method."""
+    rng, found = random.Random(seed), []
+    while len(found) < n:
+        method = list(REQUEST_TYPES)[len(found) % len(REQUEST_TYPES)]
+        data = rng.randbytes(rng.randrange(1, 64))
+        try:
+            REQUEST_TYPES[method].FromString(data)
+        except DecodeError:
+            found.append((method, data))
+    return found
+
+
+def _malformed_counted(servicer) -> float:
+    return sum(servicer.metrics.registry.get_sample_value("unixkd_teacher_malformed_requests_total",
+                                                          {"method": m}) or 0 for m in REQUEST_TYPES)
+
+
+def test_bytes_that_are_no_request_are_refused_counted_and_logged_in_a_line_or_two(small_server, caplog):
+    teacher, servicer, stub, channel = small_server
+    before = _malformed_counted(servicer)
+    with caplog.at_level(logging.INFO):
+        for method, data in _garbage(GARBAGE):
+            call = channel.unary_unary(f"/unixkd.teacher.v1.Teacher/{method}")  # no serializers: the raw bytes
+            with pytest.raises(grpc.RpcError) as err:
+                call(data, timeout=30)
+            assert err.value.code() == IA, err.value.details()
+            assert err.value.details() == f"the request's {len(data)} bytes are no unixkd.teacher.v1.{method}" \
+                                          f"Request message"
+        x = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(5))
+        ok = stub.Infer(pb.InferRequest(images=codec.encode(x, pb.FLOAT32), request_id="after-garbage"), timeout=30)
+    want, _ = teacher.forward(x, ["logits"])
+    assert np.array_equal(codec.decode(ok.outputs["logits"]).numpy(), want["logits"].numpy())
+    assert _malformed_counted(servicer) - before == GARBAGE
+    lines = [r.getMessage() for r in caplog.records if "malformed" in r.getMessage()]
+    assert 1 <= len(lines) <= 2, lines
+    assert lines[0].startswith("1 malformed request, to Infer (1) from ipv4:127.0.0.1:")
+    assert "Traceback" not in caplog.text and "Exception deserializing" not in caplog.text
+
+
+def test_malformed_calls_held_back_are_logged_together_once_the_interval_is_up(caplog):
+    from prometheus_client import CollectorRegistry, Counter
+
+    from teacher_server.malformed import MalformedLog
+
+    malformed = MalformedLog(Counter("m", "m", ["method"], registry=CollectorRegistry()), interval=0.3)
+    with caplog.at_level(logging.WARNING, logger="teacher_server"):
+        for i in range(10):
+            malformed.seen("Infer" if i < 8 else "Stats", f"ipv4:10.0.0.{i % 5}:1")
+        assert len(caplog.records) == 1  # the first at once, the others held back
+        deadline = time.monotonic() + 10
+        while len(caplog.records) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        malformed.close()  # nothing left to log
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert lines[1].startswith("9 malformed requests in the last 0.")
+    assert "to Infer (7), Stats (2) from ipv4:10.0.0.1:1 (2), ipv4:10.0.0.2:1 (2), ipv4:10.0.0.3:1 (2) and 2 more" \
+        in lines[1]

@@ -1,5 +1,6 @@
 """One contract for every kind of teacher client: flags a kind does not use are refused in one line,
-final errors are one line and not retried, and server counts that cannot be read never stop a run."""
+final errors are one line and not retried, server counts that cannot be read never stop a run, and
+the trainer learns what a client does by asking it."""
 import logging
 import time
 
@@ -9,7 +10,7 @@ import torch
 from student_trainer.cli import build_parser, teacher_config
 from student_trainer.cli import main as train
 from student_trainer.teachers import CLIENTS, FLAGS, TeacherRefused, connect, teacher_options
-from student_trainer.teachers.base import RetryPolicy
+from student_trainer.teachers.remote import RetryPolicy
 from teacher_server.server import build_server
 from tests.conftest import SHIPPED_TEACHER, train_args
 
@@ -95,3 +96,17 @@ def test_every_kind_says_the_data_set_the_teacher_was_trained_on_or_none(shipped
                          (grpc_teacher[0], None), (f"local:{unsaid}", None)):
         with connect(url) as client:
             assert client.describe().dataset == dataset, url
+
+
+def test_a_client_says_whether_it_sends_recipes_and_whether_it_asks_a_live_teacher(grpc_teacher):
+    from student_trainer.teachers.stored import StoredTeacher
+
+    url, _ = grpc_teacher
+    with connect(url) as pixels, connect(url, send="recipes") as recipes, \
+            connect(f"local:{SHIPPED_TEACHER}") as local:
+        assert (pixels.takes_recipes, recipes.takes_recipes, local.takes_recipes) == (False, True, False)
+        assert pixels.asks_live_teacher and recipes.asks_live_teacher and local.asks_live_teacher
+        stored = StoredTeacher(local.describe(), "a store")
+    assert not stored.takes_recipes and not stored.asks_live_teacher
+    with pytest.raises(RuntimeError, match="no teacher to ask about 2 views missing from the answers stored in a store"):
+        stored.infer(torch.zeros(2, 1, 28, 28))

@@ -4,7 +4,7 @@ offers is a Triton output; LibTorch's ``NAME__INDEX`` names of the exported mode
 keys by the rule the LibTorch backend applies (the text before the *first* ``__``, then digits: the
 tuple position), and the client's ``plain_name`` maps them back."""
 from common.reductions import offered_keys
-from student_trainer.teachers.triton_client import plain_name
+from student_trainer.teachers.triton_config import plain_name
 from teacher_server.export import FORMATS
 from teacher_server.triton_backend import output_shapes, teacher_parameters
 

@@ -6,19 +6,23 @@
 ``local:PATH``            the checkpoint at PATH, run in this process
 
 Every kind keeps one contract (``base.TeacherClient``): ``submit`` / ``infer``,
-and for the remote kinds (``remote.RemoteTeacherClient``) one deadline-and-retry
-loop ending in ``TeacherUnavailable``. Each client class says in ``uses`` which
-of the trainer's teacher flags (``FLAGS``) it uses; a flag given for a kind that
-does not use it is an error.
+``describe``, ``server_stats``, and what the trainer may ask of a client
+(``takes_recipes``, ``asks_live_teacher``). The remote kinds
+(``remote.RemoteTeacherClient``) share chunking, a pool of calls in flight and
+one deadline-and-retry loop ending in ``TeacherUnavailable``; an in-process kind
+(``in_process.InProcessTeacher``) answers in the caller's thread. Each client
+class says in ``uses`` which of the trainer's teacher flags (``FLAGS``) it uses;
+a flag given for a kind that does not use it is an error.
 """
 from __future__ import annotations
 
-from student_trainer.teachers.base import (ClientCounters, ServerStats, TeacherClient, TeacherInfo, TeacherRefused,
-                                           TeacherUnavailable)
+from student_trainer.teachers.base import TeacherClient
+from student_trainer.teachers.errors import TeacherRefused, TeacherUnavailable
 from student_trainer.teachers.grpc_client import GrpcsTeacherClient, GrpcTeacherClient
 from student_trainer.teachers.local import LocalTeacher
 from student_trainer.teachers.options import FLAGS, teacher_options
 from student_trainer.teachers.triton_client import TritonTeacherClient
+from student_trainer.teachers.types import ClientCounters, ServerStats, TeacherInfo
 
 CLIENTS: dict[str, type[TeacherClient]] = {"grpc": GrpcTeacherClient, "grpcs": GrpcsTeacherClient,
                                            "triton": TritonTeacherClient, "local": LocalTeacher}

@@ -1,7 +1,7 @@
 """The client of our own gRPC teacher service (``grpc://HOST:PORT``, ``grpcs://`` over TLS).
 
 A teacher that goes away is waited for, not fatal (the retry loop of
-``base.TeacherClient``): every call has a deadline, and ``UNAVAILABLE`` /
+``remote.RemoteTeacherClient``): every call has a deadline, and ``UNAVAILABLE`` /
 ``DEADLINE_EXCEEDED`` are retried with exponential backoff and jitter until
 ``max_wait`` seconds have passed since the call began; then
 ``TeacherUnavailable``. Infer is idempotent and a retry resends the same
@@ -9,17 +9,15 @@ request (same ``request_id``), so when the teacher comes back the training step
 that was waiting gets its answer and goes on: no step is skipped or trained
 without the teacher. Up to ``max_in_flight`` calls share the channel at once.
 
-Replicas (``grpc://h1:p1,h2:p2``) share one channel whose requests gRPC's own
-``round_robin`` policy spreads over the replicas that are up; a replica that
-dies fails its calls in flight with ``UNAVAILABLE``, which the retry loop sends
-again, and round_robin gives them to the others. The server counts are read
-from each replica on its own channel and added up.
+Replicas (``grpc://h1:p1,h2:p2``, ``grpc_replicas``) share one channel whose
+requests gRPC's own ``round_robin`` policy spreads over the replicas that are
+up; a replica that dies fails its calls in flight with ``UNAVAILABLE``, which
+the retry loop sends again, and round_robin gives them to the others. The
+server counts are read from each replica on its own channel and added up.
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -29,41 +27,30 @@ import grpc
 import torch
 
 from common import codec
+from common.net import is_loopback
 from common.views import Views
 from protos import teacher_pb2 as pb
 from protos import teacher_pb2_grpc as pb_grpc
-from student_trainer.teachers.base import ServedDataSet, ServerStats, TeacherInfo, TeacherUnavailable
+from student_trainer.teachers.errors import TeacherUnavailable
+from student_trainer.teachers.grpc_replicas import replica_target, summed_stats
 from student_trainer.teachers.options import DEFAULTS, SENDS
 from student_trainer.teachers.remote import RemoteTeacherClient, has_host_and_port
+from student_trainer.teachers.types import ServedDataSet, ServerStats, TeacherInfo
 
 log = logging.getLogger("student_trainer.teacher")
 
 CLIENT_ID_HEADER = "x-client-id"
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def replica_target(replicas: list[str]) -> str:
-    """One gRPC target naming every replica (``ipv4:A:P,B:Q``): gRPC's static address list."""
-    resolved = []
-    for replica in replicas:
-        host, port = replica.rsplit(":", 1)
-        try:
-            infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"teacher replica {replica!r}: cannot resolve it ({e})") from None
-        resolved.append(infos[0][:1] + infos[0][4][:1] + (int(port),))
-    families = {family for family, _, _ in resolved}
-    if families == {socket.AF_INET}:
-        return "ipv4:" + ",".join(f"{ip}:{port}" for _, ip, port in resolved)
-    if families == {socket.AF_INET6}:
-        return "ipv6:" + ",".join(f"[{ip}]:{port}" for _, ip, port in resolved)
-    raise ValueError(f"teacher replicas {', '.join(replicas)} mix IPv4 and IPv6 addresses: use one family")
+def teacher_info(d: pb.DescribeResponse) -> TeacherInfo:
+    """What a Describe reply says, as the contract's ``TeacherInfo``."""
+    return TeacherInfo(d.model_name, d.arch, tuple(d.input_shape), d.num_classes,
+                       list(d.feature_names), d.flops_per_image, d.max_batch_size,
+                       output_shapes={o.name: tuple(o.shape) for o in d.outputs},
+                       reductions=list(d.reductions), dataset=d.dataset or None,
+                       weights_sha256=d.weights_sha256 or None,
+                       data=ServedDataSet(d.data.name, d.data.size, d.data.fingerprint)
+                       if d.HasField("data") else None)
 
 
 class GrpcTeacherClient(RemoteTeacherClient):
@@ -95,7 +82,7 @@ class GrpcTeacherClient(RemoteTeacherClient):
         super().__init__(**remote)
         if send not in SENDS:
             raise ValueError(f"--send must be one of {', '.join(SENDS)}, got {send!r}")
-        self.send = send
+        self.takes_recipes = send == "recipes"
         self.replicas = [address] if isinstance(address, str) else list(address)
         self.address = ",".join(self.replicas)
         self.url = f"{self.scheme}://{self.address}"  # never carries the token
@@ -104,7 +91,7 @@ class GrpcTeacherClient(RemoteTeacherClient):
         self._metadata = ((CLIENT_ID_HEADER, self.client_id),)
         if token:
             self._metadata += (("authorization", f"Bearer {token}"),)
-            if not self.tls and not all(_is_loopback(r.rsplit(":", 1)[0]) for r in self.replicas):
+            if not self.tls and not all(is_loopback(r.rsplit(":", 1)[0]) for r in self.replicas):
                 log.warning("sending the teacher token without TLS to %s: use grpcs:// off this machine",
                             self.address)
         # round_robin: a DNS name with several addresses, or a list of replicas, gets every call
@@ -139,19 +126,12 @@ class GrpcTeacherClient(RemoteTeacherClient):
         return grpc.insecure_channel(target, options=options)
 
     def _call(self, rpc: str, request):
-        """One RPC with a deadline, retried by the base's loop while the teacher is away."""
+        """One RPC with a deadline, retried while the teacher is away (``RemoteTeacherClient._retrying``)."""
         method = getattr(self.stub, rpc)
         return self._retrying(rpc, lambda: method(request, timeout=self.timeout, metadata=self._metadata))
 
     def _describe(self) -> TeacherInfo:
-        d = self._call("Describe", pb.DescribeRequest())
-        return TeacherInfo(d.model_name, d.arch, tuple(d.input_shape), d.num_classes,
-                           list(d.feature_names), d.flops_per_image, d.max_batch_size,
-                           output_shapes={o.name: tuple(o.shape) for o in d.outputs},
-                           reductions=list(d.reductions), dataset=d.dataset or None,
-                           weights_sha256=d.weights_sha256 or None,
-                           data=ServedDataSet(d.data.name, d.data.size, d.data.fingerprint)
-                           if d.HasField("data") else None)
+        return teacher_info(self._call("Describe", pb.DescribeRequest()))
 
     def _infer(self, images: torch.Tensor, outputs: list[str]):
         return self._send(pb.InferRequest(images=codec.encode(images, self.wire_code), outputs=outputs,
@@ -192,27 +172,14 @@ class GrpcTeacherClient(RemoteTeacherClient):
                            forward_seconds=s.forward_seconds, source=source, per_client=per_client), restart
 
     def _replica_stats(self) -> ServerStats:
-        counts: dict[str, dict | None] = {}
-        missing = []
-        for replica in self.replicas:
-            if replica not in self._replica_channels:
-                self._replica_channels[replica] = self._channel(replica)
-            try:
-                s = pb_grpc.TeacherStub(self._replica_channels[replica]).Stats(
-                    pb.StatsRequest(client_id=self.client_id), timeout=self.timeout, metadata=self._metadata)
-            except grpc.RpcError as e:
-                counts[replica] = None
-                missing.append(f"{replica} ({e.code().name})")
-                continue
-            counts[replica] = {"images": s.images, "requests": s.requests, "bytes_in": s.bytes_in,
-                               "bytes_out": s.bytes_out}
-        if missing:
-            return ServerStats(images=None, requests=None, bytes_in=None, bytes_out=None, forward_seconds=None,
-                               source=f"unavailable: replica {', '.join(missing)} could not be read",
-                               replicas=counts, per_client=True)
-        total = {k: sum(c[k] for c in counts.values()) for k in ("images", "requests", "bytes_in", "bytes_out")}
-        return ServerStats(**total, forward_seconds=None, per_client=True,
-                           source=f"grpc Stats (this client's) summed over {len(counts)} replicas", replicas=counts)
+        return summed_stats(self.replicas, self._replica_stats_call)
+
+    def _replica_stats_call(self, replica: str) -> pb.StatsResponse:
+        """One replica's Stats of this client, on the replica's own channel (made at the first read)."""
+        if replica not in self._replica_channels:
+            self._replica_channels[replica] = self._channel(replica)
+        return pb_grpc.TeacherStub(self._replica_channels[replica]).Stats(
+            pb.StatsRequest(client_id=self.client_id), timeout=self.timeout, metadata=self._metadata)
 
     def close(self) -> None:
         super().close()

@@ -9,13 +9,13 @@ defaults to 3,32,32), as ``--arch --num-classes --input-shape`` do for
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future
 from urllib.parse import parse_qs
 
 import torch
 
 from common.reductions import REDUCTIONS
-from student_trainer.teachers.base import ServerStats, TeacherClient, TeacherFuture, TeacherInfo
+from student_trainer.teachers.in_process import InProcessTeacher
+from student_trainer.teachers.types import ServerStats, TeacherInfo
 
 
 def _flag(text: str) -> bool:
@@ -49,8 +49,9 @@ def parse_local_url(url: str) -> tuple[str, dict]:
     return path, options
 
 
-class LocalTeacher(TeacherClient):
-    """No connection at all, so none of the trainer's teacher-connection flags applies (``uses`` is empty)."""
+class LocalTeacher(InProcessTeacher):
+    """A checkpoint run here, in the caller's thread. No connection at all, so none of the trainer's
+    teacher-connection flags applies (``uses`` is empty)."""
 
     @classmethod
     def from_url(cls, url: str, *, device: str = "cpu", **_wire) -> LocalTeacher:
@@ -80,24 +81,13 @@ class LocalTeacher(TeacherClient):
     def describe(self) -> TeacherInfo:
         return self.info
 
-    def submit(self, images: torch.Tensor, outputs=("logits",), views=None) -> Future:
-        """The answer at once, computed in the caller's thread: in this process the teacher shares the
-        student's cores, and a forward beside the student's would only fight it for them (twice the
-        threads on the same cores)."""
-        future = TeacherFuture(lambda: self.counters)
-        try:
-            future.set_result(self._ask(images.detach(), list(outputs)))
-        except Exception as e:  # the future carries it, as a remote kind's does
-            future.set_exception(e)
-        return future
-
     def _infer(self, images: torch.Tensor, outputs: list[str]):
         result, seconds = self.teacher.forward(images, outputs)
         with self._counts_lock:
             self._requests += 1
             self._images += images.shape[0]
             self._forward_seconds += seconds
-        # Ordinary tensors, as a decoded reply is: inference-mode ones cannot enter autograd (FitNet, CRD).
+        # Ordinary tensors: inference-mode ones cannot enter autograd (FitNet, CRD).
         return {k: v.clone() for k, v in result.items()}, 0, 0
 
     def server_stats(self) -> ServerStats:

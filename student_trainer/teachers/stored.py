@@ -8,12 +8,14 @@ mode): it builds its loss from the record and never connects anywhere.
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import Future
 
 import torch
 
 from common.answer_store import AnswerStore, namespace
 from common.answer_store.codec import Entry
-from student_trainer.teachers.base import ServerStats, TeacherClient, TeacherInfo
+from student_trainer.teachers.base import TeacherClient
+from student_trainer.teachers.types import ServerStats, TeacherFuture, TeacherInfo
 
 
 def _record_key(sha256: str) -> bytes:
@@ -49,6 +51,7 @@ def _read_info(header: dict, sha256: str) -> TeacherInfo:
 class StoredTeacher(TeacherClient):
     """A teacher that is not there: it describes itself from the store and answers nothing. The replay
     policy takes every answer from the store; a view missing there is an error, never a silent guess."""
+    asks_live_teacher = False
 
     def __init__(self, info: TeacherInfo, where: str):
         super().__init__()
@@ -70,9 +73,12 @@ class StoredTeacher(TeacherClient):
     def describe(self) -> TeacherInfo:
         return self.info
 
-    def _infer(self, images: torch.Tensor, outputs: list[str]):
-        raise RuntimeError(f"no teacher to ask about {images.shape[0]} views missing from {self.url}; "
-                           "give --teacher-url")
+    def submit(self, images: torch.Tensor, outputs=("logits",), views=None) -> Future:
+        """A future that fails: there is no teacher to ask about views the store does not hold."""
+        future = TeacherFuture(lambda: self.counters)
+        future.set_exception(RuntimeError(f"no teacher to ask about {images.shape[0]} views missing from "
+                                          f"{self.url}; give --teacher-url"))
+        return future
 
     def server_stats(self) -> ServerStats:
         return ServerStats(images=0, requests=0, forward_seconds=0.0, source="no teacher: answers from the store",
