@@ -221,6 +221,9 @@ def validate(args, world_size: int = 1) -> Method:
                          f", not by --query {args.query}")
     if args.teacher_id and (args.teacher_url or not policy.needs_store):
         raise ValueError("--teacher-id names a stored teacher for --query replay without --teacher-url")
+    if args.teacher_id and args.send != TEACHER.send:
+        raise ValueError(f"--send {args.send} is how images travel to a live teacher; --teacher-id trains on "
+                         "stored answers alone")
     if args.epochs < 1 or (args.max_steps is not None and args.max_steps < 1):
         raise ValueError("--epochs and --max-steps must be at least 1")
     if not 0 < args.budget <= 1:

@@ -113,7 +113,7 @@ class RequestChecks:
         return len(msg.rows) // recipes.ROW_BYTES
 
     def _outputs(self, request: pb.InferRequest) -> list[str]:
-        outputs = list(request.outputs) or ["logits"]
+        outputs = list(request.outputs) or [reductions.LOGITS]
         if len(set(outputs)) != len(outputs):
             raise invalid(f"outputs must be distinct keys, got {short(outputs)}")
         for key in outputs:

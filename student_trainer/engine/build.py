@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from common.answer_store import AnswerStore, open_store
+from common.devices import resolve_device
 from common.data import DataSpec, build_dataset
 from common.models import build_model
 from student_trainer.engine.accounting import flops_per_image
@@ -71,15 +72,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA device is available")
-    return dev
-
-
 def scaled_steps(epochs: float, steps_per_epoch: int, budget: float = 1.0) -> int:
     """Step count of ``epochs`` epochs, scaled by ``--budget`` (the schedule keeps its shape)."""
     return round(epochs * steps_per_epoch * budget)
@@ -119,7 +111,7 @@ def check_store_fits(query: str, items, teacher: TeacherClient | None, store: An
     if info is not None and not info.weights_sha256:
         raise ValueError(f"teacher {info.model_name} at {teacher.url} does not say its weights' sha256 (a server "
                          "older than this trainer?): its answers cannot be stored apart from another teacher's")
-    if info is not None and not isinstance(teacher, StoredTeacher):
+    if info is not None and teacher.asks_live_teacher:
         record_teacher(store, info)
         log.info("answers of teacher %s (--teacher-id %s) go to %s", info.model_name, info.weights_sha256,
                  store.url)
@@ -258,7 +250,7 @@ def build_run(config: TrainConfig, dist: DistInfo = DistInfo()) -> Run:
     distiller = build_distiller(local, student, teacher, input_shape=spec.input_shape,
                                 num_classes=spec.num_classes, dataset_size=len(spec.train), device=device,
                                 timer=timer, serial=config.teacher.serial, stored=train_items.recipes, store=store)
-    distiller.policy.preflight(len(spec.train), asks_teacher=not isinstance(teacher, StoredTeacher))
+    distiller.policy.preflight(len(spec.train), stored_only=teacher is not None and not teacher.asks_live_teacher)
     # Several ranks: the training forward goes through DDP, which averages the student's gradients in
     # backward; the loss's own modules (a regressor, ...) are averaged by hand after it (the loop).
     model = ddp(student, device)

@@ -16,7 +16,8 @@ import time
 import torch
 
 from student_trainer.engine.accounting import costs, summed_client, summed_server, summed_work
-from student_trainer.engine.build import Run, build_run, resolve_device
+from common.devices import resolve_device
+from student_trainer.engine.build import Run, build_run
 from student_trainer.engine.distributed import all_reduce_sum, average_gradients, barrier, cleanup, init_distributed
 from student_trainer.engine.pipeline import epoch_steps
 from student_trainer.engine.run_log import RunLog

@@ -134,9 +134,9 @@ class QueryPolicy:
         self.rng = np.random.default_rng(self.config.seed)
         self.gen = torch.Generator().manual_seed(self.config.seed)
 
-    def preflight(self, dataset_size: int, asks_teacher: bool) -> None:
-        """A check of the policy's own before the first step (``asks_teacher`` False: there is no live
-        teacher, only stored answers); a one-line ValueError where the run cannot go on."""
+    def preflight(self, dataset_size: int, stored_only: bool) -> None:
+        """A check of the policy's own before the first step (``stored_only``: no live teacher, only the
+        answers in a store); a one-line ValueError where the run cannot go on."""
 
     def k_for(self, n: int) -> int:
         return scaled_for_batch(n, self.batch_size, self.k, 0.0)[0]

@@ -62,9 +62,9 @@ class Replay(QueryPolicy):
     def teacher_images_per_batch(self) -> int:
         return self.batch_size  # until the views are stored; the counters say what was really sent
 
-    def preflight(self, dataset_size: int, asks_teacher: bool) -> None:
+    def preflight(self, dataset_size: int, stored_only: bool) -> None:
         """With no teacher to ask: refuse, before training, a run whose views are not all stored."""
-        if asks_teacher:
+        if not stored_only:
             return
         samples = (self.stored.origin.tolist() if self.stored.origin is not None
                    else list(range(dataset_size)))

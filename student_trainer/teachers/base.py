@@ -19,6 +19,7 @@ from concurrent.futures import Future
 
 import torch
 
+from common.reductions import LOGITS
 from student_trainer.teachers.errors import TeacherRefused, TeacherUnavailable, one_line
 from student_trainer.teachers.types import ClientCounters, ServedDataSet, ServerStats, TeacherFuture, TeacherInfo
 
@@ -49,11 +50,6 @@ class TeacherClient(ABC):
         self.counters = ClientCounters()
         self._stats_warned = False
 
-    @property
-    def takes_recipes(self) -> bool:
-        """True: a batch that comes with its views travels as them, rendered by the teacher."""
-        return self.send == "recipes"
-
     @classmethod
     @abstractmethod
     def from_url(cls, url: str, **options) -> TeacherClient:
@@ -63,7 +59,7 @@ class TeacherClient(ABC):
     def describe(self) -> TeacherInfo: ...
 
     @abstractmethod
-    def submit(self, images: torch.Tensor, outputs=("logits",), views=None) -> Future:
+    def submit(self, images: torch.Tensor, outputs=(LOGITS,), views=None) -> Future:
         """Ask the teacher about ``images``; returns at once a future of {output: float32 CPU tensor}.
 
         The future ends in the outputs, or in the error that stopped them
@@ -75,7 +71,7 @@ class TeacherClient(ABC):
         the pixels where ``takes_recipes``; such a client refuses a batch without them.
         """
 
-    def infer(self, images: torch.Tensor, outputs=("logits",)) -> dict[str, torch.Tensor]:
+    def infer(self, images: torch.Tensor, outputs=(LOGITS,)) -> dict[str, torch.Tensor]:
         """``submit(images, outputs).result()``: the outputs, float32 on the CPU."""
         return self.submit(images, outputs).result()
 

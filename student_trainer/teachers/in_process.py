@@ -13,6 +13,7 @@ from concurrent.futures import Future
 
 import torch
 
+from common.reductions import LOGITS
 from student_trainer.teachers.base import TeacherClient
 from student_trainer.teachers.types import TeacherFuture
 
@@ -20,7 +21,7 @@ from student_trainer.teachers.types import TeacherFuture
 class InProcessTeacher(TeacherClient):
     """A model run here. A kind implements ``from_url``, ``describe``, ``_infer`` and ``server_stats``."""
 
-    def submit(self, images: torch.Tensor, outputs=("logits",), views=None) -> Future:
+    def submit(self, images: torch.Tensor, outputs=(LOGITS,), views=None) -> Future:
         """The answer at once (or its error), in a done future; ``views`` are not needed, the pixels are here."""
         future = TeacherFuture(lambda: self.counters)
         try:

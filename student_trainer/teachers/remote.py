@@ -35,6 +35,7 @@ from urllib.parse import SplitResult
 import grpc
 import torch
 
+from common.reductions import LOGITS
 from common.tokens import read_token
 from common.views import Views
 from student_trainer.teachers.base import TeacherClient
@@ -204,7 +205,7 @@ class RemoteTeacherClient(TeacherClient):
     def _describe(self) -> TeacherInfo: ...
 
     # --- asking -------------------------------------------------------------
-    def submit(self, images: torch.Tensor, outputs=("logits",), views=None) -> Future:
+    def submit(self, images: torch.Tensor, outputs=(LOGITS,), views=None) -> Future:
         """Chunks of at most the server's max batch, up to ``max_in_flight`` on the wire at once."""
         size = self.describe().max_batch_size
         if self.takes_recipes:

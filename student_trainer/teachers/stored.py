@@ -14,6 +14,7 @@ import torch
 
 from common.answer_store import AnswerStore, namespace
 from common.answer_store.codec import Entry
+from common.reductions import LOGITS
 from student_trainer.teachers.base import TeacherClient
 from student_trainer.teachers.types import ServerStats, TeacherFuture, TeacherInfo
 
@@ -73,7 +74,7 @@ class StoredTeacher(TeacherClient):
     def describe(self) -> TeacherInfo:
         return self.info
 
-    def submit(self, images: torch.Tensor, outputs=("logits",), views=None) -> Future:
+    def submit(self, images: torch.Tensor, outputs=(LOGITS,), views=None) -> Future:
         """A future that fails: there is no teacher to ask about views the store does not hold."""
         future = TeacherFuture(lambda: self.counters)
         future.set_exception(RuntimeError(f"no teacher to ask about {images.shape[0]} views missing from "

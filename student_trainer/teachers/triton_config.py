@@ -14,7 +14,7 @@ from functools import cached_property
 
 import numpy as np
 
-from common.reductions import NONE as NO_REDUCTION
+from common.reductions import LOGITS, NONE
 from common.reductions import parse_key
 from student_trainer.teachers.types import TeacherInfo
 
@@ -54,7 +54,7 @@ class ModelConfig:
     def info(self) -> TeacherInfo:
         """The teacher this model is; a ValueError where it cannot be one (no logits, no batching)."""
         params = {k: v.get("string_value", "") for k, v in self.config.get("parameters", {}).items()}
-        if "logits" not in self.outputs:
+        if LOGITS not in self.outputs:
             raise ValueError(f"Triton model {self.model!r} has no 'logits' output (outputs: {list(self.outputs)})")
         if not self.config.get("max_batch_size"):
             raise ValueError(f"Triton model {self.model!r} does not batch (max_batch_size 0); a teacher must")
@@ -62,13 +62,13 @@ class ModelConfig:
         # lists those offered); the others are the full outputs.
         offered = [r for r in params.get("reductions", "").split(",") if r]
         full = {n: tuple(d) for n, d in self.output_dims.items()
-                if parse_key(n)[1] == NO_REDUCTION or parse_key(n)[1] not in offered}
+                if parse_key(n)[1] == NONE or parse_key(n)[1] not in offered}
         return TeacherInfo(
             model_name=params.get("teacher_name") or self.model,
             arch=params.get("arch", "unknown"),
             input_shape=tuple(int(d) for d in self.input["dims"]),
-            num_classes=int(self.output_dims["logits"][-1]),
-            feature_names=[n for n in full if n != "logits"],
+            num_classes=int(self.output_dims[LOGITS][-1]),
+            feature_names=[n for n in full if n != LOGITS],
             flops_per_image=float(params.get("flops_per_image", 0.0)),
             max_batch_size=int(self.config["max_batch_size"]),
             output_shapes=full, reductions=offered, dataset=params.get("dataset") or None,
