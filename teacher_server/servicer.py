@@ -157,9 +157,18 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         return response
 
 
-def max_message_bytes(teacher: TeacherModel, max_batch: int) -> int:
+GRPC_MESSAGE_CEILING = 2**31 - 1  # gRPC's message-size options are C ints: no message can be larger
+
+
+def needed_message_bytes(teacher: TeacherModel, max_batch: int) -> int:
     """The largest request or reply at max batch: float32 images in, every key out (each output in full
     and each reduction of it, as one request may ask for all), plus 1 MiB for the framing."""
     per_image_in = math.prod(teacher.input_shape) * 4
     per_image_out = sum(math.prod(shape) for shape in teacher.output_keys.values()) * 4
     return max(per_image_in, per_image_out) * max_batch + (1 << 20)
+
+
+def max_message_bytes(teacher: TeacherModel, max_batch: int) -> int:
+    """``needed_message_bytes``, within gRPC's ceiling: at 224 px every full feature map of a max batch
+    can exceed 2 GiB (a reply that large cannot be sent; logits and reduced features fit)."""
+    return min(needed_message_bytes(teacher, max_batch), GRPC_MESSAGE_CEILING)

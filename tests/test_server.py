@@ -141,3 +141,28 @@ def test_health_service_says_serving(stub):
     for service in ("", "unixkd.teacher.v1.Teacher"):
         reply = health.Check(health_pb2.HealthCheckRequest(service=service))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_server_whose_biggest_reply_exceeds_grpcs_ceiling_starts_and_answers(caplog):
+    """Every full feature map of a max batch can pass 2 GiB (ImageNet-sized inputs, default --max-batch):
+    gRPC's message options are C ints, so the limit is capped there instead of failing at start."""
+    from common.teacher_model import load_teacher
+    from teacher_server.server import build_server
+    from teacher_server.servicer import GRPC_MESSAGE_CEILING, needed_message_bytes
+
+    teacher = load_teacher(arch="resnet8", num_classes=10, input_shape=(3, 64, 64))
+    assert needed_message_bytes(teacher, 4096) > GRPC_MESSAGE_CEILING
+    with caplog.at_level("WARNING", logger="teacher_server"):
+        server, _, port = build_server(teacher, port=0, max_batch=4096)
+    try:
+        assert any("over gRPC's 2 GiB a message" in r.getMessage() for r in caplog.records)
+        with connect(f"grpc://127.0.0.1:{port}", wire_dtype="float32") as client:
+            assert client.describe().max_batch_size == 4096
+            x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+            expected, _ = teacher.forward(x, ["logits"])
+            assert torch.allclose(client.infer(x)["logits"], expected["logits"], atol=1e-5)
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        assert pb_grpc.TeacherStub(channel).Describe(pb.DescribeRequest()).max_message_bytes == GRPC_MESSAGE_CEILING
+        channel.close()
+    finally:
+        server.stop(grace=None).wait()
