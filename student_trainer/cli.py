@@ -191,9 +191,9 @@ def train_config(args, method: Method) -> TrainConfig:
                       augment=not args.no_augment, draws=args.augment_draws, workers=args.workers,
                       drop_last=args.drop_last)
     schedule = ScheduleConfig(arch=args.arch, epochs=args.epochs, max_steps=args.max_steps, budget=args.budget,
-                              batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-                              nesterov=args.nesterov, weight_decay=args.weight_decay,
-                              milestones=tuple(args.milestones), lr_gamma=args.lr_gamma)
+                              lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
+                              weight_decay=args.weight_decay, milestones=tuple(args.milestones),
+                              lr_gamma=args.lr_gamma)
     run = RunConfig(out=args.out, resume=args.resume, overwrite=args.overwrite, seed=args.seed, device=args.device,
                     threads=args.threads, deterministic=args.deterministic, checkpoint_every=args.checkpoint_every,
                     eval_every=args.eval_every, log_every=args.log_every, tensorboard=not args.no_tensorboard,

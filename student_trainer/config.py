@@ -27,15 +27,6 @@ def own_flag(field: dataclasses.Field) -> str | None:
     return field.metadata.get(FLAG)
 
 
-def general_flag(field: dataclasses.Field) -> str:
-    """The run's flag a field without an own flag is read from: its name, dashed."""
-    return "--" + field.name.replace("_", "-")
-
-
-def flag_name(field: dataclasses.Field) -> str:
-    return own_flag(field) or general_flag(field)
-
-
 @dataclasses.dataclass(frozen=True)
 class NoConfig:
     """The config of a part that takes no hyperparameters."""

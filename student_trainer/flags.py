@@ -35,12 +35,12 @@ def add_config_flags(group: argparse._ArgumentGroup, config_type: type, added: s
         group.add_argument(flag, **options)
 
 
-def config_from_flags(config_type: type[S], args: argparse.Namespace, **override) -> S:
+def config_from_flags(config_type: type[S], args: argparse.Namespace) -> S:
     """``config_type`` from parsed flags: own fields from their flags, the others from the run's general
-    flags of the same name; ``override`` wins. Its ``__post_init__`` refuses bad values in one line."""
+    flags of the same name. Its ``__post_init__`` refuses bad values in one line."""
     values = {}
     for field in dataclasses.fields(config_type):
         name = dest(own_flag(field)) if own_flag(field) else field.name
         if hasattr(args, name):
             values[field.name] = getattr(args, name)
-    return config_type(**(values | override))
+    return config_type(**values)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from student_trainer.distill import DistillLoss, ModelShapes, build_loss, loss_classes
+from student_trainer.distill import DistillLoss, ModelShapes, build_loss, loss_classes, loss_needs_teacher
 from student_trainer.query import POLICIES, PolicyConfig, PolicyContext, QueryPolicy
 
 # --method NAME: a shorthand for a (--query, --loss) pair, kept from the first version of the CLI
@@ -54,7 +54,7 @@ class Method:
 
     @property
     def needs_teacher(self) -> bool:
-        return any(cls.needs_teacher for cls in loss_classes(self.loss))
+        return loss_needs_teacher(self.loss)
 
     def parts(self) -> list[type]:
         """The policy's class and each loss's class: what says how the run may be split or stored."""

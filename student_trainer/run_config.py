@@ -59,7 +59,6 @@ class ScheduleConfig:
     epochs: int = 240
     max_steps: int | None = None
     budget: float = 1.0                      # the fraction of the schedule's steps trained, its shape kept
-    batch_size: int = 64                     # the global batch N
     lr: float = 0.05
     momentum: float = 0.9
     nesterov: bool = False
@@ -95,7 +94,7 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     flags: dict = field(default_factory=dict)   # the flags as given: recorded in checkpoints, never read back
 
-    def __post_init__(self):
-        if self.method.policy.batch_size != self.schedule.batch_size:
-            raise ValueError(f"the query policy is told a batch of {self.method.policy.batch_size} images, but the "
-                             f"schedule draws {self.schedule.batch_size}")
+    @property
+    def batch_size(self) -> int:
+        """N, the global batch: the query policy's config holds it, as the policy chooses among its images."""
+        return self.method.policy.batch_size

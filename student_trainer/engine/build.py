@@ -200,7 +200,7 @@ def build_loaders(config: TrainConfig, spec: DataSpec, train_items, dist: DistIn
                   batch_size: int) -> tuple[EpochSampler, DataLoader, DataLoader]:
     """The seeded epoch order, this rank's training loader (``batch_size`` images a step) and its test loader."""
     data = config.data
-    sampler = EpochSampler(len(spec.train), config.run.seed, config.schedule.batch_size, dist.rank, dist.world_size)
+    sampler = EpochSampler(len(spec.train), config.run.seed, config.batch_size, dist.rank, dist.world_size)
     # Loader processes are started by a forkserver, not forked: by now the teacher client's gRPC
     # threads are running, and forking a process with live gRPC threads is unsafe.
     loader_opts = dict(num_workers=data.workers, pin_memory=device.type == "cuda",
@@ -208,7 +208,7 @@ def build_loaders(config: TrainConfig, spec: DataSpec, train_items, dist: DistIn
                        multiprocessing_context="forkserver" if data.workers > 0 else None)
     train_loader = DataLoader(train_items, batch_size=batch_size, sampler=sampler,
                               drop_last=data.drop_last, collate_fn=train_items.collate, **loader_opts)
-    test_loader = DataLoader(eval_shard(spec.test, dist), batch_size=max(config.schedule.batch_size, 256),
+    test_loader = DataLoader(eval_shard(spec.test, dist), batch_size=max(config.batch_size, 256),
                              shuffle=False, **loader_opts)
     return sampler, train_loader, test_loader
 

@@ -20,7 +20,7 @@ def epoch_steps(state: RunState) -> Iterator[tuple[SentStep, StepContext]]:
     """The epoch in progress from its saved position: (the oldest step in flight, where training stands)."""
     run, p = state.run, state.progress
     # Batches already in flight (restored from a checkpoint) were drawn: the data order goes on after them.
-    run.sampler.set_epoch(p.epoch, start=(p.step_in_epoch + len(state.in_flight)) * run.config.schedule.batch_size)
+    run.sampler.set_epoch(p.epoch, start=(p.step_in_epoch + len(state.in_flight)) * run.config.batch_size)
     batches = iter(run.train_loader)
     while state.work.steps < run.total_steps:
         state.in_flight.fill(batches, run.total_steps - state.work.steps)

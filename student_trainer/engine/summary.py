@@ -46,7 +46,7 @@ def build_summary(*, config, spec, work, top1, best_top1, epochs, teacher, serve
         "teacher_url": config.teacher.url if teacher else None,
         "wire_dtype": config.teacher.wire_dtype if teacher else None,
         "send": config.teacher.send if teacher else None,  # the teacher's images as pixels, or as view recipes
-        "batch_size": config.schedule.batch_size,     # the global batch (each of the processes draws its share)
+        "batch_size": config.batch_size,     # the global batch (each of the processes draws its share)
         "processes": processes,           # torchrun's --nproc_per_node x nodes: ranks training this student
         "query": config.method.query,
         "loss": config.method.loss,

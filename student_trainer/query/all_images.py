@@ -8,7 +8,6 @@ from student_trainer.query.base import QueryPolicy, unmixed
 class AllImages(QueryPolicy):
     name = "all"
     about = "every image, unmixed (conventional KD; k = N)"
-    sends_all = True
 
     def select(self, student, images, labels, indices, timer=NULL_TIMER, views=None):
         return unmixed(images, labels, indices, views=views)

@@ -117,10 +117,9 @@ class QueryPolicy:
     name: ClassVar[str] = ""
     about: ClassVar[str] = ""
     config_type: ClassVar[type[PolicyConfig]] = PolicyConfig
-    sends_all: ClassVar[bool] = False   # True: the teacher sees every image (k = N)
     # Why the policy cannot be split over several processes (state kept per data-set index); "" if it can.
     per_image_state: ClassVar[str] = ""
-    # True: the policy keeps answers in a replay store (``context.shelf``), which the run must name.
+    # True: the policy keeps answers in a replay store (``context.store``), which the run must name.
     needs_store: ClassVar[bool] = False
 
     def __init__(self, config: PolicyConfig | None = None, dataset_size: int = 0,
@@ -129,8 +128,6 @@ class QueryPolicy:
         if not isinstance(self.config, self.config_type):
             raise TypeError(f"--query {self.name} takes a {self.config_type.__name__}, "
                             f"not a {type(self.config).__name__}")
-        self.batch_size = self.config.batch_size
-        self.k = getattr(self.config, "k", self.batch_size)
         self.rng = np.random.default_rng(self.config.seed)
         self.gen = torch.Generator().manual_seed(self.config.seed)
 
@@ -138,13 +135,23 @@ class QueryPolicy:
         """A check of the policy's own before the first step (``stored_only``: no live teacher, only the
         answers in a store); a one-line ValueError where the run cannot go on."""
 
+    @property
+    def batch_size(self) -> int:
+        """N: images a full batch holds."""
+        return self.config.batch_size
+
+    @property
+    def k(self) -> int:
+        """Images of a full batch the teacher is asked about: the config's k, else all N."""
+        return getattr(self.config, "k", self.config.batch_size)
+
     def k_for(self, n: int) -> int:
         return scaled_for_batch(n, self.batch_size, self.k, 0.0)[0]
 
     @property
     def teacher_images_per_batch(self) -> int:
         """k of a full batch, as a label (the counters say what was really sent)."""
-        return self.batch_size if self.sends_all else self.k
+        return self.k
 
     def complete(self, query: Query, answer: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The answers for every row of ``query`` from what the teacher sent back (here: all of them)."""

@@ -12,8 +12,8 @@ from student_trainer.query.base import PolicyConfig, QueryPolicy, unmixed
 
 @dataclass(frozen=True)
 class CachedConfig(PolicyConfig):
-    refresh_every: int = setting(2, "cached: ask the teacher about each image once every R visits (1: every time, = KD)",
-                                 flag="--refresh-every", metavar="R")
+    refresh_every: int = setting(2, "cached: ask the teacher about each image once every R visits "
+                                 "(1: every time, = KD)", flag="--refresh-every", metavar="R")
 
     def __post_init__(self):
         super().__post_init__()
