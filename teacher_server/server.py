@@ -54,11 +54,11 @@ def build_server(teacher: TeacherModel, *, host: str = "127.0.0.1", port: int = 
     """
     if queue_delay_us < 0:
         raise ValueError(f"--queue-delay-us must be >= 0, got {queue_delay_us}")
-    limit = max_message_bytes(teacher, max_batch)
-    if needed_message_bytes(teacher, max_batch) > limit:
+    limit, needed = max_message_bytes(teacher, max_batch), needed_message_bytes(teacher, max_batch)
+    if needed > limit:
         log.warning("a reply with every output of %d images would be %.1f GB, over gRPC's 2 GiB a message: "
                     "ask for full feature maps a few images at a time (logits and reduced features fit)",
-                    max_batch, needed_message_bytes(teacher, max_batch) / 1e9)
+                    max_batch, needed / 1e9)
     # so_reuseport off: a second server on a busy port must fail, not silently share it.
     options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                ("grpc.so_reuseport", 0)]
