@@ -79,12 +79,12 @@ def start(name: str, max_batch: int, workdir: Path) -> tuple[subprocess.Popen, i
 
 def batches(stored, k: int, count: int):
     """``count`` batches of k UNIX rows: (pixels as the trainer renders them, their recipes)."""
-    from common.views import Views, draw, render_views
+    from common.views import Views, render_views
 
     gen = torch.Generator().manual_seed(1)
     out = []
     for epoch in range(count):
-        main, partner = (Views(draw(0, epoch, torch.randint(0, len(stored), (k,), generator=gen), stored.pad, True))
+        main, partner = (Views(stored.draw(0, epoch, torch.randint(0, len(stored), (k,), generator=gen)))
                          for _ in range(2))
         views = main.mixed_with(partner, torch.rand(k, generator=gen))
         out.append((render_views(stored, views), views))

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets, transforms
 
+from common.image_files import ImageFiles
 from common.views import StoredImages
 
 DEFAULT_ROOT = "data"
@@ -47,9 +48,9 @@ class DataSpec:
     """Train/test items are ``(normalised float32 CxHxW tensor, int label)``; the test
     split is never augmented.  ``mean``/``std`` undo the normalisation when needed.
 
-    ``train_views``: the training split in memory with its augmentation, for sets that fit
-    (rendered a batch at a time from recipes, ``common.views``); None for those read from
-    files item by item (ImageNet, image folders).
+    ``train_views``: the training split as a view source with its augmentation: held in memory
+    (``common.views.StoredImages``) or read from files (``common.image_files.ImageFiles``), its
+    views drawn as recipes and rendered a batch at a time.
 
     ``classes``: the class names where the data set has them (an image folder's folder names).
     ``measured_on``: the training images ``mean``/``std`` were measured on (0: given, or published)."""
@@ -61,7 +62,7 @@ class DataSpec:
     input_shape: tuple[int, int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    train_views: StoredImages | None = None
+    train_views: StoredImages | ImageFiles | None = None
     classes: tuple[str, ...] = ()
     measured_on: int = 0
 
@@ -285,7 +286,11 @@ def _image_folders(name: str, root, *, augment: bool, image_size: int, mean, std
     finish = [transforms.ToTensor(), transforms.Normalize(mean, std)]
     train.transform = transforms.Compose(train_geometry + finish)
     test = image_folders.open_split(name, root / "val", transforms.Compose(evaluation + finish))
-    return DataSpec(name, train, test, len(classes), (3, image_size, image_size), tuple(mean), tuple(std),
+    views = ImageFiles(str((root / "train").resolve()),
+                       tuple(Path(p).relative_to(train.root).as_posix() for p, _ in train.samples),
+                       torch.as_tensor(train.targets, dtype=torch.long), image_size, tuple(mean), tuple(std),
+                       augment=augment, flip=augment)
+    return DataSpec(name, train, test, len(classes), (3, image_size, image_size), tuple(mean), tuple(std), views,
                     classes=tuple(classes), measured_on=measured_on)
 
 

@@ -22,6 +22,8 @@ import torch
 from PIL import Image
 from torchvision import datasets, transforms
 
+from common.image_files import read_image
+
 log = logging.getLogger("common.data")
 
 SPLITS = ("train", "val")
@@ -29,15 +31,6 @@ CROP_FRACTION = 0.875
 """Evaluation resizes the short side to size / 0.875 and crops the centre (224 from 256, as torchvision and timm)."""
 MEASURED_IMAGES = 1000
 """Training images the normalisation is measured on when it is not given (all of them if fewer)."""
-
-
-def read_image(path: str) -> Image.Image:
-    """ImageFolder's loader (RGB), with a file that is not a readable image as one line naming it."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
 
 
 def check_layout(name: str, root: Path) -> list[str]:

@@ -71,9 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--wire-dtype", choices=sorted(WIRE_DTYPES), default=TEACHER.wire_dtype,
                    help="dtype of the images on the wire")
     m.add_argument("--send", choices=SENDS, default=TEACHER.send,
-                   help="what a teacher image travels as: its pixels, or its view recipe (72 bytes: sample, crop, "
+                   help="what a teacher image travels as: its pixels, or its view recipe (104 bytes: sample, crop box, "
                    "flip, mixing partner), rendered by a server started with the same --dataset (grpc(s):// only; "
-                   "needs --augment-draws batched on a data set held in memory)")
+                   "needs --augment-draws batched)")
     m.add_argument("--teacher-timeout", type=float, default=TEACHER.timeout, help="seconds per teacher call")
     m.add_argument("--connect-timeout", type=float, default=TEACHER.connect_timeout,
                    help="seconds to wait for the teacher at start")

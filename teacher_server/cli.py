@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from common.cli_errors import one_line_errors, parse_shape, renamed_flag
+from common.cli_errors import one_line_errors, parse_numbers, parse_shape, renamed_flag
 from teacher_server.backends import BACKENDS, add_backend_arguments, serve
 
 log = logging.getLogger("teacher_server")
@@ -30,12 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--seed", type=int, default=0, help="initialisation seed of a random teacher")
     data = p.add_argument_group("data set (gRPC): render trainers' view recipes (--send recipes) from its training "
                                 "split, built as the trainer builds it")
-    data.add_argument("--dataset", help="the trainer's --dataset name (fashion-mnist, cifar10, cifar100, synthetic); "
-                      "sets read from files (imagenet, folder:) have no views in memory and are refused")
+    data.add_argument("--dataset", help="the trainer's --dataset name (fashion-mnist, cifar10, cifar100, synthetic, "
+                      "imagenet, folder:ROOT); a folder is read at the teacher's input size")
     data.add_argument("--data-root", help="the data set's folder, as the trainer's --data-root")
     data.add_argument("--train-size", type=int, help="synthetic only: the images it generates (the trainer's "
                       "--train-size; a subset of a real set renders from the whole split)")
-    data.add_argument("--data-seed", type=int, default=0, help="the trainer's --data-seed (synthetic)")
+    data.add_argument("--data-seed", type=int, default=0, help="the trainer's --data-seed (synthetic; the sample a "
+                      "folder's normalisation is measured on)")
+    data.add_argument("--mean", type=parse_numbers, default=None, metavar="R,G,B",
+                      help="folder: the trainer's --mean (with --std; default: measured as the trainer measures it)")
+    data.add_argument("--std", type=parse_numbers, default=None, metavar="R,G,B", help="folder: the trainer's --std")
     data.add_argument("--no-augment", action="store_true", help="the trainer's --no-augment")
     data.add_argument("--recipe-store", metavar="URL", help="the recipe store: keep the answers to view recipes "
                       "here, read by recipe, and give them again with no forward: lmdb:PATH (or a bare directory) on "
@@ -78,6 +82,8 @@ def main(argv=None) -> None:
                              f"--backend {', '.join(n for n, b in BACKENDS.items() if b.renders_recipes)})")
         if args.max_batch < 1:
             raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}")
+        if (args.mean is None) != (args.std is None):
+            raise ValueError("give --mean and --std together (or neither: a folder's are measured)")
         from common.teacher_model import load_teacher
 
         teacher = load_teacher(args.checkpoint, arch=args.arch, num_classes=args.num_classes,

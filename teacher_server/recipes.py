@@ -1,6 +1,6 @@
 """The training split a teacher server renders view recipes from, and a recipe request turned into images.
 
-A trainer whose views are recipes (``common.views``) can send each row as 72
+A trainer whose views are recipes (``common.views``) can send each row as 104
 bytes instead of its pixels; the server renders it from its own copy of the
 split, loaded with the trainer's own ``common.data.build_dataset``, so the two
 render the same bits when their fingerprints agree (the trainer checks them at
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from common import codec
+from common.image_files import ImageFiles
 from common.views import StoredImages, Views, check, render_views
 from protos import teacher_pb2 as pb
 
@@ -26,17 +27,19 @@ ROW_BYTES = Views.COLUMNS * 8
 class ServedData:
     """A data set's whole training split, with its augmentation, as the trainer's ``--dataset NAME`` has it."""
     name: str
-    views: StoredImages
+    views: StoredImages | ImageFiles
 
     def info(self) -> pb.DataSetInfo:
         return pb.DataSetInfo(name=self.name, size=len(self.views), fingerprint=self.views.fingerprint)
 
 
 def load_data(name: str, root: str | None, *, input_shape, num_classes: int, train_size: int | None = None,
-              seed: int = 0, augment: bool = True) -> ServedData:
+              seed: int = 0, augment: bool = True, mean=None, std=None) -> ServedData:
     """The split as ``python -m student_trainer --dataset NAME`` builds it. A generated set (synthetic) is
     made at the teacher's shape and classes and ``train_size`` images; a real one is loaded whole, since a
-    trainer's ``--train-size`` subset names its images by their place in the whole split."""
+    trainer's ``--train-size`` subset names its images by their place in the whole split. An image folder
+    is read at the teacher's input size, with the trainer's ``--mean``/``--std`` (or measured as it measures
+    them)."""
     from common.data import DATASETS, build_dataset
 
     key = name.partition(":")[0].lower().replace("_", "-")
@@ -45,11 +48,12 @@ def load_data(name: str, root: str | None, *, input_shape, num_classes: int, tra
         raise ValueError(f"--train-size sizes a generated data set (synthetic); {name} is served whole "
                          "(a trainer's --train-size subset of it renders from the whole split)")
     settings = {k: v for k, v in (("image_shape", tuple(input_shape)), ("num_classes", num_classes),
-                                  ("train_size", train_size)) if k in takes}
+                                  ("train_size", train_size), ("image_size", input_shape[-1]),
+                                  ("mean", mean), ("std", std)) if k in takes and v is not None}
     spec = build_dataset(name, root, seed=seed, augment=augment, **settings)
     if spec.train_views is None:
-        raise ValueError(f"{spec.name} is read from files image by image and has no views in memory to render "
-                         "recipes from; serve without --dataset (its trainers send pixels)")
+        raise ValueError(f"{spec.name} has no view source to render recipes from; serve without --dataset (its "
+                         "trainers send pixels)")
     if tuple(spec.input_shape) != tuple(input_shape):
         raise ValueError(f"{spec.name} has {'x'.join(map(str, spec.input_shape))} images, but the teacher takes "
                          f"{'x'.join(map(str, input_shape))}")

@@ -147,7 +147,8 @@ def served_data(teacher: TeacherModel, args) -> ServedData | None:
     if not args.dataset:
         return None
     data = load_data(args.dataset, args.data_root, input_shape=teacher.input_shape, num_classes=teacher.num_classes,
-                     train_size=args.train_size, seed=args.data_seed, augment=not args.no_augment)
+                     train_size=args.train_size, seed=args.data_seed, augment=not args.no_augment,
+                     mean=args.mean, std=args.std)
     data.views.fingerprint  # computed once, now, not in the first Describe
     return data
 

@@ -165,15 +165,18 @@ def test_malformed_requests_get_clean_errors_and_the_server_keeps_answering(smal
 def valid_recipe_requests(draw, outputs_offered):
     n = draw(st.integers(1, MAX_BATCH))
     rows = np.zeros((n, Views.COLUMNS), dtype=np.int64)
+    per, (h, w) = Views.PER_VIEW, SHAPE[1:]
     rows[:, 0] = draw(st.lists(st.integers(0, len(STORED) - 1), min_size=n, max_size=n))
-    crops = draw(st.lists(st.integers(0, 2 * STORED.pad), min_size=2 * n, max_size=2 * n))
+    crops = draw(st.lists(st.integers(-STORED.pad, STORED.pad), min_size=2 * n, max_size=2 * n))
     rows[:, 1:3] = np.array(crops).reshape(n, 2)
+    rows[:, 3:5] = (h, w)
     if draw(st.booleans()):  # mixed with a partner, as UNIX's rows are
-        rows[:, 4] = draw(st.lists(st.integers(0, len(STORED) - 1), min_size=n, max_size=n))
+        rows[:, per] = draw(st.lists(st.integers(0, len(STORED) - 1), min_size=n, max_size=n))
+        rows[:, per + 3:per + 5] = (h, w)
         mix = np.array(draw(st.lists(st.floats(0, 1, width=32), min_size=n, max_size=n)), dtype=np.float32)
-        rows[:, 8] = mix.view(np.int32)
+        rows[:, -1] = mix.view(np.int32)
     else:
-        rows[:, 4] = -1
+        rows[:, per] = -1
     outputs = draw(st.lists(st.sampled_from(outputs_offered), unique=True, max_size=3))
     render_dtype = draw(st.sampled_from([0, *codec.WIRE_DTYPES.values()]))
     return rows, pb.InferRequest(outputs=outputs, request_id=draw(st.text(max_size=20)),
@@ -190,17 +193,20 @@ def mutate_recipes(draw, rows: np.ndarray, r: pb.InferRequest, kind: str) -> np.
     if kind == "sample_out_of_range":
         rows[at, 0] = draw(_outside(0, len(STORED) - 1))
     elif kind == "crop_out_of_range":
-        rows[at, draw(st.sampled_from([1, 2]))] = draw(_outside(0, 2 * STORED.pad))
+        column = draw(st.sampled_from([1, 2, 3, 4]))
+        low, high = (-STORED.pad, STORED.pad) if column < 3 else (SHAPE[column - 2],) * 2
+        rows[at, column] = draw(_outside(low, high))
     elif kind == "flip_in_a_set_that_never_flips":
-        rows[at, 3] = draw(st.integers(1, 2**62))
+        rows[at, 5] = draw(st.integers(1, 2**62))
     elif kind == "mix_out_of_range":
-        if rows[0, 4] < 0:  # give every row a partner first: an unmixed row's weight is never read
-            rows[:, 4:8] = 0
+        if rows[0, Views.PER_VIEW] < 0:  # give every row a partner first: an unmixed row's weight is never read
+            rows[:, Views.PER_VIEW:-1] = rows[:, :Views.PER_VIEW] * (np.arange(Views.PER_VIEW) != 5)
         bad = draw(st.floats(allow_nan=True, allow_infinity=True, width=32).filter(lambda v: not 0 <= v <= 1))
-        rows[at, 8] = np.array([bad], dtype=np.float32).view(np.int32)[0]
+        rows[at, -1] = np.array([bad], dtype=np.float32).view(np.int32)[0]
     elif kind == "partnered_and_unpartnered_rows":
         rows = np.concatenate([rows, rows[:1]])[-MAX_BATCH:] if len(rows) == 1 else rows
-        rows[:, 4] = np.where(np.arange(len(rows)) == 0, -1, 0)
+        rows[:, Views.PER_VIEW:-1] = rows[:, :Views.PER_VIEW] * (np.arange(Views.PER_VIEW) != 5)
+        rows[0, Views.PER_VIEW] = -1
     elif kind == "rows_over_max_batch":
         rows = np.concatenate([rows] * (MAX_BATCH + 1))
     elif kind == "unknown_render_dtype":
@@ -251,7 +257,9 @@ def test_malformed_recipe_requests_get_clean_errors_and_the_server_keeps_answeri
     assert set(kinds_seen) == set(RECIPE_KINDS)
     print(f"fuzz: {sum(codes.values())} malformed recipe requests, codes {dict(codes)}")
 
-    views = Views.from_array(np.array([[3, 0, 2, 0, 7, 1, 1, 0, np.array([0.25], np.float32).view(np.int32)[0]]]))
+    h, w = SHAPE[1:]
+    views = Views.from_array(np.array([[3, -1, 1, h, w, 0, 7, 0, 0, h, w, 0,
+                                        np.array([0.25], np.float32).view(np.int32)[0]]]))
     ok = stub.Infer(pb.InferRequest(views=pb.ViewRecipes(rows=views.as_array().astype("<i8").tobytes()),
                                     request_id="after-fuzz"), timeout=30)
     want, _ = teacher.forward(render_views(STORED, views), ["logits"])

@@ -45,7 +45,10 @@ def test_a_folder_gives_its_classes_the_size_asked_and_a_measured_normalisation(
     root = write_folder(tmp_path / "pets")
     spec = build_dataset(f"folder:{root}", image_size=32, augment=False)
     assert (spec.name, spec.num_classes, spec.classes, spec.input_shape) == (f"folder:{root}", 3, CLASSES, (3, 32, 32))
-    assert (len(spec.train), len(spec.test), spec.measured_on, spec.train_views) == (12, 6, 12, None)
+    assert (len(spec.train), len(spec.test), spec.measured_on) == (12, 6, 12)
+    views = spec.train_views  # its views are recipes: the centred box when unaugmented
+    assert (len(views), views.size, views.augment, views.flip) == (12, 32, False, False)
+    assert views.labels.tolist() == [label for _, label in spec.train.samples]
     mean, std = pixel_statistics(root)  # (the centre crops see nearly all of each image)
     np.testing.assert_allclose(spec.mean, mean, atol=0.02)
     np.testing.assert_allclose(spec.std, std, atol=0.02)

@@ -84,14 +84,14 @@ def test_the_uncertainty_pass_leaves_batchnorm_running_stats_alone_in_batch_mode
 @pytest.mark.parametrize("query", sorted(POLICIES))
 def test_policy_state_round_trips_so_a_resumed_run_draws_the_same(batch, query, tmp_path):
     from common.answer_store import open_store
-    from common.views import StoredImages, Views, draw, render
+    from common.views import StoredImages, Views
     from student_trainer.query import PolicyContext
 
     student, _, labels, indices = batch
     stored = StoredImages(torch.randint(0, 256, (200, 3, 16, 16), dtype=torch.uint8), torch.zeros(200).long(), 2,
                           True, (0.5,) * 3, (0.25,) * 3)
-    recipes = draw(3, 1, indices, 2, True)
-    images, views = render(stored, recipes), Views(recipes)   # every policy is given the batch's recipes
+    recipes = stored.draw(3, 1, indices)
+    images, views = stored.render(recipes), Views(recipes)   # every policy is given the batch's recipes
     with open_store(str(tmp_path / "store")) as store:
         context = PolicyContext(stored, store, "t", ("logits",))  # read by the policies that keep answers
         a = make_policy(query, 200, context)

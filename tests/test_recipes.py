@@ -18,7 +18,7 @@ import torch
 
 from common import codec
 from common.teacher_model import load_teacher
-from common.views import StoredImages, Views, draw, render_views
+from common.views import StoredImages, Views, render_views
 from protos import teacher_pb2 as pb
 from protos import teacher_pb2_grpc as pb_grpc
 from student_trainer.cli import main as train
@@ -48,10 +48,10 @@ def served(teacher):
 
 def _views(stored: StoredImages, n: int, mixed: bool, seed: int = 0) -> Views:
     gen = torch.Generator().manual_seed(seed)
-    main = Views(draw(seed, 1, torch.randint(0, len(stored), (n,), generator=gen), stored.pad, stored.flip))
+    main = Views(stored.draw(seed, 1, torch.randint(0, len(stored), (n,), generator=gen)))
     if not mixed:
         return main
-    partner = Views(draw(seed, 1, torch.randint(0, len(stored), (n,), generator=gen), stored.pad, stored.flip))
+    partner = Views(stored.draw(seed, 1, torch.randint(0, len(stored), (n,), generator=gen)))
     return main.mixed_with(partner, torch.rand(n, generator=gen))
 
 
@@ -90,7 +90,7 @@ def test_answers_to_recipes_equal_the_answers_to_their_pixels(served, teacher, w
         assert torch.allclose(want["logits"], teacher.forward(images, ["logits"])[0]["logits"], atol=1e-5)
     assert after["rendered_images"] - before["rendered_images"] == 40
     assert after["images"] - before["images"] == 80
-    assert sent < 40 * 100  # under 100 bytes an image (its pixels: 6144 in float16)
+    assert sent < 40 * 120  # under 120 bytes an image, a 104-byte recipe with its share (pixels: 6144 in float16)
 
 
 def _infer(stub, **fields):
@@ -104,11 +104,13 @@ def _bad_rows(stored: StoredImages) -> dict[str, bytes]:
         a = good.copy()
         a[row, col] = np.array([value], dtype=dtype).view(np.int32)[0] if dtype == np.float32 else value
         return a.astype("<i8").tobytes()
+    per = Views.PER_VIEW
     return {"sample out of range": edited(1, 0, len(stored)), "negative sample": edited(0, 0, -3),
-            "crop beyond 2*pad": edited(2, 1, 2 * stored.pad + 1), "partner crop beyond 2*pad": edited(0, 6, 99),
-            "flip in a set that never flips": edited(3, 3, 1), "mix 1.5": edited(0, 8, 1.5, np.float32),
-            "NaN mix": edited(1, 8, np.nan, np.float32), "71 bytes": good.tobytes()[:71],
-            "73 bytes": good.tobytes() + b"\x00", "zero rows": b""}
+            "crop beyond pad": edited(2, 1, stored.pad + 1), "partner crop beyond pad": edited(0, per + 2, 99),
+            "box of another size": edited(1, 3, SHAPE[1] + 1),
+            "flip in a set that never flips": edited(3, 5, 1), "mix 1.5": edited(0, -1, 1.5, np.float32),
+            "NaN mix": edited(1, -1, np.nan, np.float32), "103 bytes": good.tobytes()[:103],
+            "105 bytes": good.tobytes() + b"\x00", "zero rows": b""}
 
 
 def test_a_malformed_recipe_gets_invalid_argument_and_the_next_request_is_answered(teacher):
@@ -117,7 +119,7 @@ def test_a_malformed_recipe_gets_invalid_argument_and_the_next_request_is_answer
     stored = StoredImages(torch.randint(0, 256, (20, *SHAPE), dtype=torch.uint8, generator=gen),
                           torch.arange(20) % CLASSES, 2, False, (0.5,) * 3, (0.25,) * 3)
     server, servicer, port = build_server(teacher, port=0, max_batch=8, data=ServedData("custom", stored))
-    good = Views(draw(0, 1, torch.arange(5), 2, False))
+    good = Views(stored.draw(0, 1, torch.arange(5)))
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.TeacherStub(channel)
@@ -133,7 +135,7 @@ def test_a_malformed_recipe_gets_invalid_argument_and_the_next_request_is_answer
                        images=codec.encode(render_views(stored, good), "float32"))
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "both" in err.value.details()
             with pytest.raises(grpc.RpcError) as err:  # more rows than the max batch
-                _infer(stub, views=pb.ViewRecipes(rows=_rows(Views(draw(0, 1, torch.arange(9), 2, False)))))
+                _infer(stub, views=pb.ViewRecipes(rows=_rows(Views(stored.draw(0, 1, torch.arange(9))))))
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
         server.stop(grace=None).wait()
@@ -145,7 +147,9 @@ def test_recipes_to_a_server_without_a_data_set_are_refused(grpc_teacher):
     with grpc.insecure_channel(url.removeprefix("grpc://")) as channel:
         stub = pb_grpc.TeacherStub(channel)
         with pytest.raises(grpc.RpcError) as err:
-            _infer(stub, views=pb.ViewRecipes(rows=_rows(Views(draw(0, 1, torch.arange(2), 0, False)))))
+            plain = StoredImages(torch.zeros(2, *SHAPE), torch.zeros(2, dtype=torch.long), 0, False, (0.5,) * 3,
+                                 (0.5,) * 3)
+            _infer(stub, views=pb.ViewRecipes(rows=_rows(Views(plain.draw(0, 1, torch.arange(2))))))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "holds no data set" in err.value.details() and "--dataset" in err.value.details()
         _infer(stub, images=codec.encode(torch.zeros(1, *SHAPE), "float32"))  # and it goes on answering
@@ -234,15 +238,15 @@ def test_a_server_holding_another_split_is_refused_by_the_trainer_cli_in_one_lin
     assert "synthetic" in err[0] and data.views.fingerprint[:12] in err[0] and "fingerprint" in err[0], err[0]
 
 
-def test_a_server_asked_for_a_data_set_read_from_files_says_so_in_one_line(tmp_path, capsys):
+def test_a_server_given_a_folder_its_teacher_cannot_take_says_so_in_one_line(tmp_path, capsys):
     from teacher_server.cli import main as serve
     from tests.test_image_folders import write_folder
 
     with pytest.raises(SystemExit) as e:
-        serve(["--arch", "resnet8", "--input-shape", "3,32,32", "--port", "0",
+        serve(["--arch", "resnet8", "--input-shape", "1,32,32", "--port", "0",
                "--dataset", f"folder:{write_folder(tmp_path, 1, 1)}"])
     err = capsys.readouterr().err.strip()
-    assert e.value.code == 2 and len(err.splitlines()) == 1 and "no views in memory" in err, err
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "has 3x32x32 images" in err, err
 
 
 # --- answers kept in a store (--recipe-store) ------------------------------------------------------------

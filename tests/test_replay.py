@@ -151,7 +151,7 @@ def test_select_replays_exactly_the_stored_view_and_answer(tmp_path):
     with its answer; the others get a fresh view and are asked about."""
     from common.answer_store import open_store
     from common.answer_store.codec import Entry
-    from common.views import StoredImages, Views, draw, render, render_views
+    from common.views import StoredImages, Views, render_views
     from student_trainer.query import PolicyContext, ReplayConfig, build_policy
     from student_trainer.query.stored_views import ViewShelf
 
@@ -163,9 +163,9 @@ def test_select_replays_exactly_the_stored_view_and_answer(tmp_path):
         shelf = ViewShelf(store, teacher_sha256="t", data_fingerprint=whole.fingerprint, keys=["logits"], views=2)
         kept = {}
         for sample in range(10, 20):                        # samples 10..19 have both views stored
-            views = Views(draw(5, 1, torch.tensor([sample - 10, sample - 10]), 2, True))
+            views = Views(stored.draw(5, 1, torch.tensor([sample - 10, sample - 10])))
             rows = stored.to_split(views).as_array()
-            rows[1, 1] = (rows[0, 1] + 1) % 5               # two different views
+            rows[1, 1] = (rows[0, 1] + 3) % 5 - 2           # two different views
             answers = torch.randn(2, 10, generator=g)
             shelf.write([sample, sample], [[0], [1]], [Entry({"recipe": r.tolist()}, {"logits": a})
                                                       for r, a in zip(rows, answers)])
@@ -173,8 +173,8 @@ def test_select_replays_exactly_the_stored_view_and_answer(tmp_path):
         policy = build_policy("replay", ReplayConfig(batch_size=8, seed=0, views=2), 20,
                               PolicyContext(stored, store, "t", ("logits",)))
         local = torch.tensor([0, 5, 9, 10, 15, 19, 2, 12])  # rows 0-9 of the subset are samples 10-19
-        recipes = draw(0, 1, local, 2, True)
-        q = policy.select(None, render(stored, recipes), stored.labels[local], local,
+        recipes = stored.draw(0, 1, local)
+        q = policy.select(None, stored.render(recipes), stored.labels[local], local,
                           views=stored.to_split(Views(recipes)))
     ask = q.ask.tolist()
     assert ask == [False, False, False, True, True, True, False, True]
@@ -183,4 +183,4 @@ def test_select_replays_exactly_the_stored_view_and_answer(tmp_path):
     want = torch.stack([kept[r[0]][r] for r in map(tuple, replayed.as_array().tolist())])
     assert torch.equal(q.known["logits"], want)
     fresh = torch.tensor([i for i, a in enumerate(ask) if a])
-    assert torch.equal(q.images[fresh], render(stored, recipes)[fresh])   # the drawn views, unchanged
+    assert torch.equal(q.images[fresh], stored.render(recipes)[fresh])   # the drawn views, unchanged

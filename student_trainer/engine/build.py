@@ -105,8 +105,7 @@ def check_store_fits(query: str, items, teacher: TeacherClient | None, store: An
     """A store is keyed by the teacher's weights and the data set's views: both must be known, and the live
     teacher is recorded so that a later run can train on its answers alone."""
     if items.recipes is None:
-        raise ValueError(f"--query {query} stores views as recipes: it needs --augment-draws batched on a data set "
-                         f"held in memory, but {items.why_not_recipes}")
+        raise ValueError(f"--query {query} stores views as recipes: it needs --augment-draws batched, but {items.why_not_recipes}")
     info = teacher.describe() if teacher else None
     if info is not None and not info.weights_sha256:
         raise ValueError(f"teacher {info.model_name} at {teacher.url} does not say its weights' sha256 (a server "
@@ -123,8 +122,7 @@ def check_teacher_renders(teacher: TeacherClient, spec: DataSpec, items) -> None
     if not teacher.takes_recipes:
         return
     if items.recipes is None:
-        raise ValueError(f"--send recipes needs views drawn as recipes (--augment-draws batched on a data set "
-                         f"held in memory), but {items.why_not_recipes}: use --send pixels")
+        raise ValueError(f"--send recipes needs views drawn as recipes (--augment-draws batched), but {items.why_not_recipes}: use --send pixels")
     info, ours = teacher.describe(), items.recipes.fingerprint
     if info.data is None:
         raise ValueError(f"--send recipes: teacher {info.model_name} holds no data set to render recipes from; "

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from common.views import StoredImages, Views, draw, render
+from common.views import Views
 
 _MIX = 1_000_003
 
@@ -94,18 +94,20 @@ class SeededItems(Dataset):
 
 class RenderedViews(Dataset):
     """Keys ``(epoch, index)`` rendered a batch at a time (``__getitems__``, which the DataLoader calls
-    with a batch's keys): ``(images, labels, indices, recipes)`` as one batch, the views drawn as recipes
-    (``recipes``: ``Views.as_array`` rows, int64, so they ride through the loader as a tensor)."""
+    with a batch's keys, in a loader process when there are ``--workers``): ``(images, labels, indices,
+    recipes)`` as one batch, the views drawn as recipes (``recipes``: ``Views.as_array`` rows, int64, so
+    they ride through the loader as a tensor). ``source``: the split held in memory
+    (``common.views.StoredImages``) or read from files (``common.image_files.ImageFiles``)."""
 
     why_not_recipes = ""
 
-    def __init__(self, stored: StoredImages, seed: int):
-        self.stored, self.seed = stored, seed
+    def __init__(self, source, seed: int):
+        self.source, self.seed = source, seed
 
     @property
-    def recipes(self) -> StoredImages:
+    def recipes(self):
         """The split the recipes are drawn on and rendered from (a server that holds it renders them too)."""
-        return self.stored
+        return self.source
 
     @staticmethod
     def collate(batch):
@@ -113,16 +115,16 @@ class RenderedViews(Dataset):
         return batch
 
     def __len__(self) -> int:
-        return len(self.stored)
+        return len(self.source)
 
     def __getitems__(self, keys: list[tuple[int, int]]):
         epochs = {epoch for epoch, _ in keys}
         if len(epochs) != 1:
             raise ValueError(f"a batch spans epochs {sorted(epochs)}")
         indices = torch.tensor([index for _, index in keys], dtype=torch.long)
-        recipes = draw(self.seed, epochs.pop(), indices, self.stored.pad, self.stored.flip)
-        return (render(self.stored, recipes), self.stored.labels[indices], indices,
-                torch.from_numpy(self.stored.to_split(Views(recipes)).as_array()))
+        images, recipes = self.source.drawn_and_rendered(self.seed, epochs.pop(), indices)
+        return (images, self.source.labels[indices], indices,
+                torch.from_numpy(self.source.to_split(Views(recipes)).as_array()))
 
     def __getitem__(self, key):
         images, labels, indices, _ = self.__getitems__([key])
@@ -133,11 +135,11 @@ DRAWS = ("batched", "per-item")
 
 
 def training_items(spec, draws: str, seed: int) -> RenderedViews | SeededItems:
-    """The training split as the loader reads it: each view a recipe, a batch rendered at once from the images
-    in memory (``batched``, where the split is held in memory), else each image through the data set's own
-    transforms under its own seed (``per-item``, and any split read from files)."""
+    """The training split as the loader reads it: each view a recipe, a batch drawn and rendered at once
+    (``batched``), else each image through the data set's own transforms under its own seed (``per-item``,
+    the draws of earlier releases, and any data set without a view source)."""
     if draws == "batched" and spec.train_views is not None:
         return RenderedViews(spec.train_views, seed)
-    why = (f"{spec.name} is read from files image by image" if spec.train_views is None
+    why = (f"{spec.name} has no view source" if spec.train_views is None
            else "--augment-draws per-item draws each view image by image")
     return SeededItems(spec.train, seed, why)

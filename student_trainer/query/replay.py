@@ -50,8 +50,8 @@ class Replay(QueryPolicy):
     def __init__(self, config: ReplayConfig | None = None, dataset_size: int = 0, context=None):
         super().__init__(config, dataset_size, context)
         if context is None or context.store is None or context.stored is None or not context.teacher_sha256:
-            raise ValueError("--query replay needs a replay store, a teacher's identity and a data set held in "
-                             "memory")
+            raise ValueError("--query replay needs a replay store, a teacher's identity and a data set whose "
+                             "views are recipes")
         self.stored, self.v = context.stored, self.config.views
         self.shelf = ViewShelf(context.store, teacher_sha256=context.teacher_sha256,
                                data_fingerprint=context.stored.fingerprint, keys=list(context.keys), views=self.v)
@@ -86,8 +86,7 @@ class Replay(QueryPolicy):
 
     def select(self, student, images, labels, indices, timer=NULL_TIMER, views=None):
         if views is None:
-            raise ValueError("--query replay needs each view as a recipe (--augment-draws batched and a data "
-                             "set held in memory)")
+            raise ValueError("--query replay needs each view as a recipe (--augment-draws batched)")
         with timer.phase("store"):
             drawn = views.as_array().tolist()
             samples = [row[0] for row in drawn]
