@@ -139,24 +139,35 @@ class ImageFiles(SplitRows):
         return replace(self, augment=False, flip=False)
 
     @property
-    def fingerprint(self) -> str:
-        """sha256 of the split's content manifest and of how its views are made (size, augmentation,
-        normalisation). The manifest is read once, then kept in a cache beside the folder or the user's."""
-        if self.source_fingerprint is None:
+    def manifest(self):
+        """The whole split's content manifest (``common.manifest.Manifest``): every file's relative path, size
+        and sha256, read once, then from a cache beside the folder (or the user's) while the files' stats
+        stay the same."""
+        if getattr(self, "_manifest", None) is None:
             from common.manifest import Manifest
 
-            manifest = Manifest.build(self.root, cache=self.manifest_cache)
+            manifest = Manifest.build(self.root, cache=self.manifest_cache or True)
             if len(manifest) != (self.split_size or len(self)):
-                raise ValueError(f"{self.root}: the folder's files changed since it was listed; start again")
-            object.__setattr__(self, "source_fingerprint", self.fingerprint_of(manifest.fingerprint))
+                raise ValueError(f"{self.root}: {len(manifest):,} image files now, {self.split_size or len(self):,} "
+                                 "when the data set was opened; start again")
+            object.__setattr__(self, "_manifest", manifest)
+        return self._manifest
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the split's content manifest and of how its views are made (``view_settings``)."""
+        if self.source_fingerprint is None:
+            digest = hashlib.sha256(json.dumps({"files": self.manifest.fingerprint, **self.view_settings()},
+                                               sort_keys=True).encode())
+            object.__setattr__(self, "source_fingerprint", digest.hexdigest())
         return self.source_fingerprint
 
-    def fingerprint_of(self, manifest_fingerprint: str) -> str:
-        digest = hashlib.sha256(json.dumps({
-            "files": manifest_fingerprint, "size": self.size, "augment": self.augment, "flip": self.flip,
-            "scale": list(SCALE), "ratio": list(RATIO), "mean": list(self.mean), "std": list(self.std),
-            "views": "resized-crop"}, sort_keys=True).encode())
-        return digest.hexdigest()
+    def view_settings(self) -> dict:
+        """How a recipe becomes an image, beside the files themselves: two sides that differ here render the
+        same box differently."""
+        return {"views": "resized-crop", "size": self.size, "augment": self.augment, "flip": self.flip,
+                "scale": list(SCALE), "ratio": [round(r, 6) for r in RATIO], "mean": list(self.mean),
+                "std": list(self.std)}
 
     def _boxes(self, seed: int, epoch: int, rows: torch.Tensor, sizes: np.ndarray) -> Recipes:
         """The recipes of ``rows`` (this subset's) given their images' (height, width); drawn by the sample's

@@ -29,6 +29,8 @@ class SplitRows:
     """Naming a subset's rows by their place in the whole split and back (``origin``: the subset's rows in
     the whole split, None for the whole split). Shared by every view source."""
     origin: torch.Tensor | None
+    manifest = None
+    """A split read from files: its content manifest (``common.manifest.Manifest``); None when held in memory."""
 
     def to_split(self, views: "Views") -> "Views":
         """Views named by this subset's rows, renamed by their place in the whole split."""

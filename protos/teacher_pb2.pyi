@@ -57,14 +57,40 @@ class ViewRecipes(_message.Message):
     def __init__(self, rows: _Optional[bytes] = ..., render_dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
 
 class DataSetInfo(_message.Message):
-    __slots__ = ("name", "size", "fingerprint")
+    __slots__ = ("name", "size", "fingerprint", "files_fingerprint", "view_settings")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    FILES_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    VIEW_SETTINGS_FIELD_NUMBER: _ClassVar[int]
     name: str
     size: int
     fingerprint: str
-    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., fingerprint: _Optional[str] = ...) -> None: ...
+    files_fingerprint: str
+    view_settings: str
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., fingerprint: _Optional[str] = ..., files_fingerprint: _Optional[str] = ..., view_settings: _Optional[str] = ...) -> None: ...
+
+class ManifestRequest(_message.Message):
+    __slots__ = ("start", "count")
+    START_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    count: int
+    def __init__(self, start: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
+
+class ManifestResponse(_message.Message):
+    __slots__ = ("range_digest", "files", "path", "size", "digest")
+    RANGE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    range_digest: str
+    files: int
+    path: str
+    size: int
+    digest: str
+    def __init__(self, range_digest: _Optional[str] = ..., files: _Optional[int] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., digest: _Optional[str] = ...) -> None: ...
 
 class InferResponse(_message.Message):
     __slots__ = ("outputs", "request_id", "compute_seconds")

@@ -49,6 +49,11 @@ class TeacherStub:
                 request_serializer=protos_dot_teacher__pb2.StatsRequest.SerializeToString,
                 response_deserializer=protos_dot_teacher__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.Manifest = channel.unary_unary(
+                '/unixkd.teacher.v1.Teacher/Manifest',
+                request_serializer=protos_dot_teacher__pb2.ManifestRequest.SerializeToString,
+                response_deserializer=protos_dot_teacher__pb2.ManifestResponse.FromString,
+                _registered_method=True)
 
 
 class TeacherServicer:
@@ -72,6 +77,12 @@ class TeacherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Manifest(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TeacherServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +100,11 @@ def add_TeacherServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=protos_dot_teacher__pb2.StatsRequest.FromString,
                     response_serializer=protos_dot_teacher__pb2.StatsResponse.SerializeToString,
+            ),
+            'Manifest': grpc.unary_unary_rpc_method_handler(
+                    servicer.Manifest,
+                    request_deserializer=protos_dot_teacher__pb2.ManifestRequest.FromString,
+                    response_serializer=protos_dot_teacher__pb2.ManifestResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +188,33 @@ class Teacher:
             '/unixkd.teacher.v1.Teacher/Stats',
             protos_dot_teacher__pb2.StatsRequest.SerializeToString,
             protos_dot_teacher__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Manifest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/unixkd.teacher.v1.Teacher/Manifest',
+            protos_dot_teacher__pb2.ManifestRequest.SerializeToString,
+            protos_dot_teacher__pb2.ManifestResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,7 +2,9 @@
 rendered from the server's split and forwarded, and their answers kept for next time.
 
 A request whose rows are all kept runs no forward and renders nothing; the
-answer is the same tensor, row for row, whichever way each row was answered.
+answer is the same tensor, row for row, whichever way each row was answered. A
+row that cannot be rendered (an image file that no longer reads, a box outside
+its image) fails the request with INVALID_ARGUMENT, and nothing is stored.
 """
 from __future__ import annotations
 
@@ -10,12 +12,13 @@ import dataclasses
 import time
 from typing import Callable
 
+import grpc
 import torch
 
 from teacher_server import recipes
 from teacher_server.answers import StoredAnswers, assemble
 from teacher_server.batcher import Answer
-from teacher_server.checks import Checked
+from teacher_server.checks import BadRequest, Checked
 
 
 def answer_views(job: Checked, data: recipes.ServedData, answers: StoredAnswers | None,
@@ -34,7 +37,10 @@ def answer_views(job: Checked, data: recipes.ServedData, answers: StoredAnswers 
         return Answer(kept, forward_seconds=0.0, share_seconds=0.0, queue_seconds=0.0, batch_images=0,
                       batch_requests=0), n, 0.0
     start = time.perf_counter()
-    images = recipes.render(data, job.views, job.render_dtype, None if len(missing) == n else missing)
+    try:
+        images = recipes.render(data, job.views, job.render_dtype, None if len(missing) == n else missing)
+    except ValueError as e:  # a file that no longer reads, or a box outside its image: nothing is stored
+        raise BadRequest(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
     rendered = time.perf_counter() - start
     answer = forward(images)
     if answers is None:

@@ -10,6 +10,7 @@ the wire, so the answer equals the one the pixels would have got.
 from __future__ import annotations
 
 import inspect
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +31,23 @@ class ServedData:
     views: StoredImages | ImageFiles
 
     def info(self) -> pb.DataSetInfo:
-        return pb.DataSetInfo(name=self.name, size=len(self.views), fingerprint=self.views.fingerprint)
+        manifest = self.views.manifest
+        return pb.DataSetInfo(name=self.name, size=len(self.views), fingerprint=self.views.fingerprint,
+                              files_fingerprint=manifest.fingerprint if manifest else "",
+                              view_settings=json.dumps(self.views.view_settings(), sort_keys=True) if manifest else "")
+
+    def manifest_range(self, start: int, count: int) -> pb.ManifestResponse:
+        """A range of the folder's content manifest (and the entry at ``start``); ValueError (one line) for a
+        split held in memory or a negative range."""
+        manifest = self.views.manifest
+        if manifest is None:
+            raise ValueError(f"{self.name} is held in memory, not read from files: it has no manifest")
+        digest, files = manifest.range_digest(start, count)
+        reply = pb.ManifestResponse(range_digest=digest, files=files)
+        if 0 <= start < files:
+            path, size, sha = manifest.entry(start)
+            reply.path, reply.size, reply.digest = path, size, sha
+        return reply
 
 
 def load_data(name: str, root: str | None, *, input_shape, num_classes: int, train_size: int | None = None,

@@ -140,6 +140,18 @@ class TeacherServicer(pb_grpc.TeacherServicer):
             reductions=list(reductions.REDUCTIONS), dataset=t.dataset or "",
             weights_sha256=t.weights_sha256, data=self.data.info() if self.data else None)
 
+    def Manifest(self, request: pb.ManifestRequest, context) -> pb.ManifestResponse:
+        """A range of the served folder's content manifest, so a trainer whose copy differs can name the file."""
+        if self.data is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "this teacher holds no data set (start it with --dataset)")
+        if request.start < 0 or request.count < 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a manifest range needs start and count >= 0, got "
+                          f"{request.start} and {request.count}")
+        try:
+            return self.data.manifest_range(request.start, request.count)
+        except ValueError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+
     def Stats(self, request: pb.StatsRequest, context) -> pb.StatsResponse:
         client = request.client_id or None
         if client is not None:

@@ -26,6 +26,7 @@ from student_trainer.engine.data_order import EpochSampler, training_items
 from student_trainer.engine.distiller import Distiller, build_distiller
 from student_trainer.engine.distributed import DistInfo, broadcast_buffers, ddp, eval_shard, rank_device, rank_name
 from student_trainer.engine.run_dir import DATA_RECORD, claim
+from student_trainer.engine.same_data import check_teacher_renders
 from student_trainer.engine.timing import PhaseTimer
 from student_trainer.run_config import DataConfig, RunConfig, ScheduleConfig, TrainConfig
 from student_trainer.teachers import CLIENTS, ClientCounters, TeacherClient, TeacherInfo, connect, teacher_options
@@ -114,24 +115,6 @@ def check_store_fits(query: str, items, teacher: TeacherClient | None, store: An
         record_teacher(store, info)
         log.info("answers of teacher %s (--teacher-id %s) go to %s", info.model_name, info.weights_sha256,
                  store.url)
-
-
-def check_teacher_renders(teacher: TeacherClient, spec: DataSpec, items) -> None:
-    """``--send recipes``: the views must be recipes and the teacher must render them from this very split
-    (same fingerprint), or the answers are for other images: refuse up front, never fall back to pixels."""
-    if not teacher.takes_recipes:
-        return
-    if items.recipes is None:
-        raise ValueError(f"--send recipes needs views drawn as recipes (--augment-draws batched), but {items.why_not_recipes}: use --send pixels")
-    info, ours = teacher.describe(), items.recipes.fingerprint
-    if info.data is None:
-        raise ValueError(f"--send recipes: teacher {info.model_name} holds no data set to render recipes from; "
-                         f"start it with --dataset {spec.name} (and this run's data flags), or use --send pixels")
-    if info.data.fingerprint != ours:
-        raise ValueError(f"--send recipes: teacher {info.model_name} renders from {info.data.name} "
-                         f"({info.data.size} images, fingerprint {info.data.fingerprint[:12]}), but this run "
-                         f"trains on {spec.name} (fingerprint {ours[:12]}): start the teacher with this run's "
-                         f"--dataset and data flags, or use --send pixels")
 
 
 def connect_teacher(config: TrainConfig, device, dist: DistInfo,

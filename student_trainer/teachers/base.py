@@ -94,6 +94,11 @@ class TeacherClient(ABC):
                             "null", self.url, reason)
             return ServerStats.unavailable(reason)
 
+    def served_manifest(self):
+        """The content manifest of the folder the teacher renders recipes from (``types.ServedManifest``), to
+        name the first file where this run's copy differs; None where the kind cannot say."""
+        return None
+
     def close(self) -> None:
         """Let go of what the client holds (connections, threads); a kind that holds nothing keeps this."""
 

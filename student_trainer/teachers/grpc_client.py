@@ -35,7 +35,7 @@ from student_trainer.teachers.errors import TeacherUnavailable
 from student_trainer.teachers.grpc_replicas import replica_target, summed_stats
 from student_trainer.teachers.options import DEFAULTS, SENDS
 from student_trainer.teachers.remote import RemoteTeacherClient, has_host_and_port
-from student_trainer.teachers.types import ServedDataSet, ServerStats, TeacherInfo
+from student_trainer.teachers.types import ServedDataSet, ServedManifest, ServerStats, TeacherInfo
 
 log = logging.getLogger("student_trainer.teacher")
 
@@ -49,7 +49,8 @@ def teacher_info(d: pb.DescribeResponse) -> TeacherInfo:
                        output_shapes={o.name: tuple(o.shape) for o in d.outputs},
                        reductions=list(d.reductions), dataset=d.dataset or None,
                        weights_sha256=d.weights_sha256 or None,
-                       data=ServedDataSet(d.data.name, d.data.size, d.data.fingerprint)
+                       data=ServedDataSet(d.data.name, d.data.size, d.data.fingerprint, d.data.files_fingerprint,
+                                          d.data.view_settings)
                        if d.HasField("data") else None)
 
 
@@ -132,6 +133,13 @@ class GrpcTeacherClient(RemoteTeacherClient):
 
     def _describe(self) -> TeacherInfo:
         return teacher_info(self._call("Describe", pb.DescribeRequest()))
+
+    def served_manifest(self) -> ServedManifest:
+        """The served folder's content manifest, a range at a time (``common.manifest.first_difference``)."""
+        def ask(start: int, count: int) -> pb.ManifestResponse:
+            return self._call("Manifest", pb.ManifestRequest(start=start, count=count))
+        return ServedManifest(lambda start, count: (lambda r: (r.range_digest, r.files))(ask(start, count)),
+                              lambda index: (lambda r: (r.path, r.size, r.digest))(ask(index, 0)))
 
     def _infer(self, images: torch.Tensor, outputs: list[str]):
         return self._send(pb.InferRequest(images=codec.encode(images, self.wire_code), outputs=outputs,

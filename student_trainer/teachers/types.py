@@ -15,6 +15,17 @@ class ServedDataSet:
     name: str
     size: int
     fingerprint: str
+    files_fingerprint: str = ""   # a folder's: its content manifest's alone ("" for a split held in memory)
+    view_settings: str = ""       # a folder's: how its views are made (JSON)
+
+
+@dataclass(frozen=True)
+class ServedManifest:
+    """A served folder's content manifest, read a range at a time: ``range_digest(start, count)`` ->
+    (hex digest, files) and ``entry(index)`` -> (relative path, bytes, hex sha256), as
+    ``common.manifest.first_difference`` asks them."""
+    range_digest: Callable[[int, int], tuple[str, int]]
+    entry: Callable[[int], tuple[str, int, str]]
 
 
 @dataclass
