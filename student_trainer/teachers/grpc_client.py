@@ -50,7 +50,7 @@ def teacher_info(d: pb.DescribeResponse) -> TeacherInfo:
                        reductions=list(d.reductions), dataset=d.dataset or None,
                        weights_sha256=d.weights_sha256 or None,
                        data=ServedDataSet(d.data.name, d.data.size, d.data.fingerprint)
-                       if d.HasField("data") else None)
+                       if d.HasField("data") else None, max_message_bytes=d.max_message_bytes or None)
 
 
 class GrpcTeacherClient(RemoteTeacherClient):
