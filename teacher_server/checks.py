@@ -1,10 +1,12 @@
 """What an Infer request must be before it is queued: decoded and checked, or refused saying what was wrong.
 
 A bad request gets INVALID_ARGUMENT (RESOURCE_EXHAUSTED for a batch over the
-limit) with one short line saying what was expected and what came, and never
-joins a batch. A request may carry view recipes instead of images: those are
-checked against the data set the server holds (``teacher_server.recipes``) and
-rendered later, once the answer store has said which rows it lacks.
+max batch, or one whose reply would pass the message limit: 224 px feature maps
+of a few hundred images pass gRPC's 2 GiB) with one short line saying what was
+expected and what came, and never joins a batch. A request may carry view
+recipes instead of images: those are checked against the data set the server
+holds (``teacher_server.recipes``) and rendered later, once the answer store
+has said which rows it lacks.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import grpc
 import torch
 
 from common import codec, reductions
+from common.message_budget import bytes_per_image, images_that_fit, message_bytes
 from common.teacher_model import TeacherModel
 from common.views import Views
 from protos import teacher_pb2 as pb
@@ -61,12 +64,13 @@ class Checked:
 
 
 class RequestChecks:
-    """The checks of one server: its teacher's input and outputs, its max batch, the split it renders
-    recipes from (None: images only) and whether pixels must be finite."""
+    """The checks of one server: its teacher's input and outputs, its max batch and message limit, the
+    split it renders recipes from (None: images only) and whether pixels must be finite."""
 
-    def __init__(self, teacher: TeacherModel, *, max_batch: int, data: recipes.ServedData | None,
-                 check_finite: bool):
+    def __init__(self, teacher: TeacherModel, *, max_batch: int, max_message_bytes: int,
+                 data: recipes.ServedData | None, check_finite: bool):
         self.teacher, self.max_batch, self.data, self.check_finite = teacher, max_batch, data, check_finite
+        self.max_message_bytes = max_message_bytes
 
     def check(self, request: pb.InferRequest) -> Checked:
         """Decode and check a request (images, or view recipes); BadRequest says what was expected and what came."""
@@ -92,9 +96,22 @@ class RequestChecks:
         out_dtype = request.output_dtype or in_dtype
         if out_dtype not in codec.ITEMSIZE:
             raise invalid(f"unknown output dtype code {out_dtype}; expected one of {sorted(codec.WIRE_DTYPES)}")
+        self._check_reply_fits(n, outputs, out_dtype)
         if has_views:
             return self._recipes(request.views, in_dtype, outputs, out_dtype)
         return Checked(self._images(request.images), outputs, out_dtype)
+
+    def _check_reply_fits(self, n: int, outputs: list[str], out_dtype: int) -> None:
+        """Refuse, before any forward, a request whose reply could not be sent (gRPC would drop it after
+        the work, or fail to serialize it past 2 GiB), saying how many images would fit."""
+        per_image = bytes_per_image(self.teacher.output_shapes, outputs, codec.ITEMSIZE[out_dtype])
+        if message_bytes(per_image, n) <= self.max_message_bytes:
+            return
+        fit = images_that_fit(self.max_message_bytes, per_image)
+        raise BadRequest(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"the reply to {n} images with outputs {short(outputs, 100)} would be "
+                         f"{message_bytes(per_image, n) / 1e6:.0f} MB, over this server's message limit of "
+                         f"{self.max_message_bytes / 1e6:.0f} MB: at most {fit} images a request with these outputs")
 
     def _image_rows(self, images: pb.Tensor) -> int:
         want = (*self.teacher.input_shape,)

@@ -33,7 +33,7 @@ from common.reductions import LOGITS
 from common.cli_errors import one_line_errors, parse_shape
 from common.features import capture_features
 from common.teacher_model import TeacherModel, load_teacher
-from teacher_server.triton_backend import teacher_parameters
+from teacher_server.triton_backend import teacher_parameters, triton_max_batch
 
 log = logging.getLogger("teacher_server.export")
 
@@ -174,6 +174,7 @@ def export(teacher: TeacherModel, out: str | Path, fmt: str, *, model_name: str 
     if max_batch < 1 or instances < 1 or queue_delay_us < 0:
         raise ValueError("--max-batch and --instances must be at least 1, --queue-delay-us at least 0")
     f = FORMATS[fmt]
+    max_batch = triton_max_batch(teacher, max_batch, input_dtype)  # every reply must fit Triton's 2 GiB
     model = teacher.model.float().cpu().eval()
     shapes = teacher.output_keys  # every key the teacher offers -> per-image shape, measured at load
     wrapper = TeacherWithFeatures(model, list(shapes)).eval()

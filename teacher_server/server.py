@@ -23,6 +23,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from common.answer_store import AnswerStore
+from common.message_budget import FRAMING_BYTES, images_that_fit
 from common.net import is_loopback
 from common.teacher_model import TeacherModel
 from teacher_server.answers import StoredAnswers
@@ -57,8 +58,9 @@ def build_server(teacher: TeacherModel, *, host: str = "127.0.0.1", port: int = 
     limit, needed = max_message_bytes(teacher, max_batch), needed_message_bytes(teacher, max_batch)
     if needed > limit:
         log.warning("a reply with every output of %d images would be %.1f GB, over gRPC's 2 GiB a message: "
-                    "ask for full feature maps a few images at a time (logits and reduced features fit)",
-                    max_batch, needed / 1e9)
+                    "a request whose reply would not fit is refused, saying how many images do (%d with every "
+                    "output); the trainer's clients split their batches to fit", max_batch, needed / 1e9,
+                    images_that_fit(limit, (needed - FRAMING_BYTES) // max_batch))
     # so_reuseport off: a second server on a busy port must fail, not silently share it.
     options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
                ("grpc.so_reuseport", 0)]

@@ -1,11 +1,12 @@
 """The Teacher gRPC service: checks each request, batches it with others, counts what it served.
 
 Every Infer is checked before it is queued (``teacher_server.checks``); a bad
-one gets INVALID_ARGUMENT (RESOURCE_EXHAUSTED for a batch over the limit) with
-a message saying what was expected and what came, and never joins a batch. A
-request may carry view recipes instead of images: checked against the data set
-the server holds and rendered here, once the answer store, where there is one,
-has answered the rows it keeps (``teacher_server.recipe_answers``). Good
+one gets INVALID_ARGUMENT (RESOURCE_EXHAUSTED for a batch over the max batch,
+or one whose reply would pass the message limit) with a message saying what
+was expected and what came, and never joins a batch. A request may carry view
+recipes instead of images: checked against the data set the server holds and
+rendered here, once the answer store, where there is one, has answered the
+rows it keeps (``teacher_server.recipe_answers``). Good
 requests go to the dynamic batcher (``teacher_server.batcher``), which runs
 concurrent requests as one forward; a model error fails the requests of that
 batch with INTERNAL, with their request ids logged. Neither stops the server.
@@ -21,6 +22,7 @@ import grpc
 import torch
 
 from common import codec, reductions
+from common.message_budget import GRPC_MESSAGE_CEILING, message_bytes
 from common.teacher_model import TeacherModel
 from protos import teacher_pb2 as pb
 from protos import teacher_pb2_grpc as pb_grpc
@@ -58,7 +60,8 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         self.max_batch = max_batch
         self.max_message_bytes = max_message_bytes
         self.check_finite = check_finite
-        self.checks = RequestChecks(teacher, max_batch=max_batch, data=data, check_finite=check_finite)
+        self.checks = RequestChecks(teacher, max_batch=max_batch, max_message_bytes=max_message_bytes, data=data,
+                                    check_finite=check_finite)
         self.counters = counters or ServerCounters()
         self.metrics = metrics or TeacherMetrics(max_batch=max_batch, device=teacher.device)
         self.events = ServerEvents(self.counters, self.metrics, teacher.flops_per_image)
@@ -169,18 +172,15 @@ class TeacherServicer(pb_grpc.TeacherServicer):
         return response
 
 
-GRPC_MESSAGE_CEILING = 2**31 - 1  # gRPC's message-size options are C ints: no message can be larger
-
-
 def needed_message_bytes(teacher: TeacherModel, max_batch: int) -> int:
     """The largest request or reply at max batch: float32 images in, every key out (each output in full
-    and each reduction of it, as one request may ask for all), plus 1 MiB for the framing."""
+    and each reduction of it, as one request may ask for all), plus room for the framing."""
     per_image_in = math.prod(teacher.input_shape) * 4
     per_image_out = sum(math.prod(shape) for shape in teacher.output_keys.values()) * 4
-    return max(per_image_in, per_image_out) * max_batch + (1 << 20)
+    return message_bytes(max(per_image_in, per_image_out), max_batch)
 
 
 def max_message_bytes(teacher: TeacherModel, max_batch: int) -> int:
     """``needed_message_bytes``, within gRPC's ceiling: at 224 px every full feature map of a max batch
-    can exceed 2 GiB (a reply that large cannot be sent; logits and reduced features fit)."""
+    can exceed 2 GiB (such a request is refused, saying how many images fit; logits and reduced features fit)."""
     return min(needed_message_bytes(teacher, max_batch), GRPC_MESSAGE_CEILING)

@@ -13,13 +13,17 @@ reduction of each (``stage3.attention`` [-1, H, W], ``stage3.pool`` [-1, C]),
 reduced on the server; Triton computes only the outputs a request names. The
 teacher's own facts that Triton's model config has no field for (arch, FLOPs
 per image, the reductions offered, the data set it was trained on) ride in the
-config's ``parameters`` so a client reads them with the config.
+config's ``parameters`` so a client reads them with the config. Its
+``max_batch_size`` is ``--max-batch``, or fewer images where a reply with every
+output of that many would pass Triton's 2 GiB a gRPC message (224 px feature
+maps): Triton can refuse a request by its image count only.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import logging
+import math
 import os
 import secrets
 import socket
@@ -30,6 +34,7 @@ import numpy as np
 import torch
 
 from common import reductions
+from common.message_budget import GRPC_MESSAGE_CEILING, images_that_fit
 from common.teacher_model import TeacherModel
 from teacher_server.finite import require_finite
 from teacher_server.gather import gather, split
@@ -96,6 +101,22 @@ def output_shapes(teacher: TeacherModel) -> dict[str, tuple[int, ...]]:
     return teacher.output_keys
 
 
+def triton_max_batch(teacher: TeacherModel, max_batch: int, input_dtype: str) -> int:
+    """``max_batch``, or fewer images where a request or reply of that many would pass Triton's 2 GiB a
+    gRPC message: a request naming no outputs gets every one, and Triton can refuse a request only by its
+    image count (an error raised in the batch would fail every request batched with it)."""
+    per_image_in = math.prod(teacher.input_shape) * np.dtype(INPUT_DTYPES[input_dtype]).itemsize
+    per_image_out = sum(math.prod(shape) for shape in teacher.output_keys.values()) * 4  # FP32 outputs
+    fit = images_that_fit(GRPC_MESSAGE_CEILING, max(per_image_in, per_image_out))
+    if fit < 1:
+        raise ValueError(f"one image's outputs ({per_image_out / 1e9:.1f} GB) are over Triton's 2 GiB a message")
+    if fit < max_batch:
+        log.warning("max batch %d on Triton instead of %d: a reply with every output of more images would "
+                    "pass Triton's 2 GiB a gRPC message (%.1f MB an image); clients ask at most %d at a time",
+                    fit, max_batch, per_image_out / 1e6, fit)
+    return min(max_batch, fit)
+
+
 def teacher_parameters(teacher: TeacherModel) -> dict[str, str]:
     """What a client needs beyond tensor names and shapes; string values, as Triton's parameters are.
 
@@ -145,6 +166,7 @@ def start_triton(teacher: TeacherModel, opts: TritonOptions):
         raise ValueError("--instances and --max-batch must be at least 1, --queue-delay-us at least 0")
     shapes = output_shapes(teacher)
     outputs = list(shapes)
+    max_batch = triton_max_batch(teacher, opts.max_batch, opts.input_dtype)
     # One TeacherModel per instance: forwards with feature hooks must not share a module at once.
     instances = [teacher] + [dataclasses.replace(teacher, model=copy.deepcopy(teacher.model))
                              for _ in range(opts.instances - 1)]
@@ -161,7 +183,7 @@ def start_triton(teacher: TeacherModel, opts: TritonOptions):
         infer_func=[BatchInfer(t, outputs, opts.check_finite) for t in instances],
         inputs=[Tensor(name=INPUT_NAME, dtype=INPUT_DTYPES[opts.input_dtype], shape=teacher.input_shape)],
         outputs=[Tensor(name=n, dtype=np.float32, shape=s) for n, s in shapes.items()],
-        config=ModelConfig(max_batch_size=opts.max_batch,
+        config=ModelConfig(max_batch_size=max_batch,
                            batcher=DynamicBatcher(max_queue_delay_microseconds=opts.queue_delay_us)),
         strict=False,
     )

@@ -51,7 +51,7 @@ def teacher_info(d: pb.DescribeResponse) -> TeacherInfo:
                        weights_sha256=d.weights_sha256 or None,
                        data=ServedDataSet(d.data.name, d.data.size, d.data.fingerprint, d.data.files_fingerprint,
                                           d.data.view_settings)
-                       if d.HasField("data") else None)
+                       if d.HasField("data") else None, max_message_bytes=d.max_message_bytes or None)
 
 
 class GrpcTeacherClient(RemoteTeacherClient):

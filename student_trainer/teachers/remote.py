@@ -2,7 +2,8 @@
 
 A remote kind (``grpc://``, ``grpcs://``, ``triton://``) is opened from its URL
 (``from_url``: the kind's ``parse_url`` says where the URL points, the token is
-read from its file), sends a batch over the server's max batch as chunks (at
+read from its file), sends a batch larger than one request may carry (the
+server's max batch, and its message limit for the outputs asked) as chunks (at
 most ``max_in_flight`` on the wire at once, ``chunks.ask_in_chunks``), asks the
 teacher what it is once, reconnects often enough to find a restarted teacher
 within seconds, and marks the server's counts where the server may have
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
 import threading
 import time
@@ -35,11 +37,12 @@ from urllib.parse import SplitResult
 import grpc
 import torch
 
+from common import codec
 from common.reductions import LOGITS
 from common.tokens import read_token
 from common.views import Views
 from student_trainer.teachers.base import TeacherClient
-from student_trainer.teachers.chunks import ask_in_chunks
+from student_trainer.teachers.chunks import ask_in_chunks, chunk_rows
 from student_trainer.teachers.errors import TeacherRefused, TeacherUnavailable, squeeze
 from student_trainer.teachers.options import DEFAULTS
 from student_trainer.teachers.types import ServerStats, TeacherFuture, TeacherInfo
@@ -47,6 +50,7 @@ from student_trainer.teachers.types import ServerStats, TeacherFuture, TeacherIn
 log = logging.getLogger("student_trainer.teacher")
 T = TypeVar("T")
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+REPLY_ITEMSIZE = 4  # every remote kind asks for its outputs in float32
 
 
 class Failure(NamedTuple):
@@ -154,6 +158,7 @@ class RemoteTeacherClient(TeacherClient):
         if timeout <= 0 or connect_timeout <= 0 or max_wait < 0:
             raise ValueError("teacher timeouts must be > 0 seconds and --teacher-max-wait >= 0")
         self.wire_dtype, self.timeout, self.connect_timeout = wire_dtype, timeout, connect_timeout
+        self.wire_itemsize = codec.ITEMSIZE[codec.dtype_code(wire_dtype)]
         self._closed = threading.Event()
         self.retry_loop = RetryLoop(retry or RetryPolicy(max_wait=max_wait), self._classify, self._closed)
         self._lock = threading.Lock()
@@ -206,10 +211,12 @@ class RemoteTeacherClient(TeacherClient):
 
     # --- asking -------------------------------------------------------------
     def submit(self, images: torch.Tensor, outputs=(LOGITS,), views=None) -> Future:
-        """Chunks of at most the server's max batch, up to ``max_in_flight`` on the wire at once."""
-        size = self.describe().max_batch_size
+        """Chunks within the server's max batch and message limit, up to ``max_in_flight`` on the wire at once."""
         if self.takes_recipes:
             check_recipes(images, views)
+        info = self.describe()
+        per_image = Views.COLUMNS * 8 if self.takes_recipes else math.prod(info.input_shape) * self.wire_itemsize
+        size = chunk_rows(info, list(outputs), per_image, REPLY_ITEMSIZE)
         return ask_in_chunks(self._executor(), self._ask, images, list(outputs), size,
                              TeacherFuture(lambda: self.counters), views=views if self.takes_recipes else None,
                              dropped=lambda: TeacherUnavailable(f"the client of the teacher at {self.url} was "

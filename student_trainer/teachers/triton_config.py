@@ -14,6 +14,7 @@ from functools import cached_property
 
 import numpy as np
 
+from common.message_budget import GRPC_MESSAGE_CEILING
 from common.reductions import LOGITS, NONE
 from common.reductions import parse_key
 from student_trainer.teachers.types import TeacherInfo
@@ -72,4 +73,5 @@ class ModelConfig:
             flops_per_image=float(params.get("flops_per_image", 0.0)),
             max_batch_size=int(self.config["max_batch_size"]),
             output_shapes=full, reductions=offered, dataset=params.get("dataset") or None,
-            weights_sha256=params.get("weights_sha256") or None)
+            weights_sha256=params.get("weights_sha256") or None,
+            max_message_bytes=GRPC_MESSAGE_CEILING)  # Triton's gRPC front takes and sends no more

@@ -48,6 +48,8 @@ class TeacherInfo:
     weights_sha256: str | None = None
     # the training split it renders view recipes from (``--send recipes``); None: it takes pixels only.
     data: ServedDataSet | None = None
+    # the largest request or reply it takes, in bytes (``common.message_budget``); None: no limit to mind.
+    max_message_bytes: int | None = None
 
 
 @dataclass
