@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets, transforms
 
+from common import cache_dir
 from common.image_files import ImageFiles
 from common.views import StoredImages
 
@@ -35,7 +36,7 @@ DEFAULT_ROOT = "data"
 FASHION_MNIST_DIRS: tuple[str, ...] = ("/usr/share/datasets/fashion-mnist",)
 """System folders searched for Fashion-MNIST (Debian's ``dataset-fashion-mnist``)."""
 
-CACHE_DIR = os.environ.get("UNIXKD_CACHE_DIR", os.path.expanduser("~/.cache/unix-kd"))
+CACHE_DIR = cache_dir.CACHE_DIR
 """Where compressed files are unpacked when ``root`` is not writable."""
 
 

@@ -37,6 +37,8 @@ from typing import Callable, Iterator, NamedTuple, Union
 
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+from common import cache_dir
+
 log = logging.getLogger("common.manifest")
 
 HASH = "sha256"
@@ -142,15 +144,13 @@ def hash_files(paths: list[str], workers: int = WORKERS) -> Iterator[tuple[bytes
 
 def cache_paths(root: str, cache: CacheArg) -> list[Path]:
     """Where the cache of ``root`` is looked for and written, in order. ``cache`` True: inside the split
-    folder, else the user's cache (``common.data.CACHE_DIR``) keyed by the absolute root; a path: that file."""
+    folder, else the user's cache (``common.cache_dir.CACHE_DIR``) keyed by the absolute root; a path: that file."""
     if cache is False:
         return []
     if cache is not True:
         return [Path(cache)]
-    from common import data  # read at call time: UNIXKD_CACHE_DIR, or a test's own folder
-
     key = hashlib.sha256(root.encode("utf-8", "surrogateescape")).hexdigest()[:24]
-    return [Path(root) / CACHE_NAME, Path(data.CACHE_DIR) / "manifests" / f"{key}.manifest"]
+    return [Path(root) / CACHE_NAME, Path(cache_dir.CACHE_DIR) / "manifests" / f"{key}.manifest"]
 
 
 class Digests(NamedTuple):

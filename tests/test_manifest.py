@@ -156,7 +156,7 @@ def test_a_file_written_just_now_is_not_cached(split, tmp_path):
 
 
 def test_the_default_cache_sits_in_the_split_else_in_the_users_cache(split, tmp_path, monkeypatch):
-    monkeypatch.setattr("common.data.CACHE_DIR", str(tmp_path / "user"))
+    monkeypatch.setattr("common.cache_dir.CACHE_DIR", str(tmp_path / "user"))
     beside, user = manifest.cache_paths(str(split), True)
     assert beside == split / CACHE_NAME and user.parent == tmp_path / "user" / "manifests"
     assert Manifest.build(split).cache_file == beside and Manifest.build(split).hashed == 0
