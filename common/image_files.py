@@ -47,6 +47,9 @@ def read_image(path: str) -> Image.Image:
             if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
                 raise ValueError(f"a {image.mode} image (16 or 32 bits a pixel) would be clipped to 8 bits; "
                                  "convert it to 8-bit RGB or grey")
+            if image.mode == "RGB":  # most JPEGs: decode in place, no copy (the same pixels convert would give)
+                image.load()
+                return image
             return image.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from None

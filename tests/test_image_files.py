@@ -7,9 +7,10 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader
+from torchvision.datasets.folder import pil_loader
 from torchvision.transforms import InterpolationMode
 
-from common.image_files import ImageFiles, read_image, resized_crop_boxes
+from common.image_files import ImageFiles, resized_crop_boxes
 from common.views import Recipes, Views, check, render_views
 from student_trainer.engine.data_order import EpochSampler, RenderedViews
 
@@ -40,8 +41,8 @@ def files(tmp_path):
 
 
 def by_torchvision(path, top, left, h, w, flip):
-    """The reference: ImageFolder's RGB decode, resized_crop, hflip, ToTensor, Normalize."""
-    image = TF.resized_crop(read_image(path), top, left, h, w, [SIZE, SIZE], InterpolationMode.BILINEAR,
+    """The reference: ImageFolder's own loader, resized_crop, hflip, ToTensor, Normalize."""
+    image = TF.resized_crop(pil_loader(path), top, left, h, w, [SIZE, SIZE], InterpolationMode.BILINEAR,
                             antialias=True)
     return TF.normalize(TF.to_tensor(TF.hflip(image) if flip else image), MEAN, STD)
 

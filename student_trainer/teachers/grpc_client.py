@@ -146,7 +146,7 @@ class GrpcTeacherClient(RemoteTeacherClient):
                                           request_id=uuid.uuid4().hex, output_dtype=pb.FLOAT32), outputs)
 
     def _infer_views(self, views: Views, outputs: list[str]):
-        """The rows as 72-byte recipes, rendered by the server in the wire dtype the pixels would have had."""
+        """The rows as 104-byte recipes, rendered by the server in the wire dtype the pixels would have had."""
         recipes = pb.ViewRecipes(rows=views.as_array().astype("<i8").tobytes(), render_dtype=self.wire_code)
         return self._send(pb.InferRequest(views=recipes, outputs=outputs, request_id=uuid.uuid4().hex,
                                           output_dtype=pb.FLOAT32), outputs)
