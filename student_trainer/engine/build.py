@@ -232,6 +232,8 @@ def build_run(config: TrainConfig, dist: DistInfo = DistInfo()) -> Run:
                                 num_classes=spec.num_classes, dataset_size=len(spec.train), device=device,
                                 timer=timer, serial=config.teacher.serial, stored=train_items.recipes, store=store)
     distiller.policy.preflight(len(spec.train), stored_only=teacher is not None and not teacher.asks_live_teacher)
+    if train_items.recipes is not None:
+        train_items.lookahead = distiller.policy.loader_lookahead()
     # Several ranks: the training forward goes through DDP, which averages the student's gradients in
     # backward; the loss's own modules (a regressor, ...) are averaged by hand after it (the loop).
     model = ddp(student, device)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from common.views import Views
+from common.views import Views, render_views
 
 _MIX = 1_000_003
 
@@ -103,6 +103,7 @@ class RenderedViews(Dataset):
 
     def __init__(self, source, seed: int):
         self.source, self.seed = source, seed
+        self.lookahead = None  # the policy's (QueryPolicy.loader_lookahead): rows to render in place of drawn ones
 
     @property
     def recipes(self):
@@ -122,9 +123,18 @@ class RenderedViews(Dataset):
         if len(epochs) != 1:
             raise ValueError(f"a batch spans epochs {sorted(epochs)}")
         indices = torch.tensor([index for _, index in keys], dtype=torch.long)
+        if self.lookahead is not None:
+            return self._looked_ahead(epochs.pop(), indices)
         images, recipes = self.source.drawn_and_rendered(self.seed, epochs.pop(), indices)
         return (images, self.source.labels[indices], indices,
                 torch.from_numpy(self.source.to_split(Views(recipes)).as_array()))
+
+    def _looked_ahead(self, epoch: int, indices: torch.Tensor):
+        """The batch with the lookahead's rows rendered, and a fifth part: the rows drawn."""
+        drawn = self.source.to_split(Views(self.source.draw(self.seed, epoch, indices))).as_array()
+        rows = self.lookahead(drawn)
+        images = render_views(self.source, self.source.to_rows(Views.from_array(rows)))
+        return images, self.source.labels[indices], indices, torch.from_numpy(rows), torch.from_numpy(drawn)
 
     def __getitem__(self, key):
         images, labels, indices, _ = self.__getitems__([key])

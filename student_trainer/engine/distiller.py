@@ -75,9 +75,13 @@ class Distiller(nn.Module):
         return self.policy.teacher_images_per_batch
 
     def prepare(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
-                views: Views | None = None) -> SentStep:
-        """Choose the step's images and send them to the teacher; the answer is waited for in ``train_on``."""
-        q = self.policy.select(self.student, images, labels, indices, self.timer, views=views)
+                views: Views | None = None, drawn: Views | None = None) -> SentStep:
+        """Choose the step's images and send them to the teacher; the answer is waited for in ``train_on``.
+        ``drawn``: the views drawn, where the policy's loader lookahead rendered ``views`` in their place."""
+        if drawn is None:
+            q = self.policy.select(self.student, images, labels, indices, self.timer, views=views)
+        else:
+            q = self.policy.select(self.student, images, labels, indices, self.timer, views=drawn, rendered=views)
         return SentStep(q, images.shape[0], self._ask(q))
 
     def _ask(self, q: Query):

@@ -89,7 +89,8 @@ class StepsInFlight:
                 return
             images, labels, indices = (t.to(self.device, non_blocking=True) for t in batch[:3])
             views = Views.from_array(batch[3].numpy()) if len(batch) > 3 else None  # RenderedViews' recipes
-            self.queue.append(self.distiller.prepare(images, labels, indices, views))
+            drawn = Views.from_array(batch[4].numpy()) if len(batch) > 4 else None  # where a lookahead changed some
+            self.queue.append(self.distiller.prepare(images, labels, indices, views, drawn))
 
     def release(self, step: SentStep) -> None:
         """``step``, the oldest, is trained: it leaves the queue."""

@@ -157,6 +157,12 @@ class QueryPolicy:
         """The answers for every row of ``query`` from what the teacher sent back (here: all of them)."""
         return answer
 
+    def loader_lookahead(self):
+        """A picklable callable the loader processes run on each batch's drawn recipe rows (N x 13, the whole
+        split's names) to say which rows to render instead; the policy's ``select`` then gets the rows it
+        rendered as ``rendered``. None (most policies): the loader renders what it draws."""
+        return None
+
     def select(self, student: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                indices: torch.Tensor, timer: PhaseTimer = NULL_TIMER, views: Views | None = None) -> Query:
         """``views``: the batch's rows as recipes, where the data set's views are recipes; a policy passes

@@ -2,11 +2,14 @@
 (FKD's stored soft labels with their crops); once an image has V, a visit replays one of them."""
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import uuid
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from common.answer_store.codec import Entry
@@ -84,20 +87,28 @@ class Replay(QueryPolicy):
         return entry is not None and not (entry.header.get("run") == self.run_id
                                           and entry.header.get("step", -1) >= self.completes)
 
-    def select(self, student, images, labels, indices, timer=NULL_TIMER, views=None):
+    def loader_lookahead(self) -> "StoredViewLookahead":
+        """The loader renders each image's stored view in place of a fresh one where the store already holds
+        V of them, so a replayed step decodes each image once, in a loader process."""
+        return StoredViewLookahead(self.shelf.store.url, self.shelf.names, self.v)
+
+    def select(self, student, images, labels, indices, timer=NULL_TIMER, views=None, rendered=None):
+        """``views``: the views drawn for this step; ``rendered``: the recipes the loader rendered ``images``
+        from where its lookahead put stored views in their place (None: ``views`` themselves). Every row
+        whose recipe here differs from the one rendered is rendered again, so the images are the same
+        whatever the lookahead guessed."""
         if views is None:
             raise ValueError("--query replay needs each view as a recipe (--augment-draws batched)")
         with timer.phase("store"):
             drawn = views.as_array().tolist()
             samples = [row[0] for row in drawn]
             slots = self.shelf.read(samples)
-        choice = torch.rand(len(samples), generator=self.gen)  # a fixed draw a step, whatever is stored
         ask = torch.zeros(len(samples), dtype=torch.bool)
         rows, replayed, known = list(drawn), [], {k: [] for k in self.shelf.keys}
         for i, entries in enumerate(slots):
             there = [e for e in entries if self._counted(e)]
             if len(there) >= self.v:
-                entry = there[min(int(choice[i] * len(there)), len(there) - 1)]
+                entry = there[min(int(replay_choice(drawn[i]) * len(there)), len(there) - 1)]
                 rows[i] = recipe_of(entry)
                 replayed.append(i)
             else:
@@ -107,11 +118,13 @@ class Replay(QueryPolicy):
                     continue
             for k in known:
                 known[k].append(entry.tensors[k])
-        if replayed:
+        had = rendered.as_array().tolist() if rendered is not None else drawn
+        redo = [i for i in range(len(rows)) if rows[i] != had[i]]
+        if redo:
             with timer.phase("data"):
-                again = views_of([rows[i] for i in replayed])
+                again = views_of([rows[i] for i in redo])
                 images = images.clone()
-                images[torch.tensor(replayed, device=images.device)] = render_views(
+                images[torch.tensor(redo, device=images.device)] = render_views(
                     self.stored, self.stored.to_rows(again)).to(images.device, images.dtype)
         q = unmixed(images, labels, indices, views=views_of(rows), ask=ask.to(images.device),
                     known={k: torch.stack(v).float() for k, v in known.items() if v})
@@ -158,3 +171,42 @@ class Replay(QueryPolicy):
     def load_state_dict(self, state):
         super().load_state_dict(state)
         self.run_id, self.completes = state["run_id"], state["completes"]
+
+
+def replay_choice(drawn_row: list[int]) -> float:
+    """Which of an image's stored views a visit replays, as a number in [0, 1): a pure function of the view
+    drawn for the visit (itself one of seed, epoch and sample), so a loader process and the policy pick the
+    same one, and a resumed run the same as the uninterrupted one."""
+    digest = hashlib.blake2b(np.asarray(drawn_row, dtype="<i8").tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2.0 ** 64
+
+
+class StoredViewLookahead:
+    """Run in a loader process: each drawn view whose image already has V views stored is replaced by the
+    stored view the policy will most likely replay (``replay_choice``), so the loader renders that one. A
+    guess, never trusted: the policy decides from the store as it is at the step and renders again any row
+    guessed wrong (a view stored meanwhile, or a resumed run's discounted ones). Opens its own connection to
+    the store in each process (a store handle does not cross processes)."""
+
+    def __init__(self, url: str, names: dict, views: int):
+        self.url, self.names, self.views = url, names, views
+        self._shelf, self._pid = None, None
+
+    def __getstate__(self):
+        return {"url": self.url, "names": self.names, "views": self.views}
+
+    def __setstate__(self, state):
+        self.__init__(state["url"], state["names"], state["views"])
+
+    def __call__(self, drawn: np.ndarray) -> np.ndarray:
+        """Rows (the whole split's names) to render in place of the ``drawn`` rows."""
+        if self._shelf is None or self._pid != os.getpid():
+            from common.answer_store import open_store
+
+            self._shelf, self._pid = ViewShelf(open_store(self.url), views=self.views, **self.names), os.getpid()
+        rows = drawn.copy()
+        for i, entries in enumerate(self._shelf.read(drawn[:, 0].tolist())):
+            there = [e for e in entries if e is not None]
+            if len(there) >= self.views:
+                rows[i] = recipe_of(there[min(int(replay_choice(drawn[i].tolist()) * len(there)), len(there) - 1)])
+        return rows

@@ -26,6 +26,7 @@ class ViewShelf:
     def __init__(self, store: AnswerStore, *, teacher_sha256: str, data_fingerprint: str, keys: list[str],
                  views: int):
         self.store, self.keys, self.views = store, sorted(keys), views
+        self.names = {"teacher_sha256": teacher_sha256, "data_fingerprint": data_fingerprint, "keys": self.keys}
         self.prefix = namespace("replayed-views", teacher_sha256, data_fingerprint, ",".join(self.keys))
 
     def _key(self, sample: int, slot: int) -> bytes:
