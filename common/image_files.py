@@ -35,6 +35,8 @@ RATIO = (3 / 4, 4 / 3)
 TRIES = 10
 CENTRE_FRACTION = 0.875
 """An unaugmented view is the centred square of this share of the short side (evaluation's 224 of 256)."""
+_UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+"""What PIL raises for a file that is not a readable image: one line naming the file."""
 _FLIP_STREAM = 3
 _BOX_STREAMS = 16  # four streams a try from here: area, ratio, row, column
 
@@ -51,7 +53,7 @@ def read_image(path: str) -> Image.Image:
                 image.load()
                 return image
             return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except _UNREADABLE as e:
         raise ValueError(f"cannot read image {path}: {e}") from None
 
 
@@ -61,7 +63,7 @@ def image_size(path: str) -> tuple[int, int]:
         with Image.open(path) as image:
             width, height = image.size
             return height, width
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except _UNREADABLE as e:
         raise ValueError(f"cannot read image {path}: {e}") from None
 
 

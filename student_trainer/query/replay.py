@@ -108,7 +108,7 @@ class Replay(QueryPolicy):
         for i, entries in enumerate(slots):
             there = [e for e in entries if self._counted(e)]
             if len(there) >= self.v:
-                entry = there[min(int(replay_choice(drawn[i]) * len(there)), len(there) - 1)]
+                entry = replayed_entry(there, drawn[i])
                 rows[i] = recipe_of(entry)
                 replayed.append(i)
             else:
@@ -181,6 +181,11 @@ def replay_choice(drawn_row: list[int]) -> float:
     return int.from_bytes(digest, "little") / 2.0 ** 64
 
 
+def replayed_entry(there: list[Entry], drawn_row: list[int]) -> Entry:
+    """The stored view (of an image's ``there``, at least one) that the visit drawing ``drawn_row`` replays."""
+    return there[min(int(replay_choice(drawn_row) * len(there)), len(there) - 1)]
+
+
 class StoredViewLookahead:
     """Run in a loader process: each drawn view whose image already has V views stored is replaced by the
     stored view the policy will most likely replay (``replay_choice``), so the loader renders that one. A
@@ -208,5 +213,5 @@ class StoredViewLookahead:
         for i, entries in enumerate(self._shelf.read(drawn[:, 0].tolist())):
             there = [e for e in entries if e is not None]
             if len(there) >= self.views:
-                rows[i] = recipe_of(there[min(int(replay_choice(drawn[i].tolist()) * len(there)), len(there) - 1)])
+                rows[i] = recipe_of(replayed_entry(there, drawn[i].tolist()))
         return rows
