@@ -3,13 +3,16 @@
 One buffer plus dtype and shape per tensor: encoding is a memory copy, and the
 bytes on the wire are exactly ``numel * itemsize``. ``uint8`` is a per-tensor
 affine quantisation (``value = q * scale + offset``), so normalised or mixed
-images can still travel at one byte per value.
+images can still travel at one byte per value. A top-k key's answer (``logits.top10``)
+travels as ``TOPK``: its K largest values and the rest (``common.topk``), 4K + 2 bytes a row,
+and is decoded back to the dense tensor it stands for.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from common import reductions
 from protos import teacher_pb2 as pb
 
 WIRE_DTYPES: dict[str, int] = {
@@ -64,12 +67,26 @@ def encode(t: torch.Tensor, dtype: str | int = "float32") -> pb.Tensor:
     return pb.Tensor(dtype=code, shape=list(t.shape), data=data, scale=scale, offset=offset)
 
 
+def encode_output(key: str, t: torch.Tensor, dtype: str | int = "float32") -> pb.Tensor:
+    """A reply's tensor for ``key``: a top-k key's as TOPK, any other in ``dtype``."""
+    k = reductions.top_k(reductions.parse_key(key)[1])
+    if k is None:
+        return encode(t, dtype)
+    from common.topk import TopK
+
+    top = TopK.from_logits(t.detach().cpu(), k)
+    return pb.Tensor(dtype=pb.TOPK, shape=[top.n, top.classes], data=top.to_bytes(), topk=k)
+
+
 def expected_nbytes(msg: pb.Tensor) -> int:
     return int(np.prod(msg.shape, dtype=np.int64)) * ITEMSIZE[msg.dtype]
 
 
 def decode(msg: pb.Tensor, *, dequantize: bool = True) -> torch.Tensor:
-    """Decode a wire tensor; uint8 comes back as float32 unless ``dequantize`` is False."""
+    """Decode a wire tensor; uint8 comes back as float32 unless ``dequantize`` is False, and a top-k
+    answer as the dense float32 tensor it stands for."""
+    if msg.dtype == pb.TOPK:
+        return _decode_top_k(msg)
     if msg.dtype not in _TORCH:
         raise CodecError(f"unknown dtype code {msg.dtype}; expected one of {sorted(WIRE_DTYPES)}")
     if any(d < 0 for d in msg.shape):
@@ -85,3 +102,14 @@ def decode(msg: pb.Tensor, *, dequantize: bool = True) -> torch.Tensor:
     if msg.dtype == pb.UINT8 and dequantize and (msg.scale, msg.offset) != (0.0, 0.0):
         t = t.float() * msg.scale + msg.offset
     return t
+
+
+def _decode_top_k(msg: pb.Tensor) -> torch.Tensor:
+    from common.topk import TopK
+
+    if len(msg.shape) != 2 or any(d < 0 for d in msg.shape):
+        raise CodecError(f"a top-k answer has shape [N, C], got {list(msg.shape)}")
+    try:
+        return TopK.from_bytes(msg.data, int(msg.shape[0]), int(msg.topk), int(msg.shape[1])).dense()
+    except ValueError as e:
+        raise CodecError(str(e)) from None

@@ -26,8 +26,13 @@ def key_numel(output_shapes: Mapping[str, tuple[int, ...]], key: str) -> int:
 
 
 def bytes_per_image(output_shapes: Mapping[str, tuple[int, ...]], keys: Iterable[str], itemsize: int) -> int:
-    """Bytes per image of a reply holding ``keys`` in a dtype of ``itemsize`` bytes."""
-    return sum(key_numel(output_shapes, key) for key in keys) * itemsize
+    """Bytes per image of a reply holding ``keys`` in a dtype of ``itemsize`` bytes (a top-k key travels
+    compact whatever the dtype: 4K + 2 bytes)."""
+    total = 0
+    for key in keys:
+        k = reductions.top_k(reductions.check_key(key, output_shapes)[1])
+        total += 4 * k + 2 if k is not None else key_numel(output_shapes, key) * itemsize
+    return total
 
 
 def message_bytes(per_image: int, images: int) -> int:

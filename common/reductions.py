@@ -9,6 +9,12 @@ request names, per output, a *key*:
     stage3              the full feature map
     stage3.attention    stage3 reduced by ``attention`` on the server
     stage3.pool         stage3 reduced by ``pool``
+    logits.top10        logits as a compact answer: the 10 largest and the rest's
+                        log-mean-exp (``common.topk``), rebuilt to C values
+
+``topK`` is a family (any K from 1 to the class count) and applies to logits
+only; it is what the teacher's answer becomes, not something the student's own
+features go through.
 
 The student side applies the very same functions to the student's own
 features, so they are plain differentiable tensor functions: no
@@ -17,6 +23,7 @@ features, so they are plain differentiable tensor functions: no
 """
 from __future__ import annotations
 
+import re
 from typing import Callable, Iterable, Mapping
 
 import torch
@@ -70,9 +77,28 @@ REDUCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 APPLIES_TO = {NONE: "any output", "attention": "a (C, H, W) map",
               "pool": "a (C, H, W) map or a (D,) vector"}
 
+TOP_K = "topK"   # the top-k family as a server lists it among its reductions (Describe)
+_TOP_K = re.compile(r"top([1-9][0-9]{0,5})")
+
+
+def top_k(reduction: str) -> int | None:
+    """K of a top-k reduction (``"top10"`` -> 10); None for any other name."""
+    m = _TOP_K.fullmatch(reduction)
+    return int(m.group(1)) if m else None
+
+
+def served() -> list[str]:
+    """The reductions a server lists in Describe: each named one, then the top-k family."""
+    return [*REDUCTIONS, TOP_K]
+
 
 def reduce(reduction: str, f: torch.Tensor) -> torch.Tensor:
     """Apply the reduction called ``reduction`` to the batch ``f``."""
+    k = top_k(reduction)
+    if k is not None:
+        from common.topk import TopK
+
+        return TopK.from_logits(f, k).dense()
     try:
         fn = REDUCTIONS[reduction]
     except KeyError:
@@ -101,6 +127,11 @@ def reduced_shape(reduction: str, per_image_shape: tuple[int, ...] | list[int]) 
     Worked out by running the function itself on a meta tensor (no memory, no
     arithmetic), so a shape rule can never disagree with the function.
     """
+    k = top_k(reduction)
+    if k is not None:
+        if len(per_image_shape) != 1 or k > per_image_shape[0]:
+            raise ValueError(f"top{k} keeps {k} of a (C,) vector's values; the output is {tuple(per_image_shape)}")
+        return tuple(per_image_shape)
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; choose one of {list(REDUCTIONS)}")
     probe = torch.empty((1, *per_image_shape), device="meta")
@@ -130,9 +161,18 @@ def check_key(key: str, output_shapes: Mapping[str, tuple[int, ...]]) -> tuple[s
     name, reduction = parse_key(key)
     if name not in output_shapes:
         raise ValueError(f"unknown output {name!r} in key {key!r}: outputs are {list(output_shapes)}")
-    if reduction not in REDUCTIONS or make_key(name, reduction) != key:
+    k = top_k(reduction)
+    if (reduction not in REDUCTIONS and k is None) or make_key(name, reduction) != key:
         raise ValueError(f"unknown reduction {reduction!r} in key {key!r}: write NAME for the full output "
-                         f"or NAME.REDUCTION with REDUCTION one of {[r for r in REDUCTIONS if r != NONE]}")
+                         f"or NAME.REDUCTION with REDUCTION one of {[r for r in REDUCTIONS if r != NONE]} "
+                         f"or topK (logits only)")
+    if k is not None:
+        shape = tuple(output_shapes[name])
+        if name != LOGITS or len(shape) != 1:
+            raise ValueError(f"key {key!r}: top-k answers are for {LOGITS} only")
+        if k > shape[0]:
+            raise ValueError(f"key {key!r}: K = {k} is more than the teacher's {shape[0]} classes")
+        return name, reduction
     try:
         reduced_shape(reduction, tuple(output_shapes[name]))
     except ValueError:

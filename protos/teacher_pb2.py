@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/teacher.proto\x12\x11unixkd.teacher.v1\"m\n\x06Tensor\x12\'\n\x05\x64type\x18\x01 \x01(\x0e\x32\x18.unixkd.teacher.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\r\n\x05scale\x18\x04 \x01(\x02\x12\x0e\n\x06offset\x18\x05 \x01(\x02\"\xbd\x01\n\x0cInferRequest\x12)\n\x06images\x18\x01 \x01(\x0b\x32\x19.unixkd.teacher.v1.Tensor\x12\x0f\n\x07outputs\x18\x02 \x03(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12.\n\x0coutput_dtype\x18\x04 \x01(\x0e\x32\x18.unixkd.teacher.v1.DType\x12-\n\x05views\x18\x05 \x01(\x0b\x32\x1e.unixkd.teacher.v1.ViewRecipes\"K\n\x0bViewRecipes\x12\x0c\n\x04rows\x18\x01 \x01(\x0c\x12.\n\x0crender_dtype\x18\x02 \x01(\x0e\x32\x18.unixkd.teacher.v1.DType\"p\n\x0b\x44\x61taSetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x19\n\x11\x66iles_fingerprint\x18\x04 \x01(\t\x12\x15\n\rview_settings\x18\x05 \x01(\t\"/\n\x0fManifestRequest\x12\r\n\x05start\x18\x01 \x01(\x03\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"c\n\x10ManifestResponse\x12\x14\n\x0crange_digest\x18\x01 \x01(\t\x12\r\n\x05\x66iles\x18\x02 \x01(\x03\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x05 \x01(\t\"\xc7\x01\n\rInferResponse\x12>\n\x07outputs\x18\x01 \x03(\x0b\x32-.unixkd.teacher.v1.InferResponse.OutputsEntry\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63ompute_seconds\x18\x03 \x01(\x01\x1aI\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.unixkd.teacher.v1.Tensor:\x02\x38\x01\"\x11\n\x0f\x44\x65scribeRequest\"\x83\x03\n\x10\x44\x65scribeResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0c\n\x04\x61rch\x18\x02 \x01(\t\x12\x13\n\x0binput_shape\x18\x03 \x03(\x03\x12\x13\n\x0bnum_classes\x18\x04 \x01(\x05\x12\x15\n\rfeature_names\x18\x05 \x03(\t\x12\x17\n\x0f\x66lops_per_image\x18\x06 \x01(\x01\x12\x16\n\x0emax_batch_size\x18\x07 \x01(\x05\x12\x19\n\x11max_message_bytes\x18\x08 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\t \x01(\t\x12\x15\n\rcompute_dtype\x18\n \x01(\t\x12.\n\x07outputs\x18\x0b \x03(\x0b\x32\x1d.unixkd.teacher.v1.OutputInfo\x12\x12\n\nreductions\x18\x0c \x03(\t\x12\x0f\n\x07\x64\x61taset\x18\r \x01(\t\x12\x16\n\x0eweights_sha256\x18\x0e \x01(\t\x12,\n\x04\x64\x61ta\x18\x0f \x01(\x0b\x32\x1e.unixkd.teacher.v1.DataSetInfo\")\n\nOutputInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\"5\n\x0cStatsRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x12\n\nper_client\x18\x02 \x01(\x08\"\xf6\x01\n\x0b\x43lientStats\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x03\x12\x0e\n\x06images\x18\x03 \x01(\x03\x12\x10\n\x08\x62ytes_in\x18\x04 \x01(\x03\x12\x11\n\tbytes_out\x18\x05 \x01(\x03\x12\x17\n\x0f\x66orward_seconds\x18\x06 \x01(\x01\x12\x14\n\x0c\x66lops_served\x18\x07 \x01(\x01\x12\x17\n\x0f\x66\x61iled_requests\x18\x08 \x01(\x03\x12\x17\n\x0frendered_images\x18\t \x01(\x03\x12\x16\n\x0erender_seconds\x18\n \x01(\x01\x12\x14\n\x0cstore_images\x18\x0b \x01(\x03\"\x9c\x03\n\rStatsResponse\x12\x10\n\x08requests\x18\x01 \x01(\x03\x12\x0e\n\x06images\x18\x02 \x01(\x03\x12\x10\n\x08\x62ytes_in\x18\x03 \x01(\x03\x12\x11\n\tbytes_out\x18\x04 \x01(\x03\x12\x17\n\x0f\x66orward_seconds\x18\x05 \x01(\x01\x12\x14\n\x0c\x66lops_served\x18\x06 \x01(\x01\x12\x16\n\x0euptime_seconds\x18\x07 \x01(\x01\x12\x17\n\x0f\x66\x61iled_requests\x18\x08 \x01(\x03\x12\x10\n\x08\x66orwards\x18\t \x01(\x03\x12\x16\n\x0e\x66orward_images\x18\n \x01(\x03\x12\x14\n\x0c\x62usy_seconds\x18\x0b \x01(\x01\x12\x19\n\x11mean_batch_images\x18\x0c \x01(\x01\x12\x11\n\tclient_id\x18\r \x01(\t\x12/\n\x07\x63lients\x18\x0e \x03(\x0b\x32\x1e.unixkd.teacher.v1.ClientStats\x12\x17\n\x0frendered_images\x18\x0f \x01(\x03\x12\x16\n\x0erender_seconds\x18\x10 \x01(\x01\x12\x14\n\x0cstore_images\x18\x11 \x01(\x03*Q\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x0c\n\x08\x42\x46LOAT16\x10\x03\x12\t\n\x05UINT8\x10\x04\x32\xcb\x02\n\x07Teacher\x12J\n\x05Infer\x12\x1f.unixkd.teacher.v1.InferRequest\x1a .unixkd.teacher.v1.InferResponse\x12S\n\x08\x44\x65scribe\x12\".unixkd.teacher.v1.DescribeRequest\x1a#.unixkd.teacher.v1.DescribeResponse\x12J\n\x05Stats\x12\x1f.unixkd.teacher.v1.StatsRequest\x1a .unixkd.teacher.v1.StatsResponse\x12S\n\x08Manifest\x12\".unixkd.teacher.v1.ManifestRequest\x1a#.unixkd.teacher.v1.ManifestResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/teacher.proto\x12\x11unixkd.teacher.v1\"{\n\x06Tensor\x12\'\n\x05\x64type\x18\x01 \x01(\x0e\x32\x18.unixkd.teacher.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\r\n\x05scale\x18\x04 \x01(\x02\x12\x0e\n\x06offset\x18\x05 \x01(\x02\x12\x0c\n\x04topk\x18\x06 \x01(\x05\"\xcd\x01\n\x0cInferRequest\x12)\n\x06images\x18\x01 \x01(\x0b\x32\x19.unixkd.teacher.v1.Tensor\x12\x0f\n\x07outputs\x18\x02 \x03(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12.\n\x0coutput_dtype\x18\x04 \x01(\x0e\x32\x18.unixkd.teacher.v1.DType\x12-\n\x05views\x18\x05 \x01(\x0b\x32\x1e.unixkd.teacher.v1.ViewRecipes\x12\x0e\n\x06verify\x18\x06 \x01(\x08\"K\n\x0bViewRecipes\x12\x0c\n\x04rows\x18\x01 \x01(\x0c\x12.\n\x0crender_dtype\x18\x02 \x01(\x0e\x32\x18.unixkd.teacher.v1.DType\"p\n\x0b\x44\x61taSetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x19\n\x11\x66iles_fingerprint\x18\x04 \x01(\t\x12\x15\n\rview_settings\x18\x05 \x01(\t\"/\n\x0fManifestRequest\x12\r\n\x05start\x18\x01 \x01(\x03\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"c\n\x10ManifestResponse\x12\x14\n\x0crange_digest\x18\x01 \x01(\t\x12\r\n\x05\x66iles\x18\x02 \x01(\x03\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x05 \x01(\t\"\xc7\x01\n\rInferResponse\x12>\n\x07outputs\x18\x01 \x03(\x0b\x32-.unixkd.teacher.v1.InferResponse.OutputsEntry\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x17\n\x0f\x63ompute_seconds\x18\x03 \x01(\x01\x1aI\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.unixkd.teacher.v1.Tensor:\x02\x38\x01\"\x11\n\x0f\x44\x65scribeRequest\"\x83\x03\n\x10\x44\x65scribeResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0c\n\x04\x61rch\x18\x02 \x01(\t\x12\x13\n\x0binput_shape\x18\x03 \x03(\x03\x12\x13\n\x0bnum_classes\x18\x04 \x01(\x05\x12\x15\n\rfeature_names\x18\x05 \x03(\t\x12\x17\n\x0f\x66lops_per_image\x18\x06 \x01(\x01\x12\x16\n\x0emax_batch_size\x18\x07 \x01(\x05\x12\x19\n\x11max_message_bytes\x18\x08 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\t \x01(\t\x12\x15\n\rcompute_dtype\x18\n \x01(\t\x12.\n\x07outputs\x18\x0b \x03(\x0b\x32\x1d.unixkd.teacher.v1.OutputInfo\x12\x12\n\nreductions\x18\x0c \x03(\t\x12\x0f\n\x07\x64\x61taset\x18\r \x01(\t\x12\x16\n\x0eweights_sha256\x18\x0e \x01(\t\x12,\n\x04\x64\x61ta\x18\x0f \x01(\x0b\x32\x1e.unixkd.teacher.v1.DataSetInfo\")\n\nOutputInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\"5\n\x0cStatsRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x12\n\nper_client\x18\x02 \x01(\x08\"\x8d\x02\n\x0b\x43lientStats\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x03\x12\x0e\n\x06images\x18\x03 \x01(\x03\x12\x10\n\x08\x62ytes_in\x18\x04 \x01(\x03\x12\x11\n\tbytes_out\x18\x05 \x01(\x03\x12\x17\n\x0f\x66orward_seconds\x18\x06 \x01(\x01\x12\x14\n\x0c\x66lops_served\x18\x07 \x01(\x01\x12\x17\n\x0f\x66\x61iled_requests\x18\x08 \x01(\x03\x12\x17\n\x0frendered_images\x18\t \x01(\x03\x12\x16\n\x0erender_seconds\x18\n \x01(\x01\x12\x14\n\x0cstore_images\x18\x0b \x01(\x03\x12\x15\n\rverify_images\x18\x0c \x01(\x03\"\xb3\x03\n\rStatsResponse\x12\x10\n\x08requests\x18\x01 \x01(\x03\x12\x0e\n\x06images\x18\x02 \x01(\x03\x12\x10\n\x08\x62ytes_in\x18\x03 \x01(\x03\x12\x11\n\tbytes_out\x18\x04 \x01(\x03\x12\x17\n\x0f\x66orward_seconds\x18\x05 \x01(\x01\x12\x14\n\x0c\x66lops_served\x18\x06 \x01(\x01\x12\x16\n\x0euptime_seconds\x18\x07 \x01(\x01\x12\x17\n\x0f\x66\x61iled_requests\x18\x08 \x01(\x03\x12\x10\n\x08\x66orwards\x18\t \x01(\x03\x12\x16\n\x0e\x66orward_images\x18\n \x01(\x03\x12\x14\n\x0c\x62usy_seconds\x18\x0b \x01(\x01\x12\x19\n\x11mean_batch_images\x18\x0c \x01(\x01\x12\x11\n\tclient_id\x18\r \x01(\t\x12/\n\x07\x63lients\x18\x0e \x03(\x0b\x32\x1e.unixkd.teacher.v1.ClientStats\x12\x17\n\x0frendered_images\x18\x0f \x01(\x03\x12\x16\n\x0erender_seconds\x18\x10 \x01(\x01\x12\x14\n\x0cstore_images\x18\x11 \x01(\x03\x12\x15\n\rverify_images\x18\x12 \x01(\x03*[\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x0c\n\x08\x42\x46LOAT16\x10\x03\x12\t\n\x05UINT8\x10\x04\x12\x08\n\x04TOPK\x10\x05\x32\xcb\x02\n\x07Teacher\x12J\n\x05Infer\x12\x1f.unixkd.teacher.v1.InferRequest\x1a .unixkd.teacher.v1.InferResponse\x12S\n\x08\x44\x65scribe\x12\".unixkd.teacher.v1.DescribeRequest\x1a#.unixkd.teacher.v1.DescribeResponse\x12J\n\x05Stats\x12\x1f.unixkd.teacher.v1.StatsRequest\x1a .unixkd.teacher.v1.StatsResponse\x12S\n\x08Manifest\x12\".unixkd.teacher.v1.ManifestRequest\x1a#.unixkd.teacher.v1.ManifestResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,36 +33,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INFERRESPONSE_OUTPUTSENTRY']._loaded_options = None
   _globals['_INFERRESPONSE_OUTPUTSENTRY']._serialized_options = b'8\001'
-  _globals['_DTYPE']._serialized_start=2060
-  _globals['_DTYPE']._serialized_end=2141
+  _globals['_DTYPE']._serialized_start=2136
+  _globals['_DTYPE']._serialized_end=2227
   _globals['_TENSOR']._serialized_start=43
-  _globals['_TENSOR']._serialized_end=152
-  _globals['_INFERREQUEST']._serialized_start=155
-  _globals['_INFERREQUEST']._serialized_end=344
-  _globals['_VIEWRECIPES']._serialized_start=346
-  _globals['_VIEWRECIPES']._serialized_end=421
-  _globals['_DATASETINFO']._serialized_start=423
-  _globals['_DATASETINFO']._serialized_end=535
-  _globals['_MANIFESTREQUEST']._serialized_start=537
-  _globals['_MANIFESTREQUEST']._serialized_end=584
-  _globals['_MANIFESTRESPONSE']._serialized_start=586
-  _globals['_MANIFESTRESPONSE']._serialized_end=685
-  _globals['_INFERRESPONSE']._serialized_start=688
-  _globals['_INFERRESPONSE']._serialized_end=887
-  _globals['_INFERRESPONSE_OUTPUTSENTRY']._serialized_start=814
-  _globals['_INFERRESPONSE_OUTPUTSENTRY']._serialized_end=887
-  _globals['_DESCRIBEREQUEST']._serialized_start=889
-  _globals['_DESCRIBEREQUEST']._serialized_end=906
-  _globals['_DESCRIBERESPONSE']._serialized_start=909
-  _globals['_DESCRIBERESPONSE']._serialized_end=1296
-  _globals['_OUTPUTINFO']._serialized_start=1298
-  _globals['_OUTPUTINFO']._serialized_end=1339
-  _globals['_STATSREQUEST']._serialized_start=1341
-  _globals['_STATSREQUEST']._serialized_end=1394
-  _globals['_CLIENTSTATS']._serialized_start=1397
-  _globals['_CLIENTSTATS']._serialized_end=1643
-  _globals['_STATSRESPONSE']._serialized_start=1646
-  _globals['_STATSRESPONSE']._serialized_end=2058
-  _globals['_TEACHER']._serialized_start=2144
-  _globals['_TEACHER']._serialized_end=2475
+  _globals['_TENSOR']._serialized_end=166
+  _globals['_INFERREQUEST']._serialized_start=169
+  _globals['_INFERREQUEST']._serialized_end=374
+  _globals['_VIEWRECIPES']._serialized_start=376
+  _globals['_VIEWRECIPES']._serialized_end=451
+  _globals['_DATASETINFO']._serialized_start=453
+  _globals['_DATASETINFO']._serialized_end=565
+  _globals['_MANIFESTREQUEST']._serialized_start=567
+  _globals['_MANIFESTREQUEST']._serialized_end=614
+  _globals['_MANIFESTRESPONSE']._serialized_start=616
+  _globals['_MANIFESTRESPONSE']._serialized_end=715
+  _globals['_INFERRESPONSE']._serialized_start=718
+  _globals['_INFERRESPONSE']._serialized_end=917
+  _globals['_INFERRESPONSE_OUTPUTSENTRY']._serialized_start=844
+  _globals['_INFERRESPONSE_OUTPUTSENTRY']._serialized_end=917
+  _globals['_DESCRIBEREQUEST']._serialized_start=919
+  _globals['_DESCRIBEREQUEST']._serialized_end=936
+  _globals['_DESCRIBERESPONSE']._serialized_start=939
+  _globals['_DESCRIBERESPONSE']._serialized_end=1326
+  _globals['_OUTPUTINFO']._serialized_start=1328
+  _globals['_OUTPUTINFO']._serialized_end=1369
+  _globals['_STATSREQUEST']._serialized_start=1371
+  _globals['_STATSREQUEST']._serialized_end=1424
+  _globals['_CLIENTSTATS']._serialized_start=1427
+  _globals['_CLIENTSTATS']._serialized_end=1696
+  _globals['_STATSRESPONSE']._serialized_start=1699
+  _globals['_STATSRESPONSE']._serialized_end=2134
+  _globals['_TEACHER']._serialized_start=2230
+  _globals['_TEACHER']._serialized_end=2561
 # @@protoc_insertion_point(module_scope)

@@ -14,39 +14,45 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FLOAT16: _ClassVar[DType]
     BFLOAT16: _ClassVar[DType]
     UINT8: _ClassVar[DType]
+    TOPK: _ClassVar[DType]
 DTYPE_UNSPECIFIED: DType
 FLOAT32: DType
 FLOAT16: DType
 BFLOAT16: DType
 UINT8: DType
+TOPK: DType
 
 class Tensor(_message.Message):
-    __slots__ = ("dtype", "shape", "data", "scale", "offset")
+    __slots__ = ("dtype", "shape", "data", "scale", "offset", "topk")
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TOPK_FIELD_NUMBER: _ClassVar[int]
     dtype: DType
     shape: _containers.RepeatedScalarFieldContainer[int]
     data: bytes
     scale: float
     offset: float
-    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., scale: _Optional[float] = ..., offset: _Optional[float] = ...) -> None: ...
+    topk: int
+    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., scale: _Optional[float] = ..., offset: _Optional[float] = ..., topk: _Optional[int] = ...) -> None: ...
 
 class InferRequest(_message.Message):
-    __slots__ = ("images", "outputs", "request_id", "output_dtype", "views")
+    __slots__ = ("images", "outputs", "request_id", "output_dtype", "views", "verify")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_DTYPE_FIELD_NUMBER: _ClassVar[int]
     VIEWS_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_FIELD_NUMBER: _ClassVar[int]
     images: Tensor
     outputs: _containers.RepeatedScalarFieldContainer[str]
     request_id: str
     output_dtype: DType
     views: ViewRecipes
-    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., outputs: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., output_dtype: _Optional[_Union[DType, str]] = ..., views: _Optional[_Union[ViewRecipes, _Mapping]] = ...) -> None: ...
+    verify: bool
+    def __init__(self, images: _Optional[_Union[Tensor, _Mapping]] = ..., outputs: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., output_dtype: _Optional[_Union[DType, str]] = ..., views: _Optional[_Union[ViewRecipes, _Mapping]] = ..., verify: _Optional[bool] = ...) -> None: ...
 
 class ViewRecipes(_message.Message):
     __slots__ = ("rows", "render_dtype")
@@ -164,7 +170,7 @@ class StatsRequest(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., per_client: _Optional[bool] = ...) -> None: ...
 
 class ClientStats(_message.Message):
-    __slots__ = ("client_id", "requests", "images", "bytes_in", "bytes_out", "forward_seconds", "flops_served", "failed_requests", "rendered_images", "render_seconds", "store_images")
+    __slots__ = ("client_id", "requests", "images", "bytes_in", "bytes_out", "forward_seconds", "flops_served", "failed_requests", "rendered_images", "render_seconds", "store_images", "verify_images")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +182,7 @@ class ClientStats(_message.Message):
     RENDERED_IMAGES_FIELD_NUMBER: _ClassVar[int]
     RENDER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     STORE_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_IMAGES_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     requests: int
     images: int
@@ -187,10 +194,11 @@ class ClientStats(_message.Message):
     rendered_images: int
     render_seconds: float
     store_images: int
-    def __init__(self, client_id: _Optional[str] = ..., requests: _Optional[int] = ..., images: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., forward_seconds: _Optional[float] = ..., flops_served: _Optional[float] = ..., failed_requests: _Optional[int] = ..., rendered_images: _Optional[int] = ..., render_seconds: _Optional[float] = ..., store_images: _Optional[int] = ...) -> None: ...
+    verify_images: int
+    def __init__(self, client_id: _Optional[str] = ..., requests: _Optional[int] = ..., images: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., forward_seconds: _Optional[float] = ..., flops_served: _Optional[float] = ..., failed_requests: _Optional[int] = ..., rendered_images: _Optional[int] = ..., render_seconds: _Optional[float] = ..., store_images: _Optional[int] = ..., verify_images: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("requests", "images", "bytes_in", "bytes_out", "forward_seconds", "flops_served", "uptime_seconds", "failed_requests", "forwards", "forward_images", "busy_seconds", "mean_batch_images", "client_id", "clients", "rendered_images", "render_seconds", "store_images")
+    __slots__ = ("requests", "images", "bytes_in", "bytes_out", "forward_seconds", "flops_served", "uptime_seconds", "failed_requests", "forwards", "forward_images", "busy_seconds", "mean_batch_images", "client_id", "clients", "rendered_images", "render_seconds", "store_images", "verify_images")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     BYTES_IN_FIELD_NUMBER: _ClassVar[int]
@@ -208,6 +216,7 @@ class StatsResponse(_message.Message):
     RENDERED_IMAGES_FIELD_NUMBER: _ClassVar[int]
     RENDER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     STORE_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_IMAGES_FIELD_NUMBER: _ClassVar[int]
     requests: int
     images: int
     bytes_in: int
@@ -225,4 +234,5 @@ class StatsResponse(_message.Message):
     rendered_images: int
     render_seconds: float
     store_images: int
-    def __init__(self, requests: _Optional[int] = ..., images: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., forward_seconds: _Optional[float] = ..., flops_served: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., failed_requests: _Optional[int] = ..., forwards: _Optional[int] = ..., forward_images: _Optional[int] = ..., busy_seconds: _Optional[float] = ..., mean_batch_images: _Optional[float] = ..., client_id: _Optional[str] = ..., clients: _Optional[_Iterable[_Union[ClientStats, _Mapping]]] = ..., rendered_images: _Optional[int] = ..., render_seconds: _Optional[float] = ..., store_images: _Optional[int] = ...) -> None: ...
+    verify_images: int
+    def __init__(self, requests: _Optional[int] = ..., images: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., forward_seconds: _Optional[float] = ..., flops_served: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., failed_requests: _Optional[int] = ..., forwards: _Optional[int] = ..., forward_images: _Optional[int] = ..., busy_seconds: _Optional[float] = ..., mean_batch_images: _Optional[float] = ..., client_id: _Optional[str] = ..., clients: _Optional[_Iterable[_Union[ClientStats, _Mapping]]] = ..., rendered_images: _Optional[int] = ..., render_seconds: _Optional[float] = ..., store_images: _Optional[int] = ..., verify_images: _Optional[int] = ...) -> None: ...

@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_flags(q, policy.config_type, added)
     for loss in LOSSES.values():
         add_config_flags(p.add_argument_group(f"loss {loss.name}", loss.about), loss.config_type, added)
+    m.add_argument("--answer-topk", type=int, default=0, metavar="K",
+                   help="the teacher answers each image with its K largest logits and the log-mean-exp of the "
+                   "rest (4K + 2 bytes on the wire and in the replay store, not 4 a class), which the losses "
+                   "rebuild into C logits (TinyViT's even spread of the rest); logits only; 0: dense")
     m.add_argument("--wire-dtype", choices=sorted(WIRE_DTYPES), default=TEACHER.wire_dtype,
                    help="dtype of the images on the wire")
     m.add_argument("--send", choices=SENDS, default=TEACHER.send,
@@ -170,7 +174,7 @@ def method_from_flags(args) -> Method:
     resolve_method(args)
     method = Method(args.query, config_from_flags(POLICIES[args.query].config_type, args), args.loss,
                     {cls.name: config_from_flags(cls.config_type, args) for cls in loss_classes(args.loss)},
-                    feature_pairs=args.feature_pairs, ce_weight=args.ce_weight)
+                    feature_pairs=args.feature_pairs, ce_weight=args.ce_weight, answer_topk=args.answer_topk)
     args.method = method.label
     return method
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from common import reductions
 from student_trainer.distill import DistillLoss, ModelShapes, build_loss, loss_classes, loss_needs_teacher
 from student_trainer.query import POLICIES, PolicyConfig, PolicyContext, QueryPolicy
 
@@ -25,6 +26,7 @@ class Method:
     losses: dict[str, object] = field(default_factory=dict)  # a part's name -> its config (else defaults)
     feature_pairs: str | None = None             # student:teacher feature names (None: each loss's own)
     ce_weight: float | None = None               # cross-entropy weight (None: 0 with a teacher, 1 without)
+    answer_topk: int = 0                         # the teacher's logits as top-K answers (0: dense)
 
     def __post_init__(self):
         if self.query not in POLICIES:
@@ -41,6 +43,9 @@ class Method:
                 raise TypeError(f"--loss {self.loss}: {name!r} takes no {type(config).__name__}")
         if self.ce_weight == 0 and not self.needs_teacher:
             raise ValueError(f"--ce-weight 0 with --loss {self.loss} leaves nothing to train on")
+        if not isinstance(self.answer_topk, int) or self.answer_topk < 0:
+            raise ValueError(f"--answer-topk {self.answer_topk}: give K >= 1 classes a teacher answer keeps "
+                             "(0: the dense logits)")
 
     @property
     def label(self) -> str:
@@ -69,6 +74,21 @@ class Method:
 
     def build_loss(self, shapes: ModelShapes) -> DistillLoss:
         return build_loss(self.loss, shapes, self.feature_pairs, self.losses)
+
+    def answer_keys(self, loss: DistillLoss, num_classes: int) -> dict[str, str]:
+        """Each key the loss reads -> the key asked of the teacher for it: ``logits`` becomes ``logits.topK``
+        with ``answer_topk`` (the teacher answers its K largest logits and the rest, rebuilt to C values);
+        features stay dense. ValueError (one line) where top-k cannot apply."""
+        keys = [o.key for o in loss.teacher_outputs()]
+        if not self.answer_topk:
+            return {key: key for key in keys}
+        if reductions.LOGITS not in keys:
+            raise ValueError(f"--answer-topk applies to the teacher's logits, and --loss {self.loss} asks it for "
+                             "features only (feature losses keep dense features)")
+        if self.answer_topk > num_classes:
+            raise ValueError(f"--answer-topk {self.answer_topk} is more than the teacher's {num_classes} classes")
+        top = reductions.make_key(reductions.LOGITS, f"top{self.answer_topk}")
+        return {key: top if key == reductions.LOGITS else key for key in keys}
 
     def ce_weight_for(self, loss: DistillLoss) -> float:
         """``ce_weight``, or its default: 0 where the loss asks the teacher for something, else 1."""

@@ -10,7 +10,8 @@ them. A request whose rows are all there is answered from the store; otherwise
 only the rows missing (any of their keys) are rendered and forwarded, and
 written back. The tensor is kept in the reply's dtype (float32 for a uint8
 reply, which is quantised over the whole reply), so a stored answer goes out
-bit for bit as it went out the first time.
+bit for bit as it went out the first time; a top-k key's answer (``logits.top10``)
+is kept compact, its K indices, K values and rest (``common.topk``), as it travels.
 
 A store that fails (a Redis gone) never fails a request: it is logged and the
 rows are forwarded.
@@ -21,8 +22,9 @@ import logging
 
 import torch
 
-from common import codec
+from common import codec, reductions
 from common.answer_store import AnswerStore, Entry, namespace
+from common.topk import TopK, from_tensors, to_tensors
 from common.views import Views
 from protos import teacher_pb2 as pb
 
@@ -31,10 +33,29 @@ log = logging.getLogger("teacher_server")
 _KEPT_AS = {pb.FLOAT32: torch.float32, pb.FLOAT16: torch.float16, pb.BFLOAT16: torch.bfloat16, pb.UINT8: torch.float32}
 
 
+ANSWER = "answer"   # an entry's tensor (a top-k answer's: ``answer.topk.*``)
+
+
 class StoredAnswers:
-    def __init__(self, store: AnswerStore, weights_sha256: str, fingerprint: str):
+    def __init__(self, store: AnswerStore, weights_sha256: str, fingerprint: str, classes: int = 0):
         self.store = store
         self.names = (weights_sha256, fingerprint)
+        self.classes = classes   # the teacher's: a top-k answer's dense length
+
+    def _tensors(self, key: str, answer: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        k = reductions.top_k(reductions.parse_key(key)[1])
+        if k is None:
+            return {ANSWER: answer.to(dtype).clone()}
+        return to_tensors(ANSWER, TopK.from_logits(answer.reshape(1, -1), k))
+
+    def _answer(self, key: str, entry: Entry | None) -> torch.Tensor | None:
+        if entry is None:
+            return None
+        k = reductions.top_k(reductions.parse_key(key)[1])
+        if k is None:
+            return entry.tensors.get(ANSWER)
+        top = from_tensors(ANSWER, entry.tensors, self.classes)
+        return None if top is None or top.k != k else top.dense()[0]
 
     def _keys(self, views: Views, outputs: list[str], render_dtype: int, out_dtype: int) -> list[list[bytes]]:
         """Per row, its key for each output."""
@@ -53,9 +74,8 @@ class StoredAnswers:
             return [None] * len(views)
         rows, per = [], len(outputs)
         for r in range(len(views)):
-            entries = found[r * per:(r + 1) * per]
-            rows.append(None if any(e is None or "answer" not in e.tensors for e in entries)
-                        else {key: e.tensors["answer"] for key, e in zip(outputs, entries)})
+            answers = {key: self._answer(key, e) for key, e in zip(outputs, found[r * per:(r + 1) * per])}
+            rows.append(None if any(a is None for a in answers.values()) else answers)
         return rows
 
     def keep(self, views: Views, rows: list[int], answers: dict[str, torch.Tensor], render_dtype: int,
@@ -63,7 +83,7 @@ class StoredAnswers:
         """Write the answers of ``rows`` (``answers`` holds theirs, in that order), where not kept yet."""
         keys = self._keys(views.take(rows), list(answers), render_dtype, out_dtype)
         dtype = _KEPT_AS[out_dtype]
-        items = [(key, Entry({}, {"answer": answers[name][i].to(dtype).clone()}))
+        items = [(key, Entry({}, self._tensors(name, answers[name][i], dtype)))
                  for i, row_keys in enumerate(keys) for key, name in zip(row_keys, answers)]
         try:
             self.store.write(items)

@@ -4,7 +4,8 @@ Per request (answered ones): requests, images, bytes in and out, the request's
 share of its batch's forward seconds (its images / the batch's images) and the
 FLOPs served (images answered from the answer store ran no forward and cost
 none); of the images, those rendered from view recipes (with the seconds that
-took) and those answered from the store; failed requests. The same per client
+took), those answered from the store and those re-asked to check a stored
+answer (the request's ``verify``); failed requests. The same per client
 (the ``x-client-id`` each call carries) for up to ``max_clients`` distinct
 well-formed ids. Per forward (server-wide: a batch mixes clients): forwards,
 the images they ran, and busy seconds (wall time in the model's forward call), so that
@@ -34,6 +35,7 @@ class ClientCounts:
     rendered_images: int = 0
     render_seconds: float = 0.0
     store_images: int = 0
+    verify_images: int = 0       # of ``images``: re-asks that check a stored answer (InferRequest.verify)
 
 
 @dataclass
@@ -60,7 +62,7 @@ class ServerCounters(ClientCounts):
 
     def record(self, *, images: int, bytes_in: int, bytes_out: int, seconds: float, flops: float,
                client: str | None = None, rendered: int = 0, render_seconds: float = 0.0,
-               from_store: int = 0) -> None:
+               from_store: int = 0, verify: int = 0) -> None:
         """One answered request; ``seconds`` is its share of its batch's forward."""
         with self._lock:
             for c in (self, self._client(client)):
@@ -75,6 +77,7 @@ class ServerCounters(ClientCounts):
                 c.rendered_images += rendered
                 c.render_seconds += render_seconds
                 c.store_images += from_store
+                c.verify_images += verify
 
     def record_failure(self, client: str | None = None) -> None:
         with self._lock:

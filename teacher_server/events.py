@@ -34,10 +34,11 @@ class ServerEvents:
 
     def answered(self, caller: Caller, *, images: int, bytes_in: int, bytes_out: int, share_seconds: float,
                  queue_seconds: float, request_seconds: float, rendered: int = 0, render_seconds: float = 0.0,
-                 from_store: int = 0) -> None:
+                 from_store: int = 0, verify: int = 0) -> None:
         """One request answered; ``share_seconds`` is its share of its batch's forward. Of its ``images``,
-        ``rendered`` came as view recipes and ``from_store`` were answered from the store (no forward)."""
-        extra = dict(rendered=rendered, render_seconds=render_seconds, from_store=from_store)
+        ``rendered`` came as view recipes, ``from_store`` were answered from the store (no forward) and
+        ``verify`` were re-asks checking a stored answer."""
+        extra = dict(rendered=rendered, render_seconds=render_seconds, from_store=from_store, verify=verify)
         self.counters.record(images=images, bytes_in=bytes_in, bytes_out=bytes_out, seconds=share_seconds,
                              flops=(images - from_store) * self.flops_per_image, client=caller.counted, **extra)
         self.metrics.answered(caller.label, images=images, bytes_in=bytes_in, bytes_out=bytes_out,

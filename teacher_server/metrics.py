@@ -79,6 +79,8 @@ class TeacherMetrics:
                                       registry=r)
         self.store_images = Counter(f"{PREFIX}_store_images", "Images answered from the answer store, with no "
                                     "forward (of the images)", client, registry=r)
+        self.verify_images = Counter(f"{PREFIX}_verify_images", "Images re-asked to check a stored answer (of the "
+                                     "images)", client, registry=r)
         self.batch = Histogram(f"{PREFIX}_batch_size_images", "Images per answered request",
                                buckets=_batch_buckets(max_batch), registry=r)
         self.gathered = Histogram(f"{PREFIX}_gathered_batch_images",
@@ -140,7 +142,7 @@ class TeacherMetrics:
 
     def answered(self, client: str, *, images: int, bytes_in: int, bytes_out: int,
                  queue_seconds: float, request_seconds: float, rendered: int = 0, render_seconds: float = 0.0,
-                 from_store: int = 0) -> None:
+                 from_store: int = 0, verify: int = 0) -> None:
         self.requests.labels(client).inc()
         self.images.labels(client).inc(images)
         self.bytes_in.labels(client).inc(bytes_in)
@@ -148,6 +150,7 @@ class TeacherMetrics:
         self.rendered.labels(client).inc(rendered)
         self.render_seconds.labels(client).inc(render_seconds)
         self.store_images.labels(client).inc(from_store)
+        self.verify_images.labels(client).inc(verify)
         self.batch.observe(images)
         self.queue.observe(queue_seconds)
         self.request_seconds.observe(request_seconds)

@@ -73,7 +73,8 @@ def build_server(teacher: TeacherModel, *, host: str = "127.0.0.1", port: int = 
     servicer = TeacherServicer(teacher, max_batch=max_batch, max_message_bytes=limit,
                                check_finite=check_finite, metrics=metrics, queue_delay_us=queue_delay_us,
                                data=data, answers=StoredAnswers(answer_store, teacher.weights_sha256,
-                                                                data.views.fingerprint) if answer_store else None)
+                                                                data.views.fingerprint, teacher.num_classes)
+                               if answer_store else None)
     malformed = MalformedLog(metrics.malformed)  # requests that do not parse: INVALID_ARGUMENT, a line now and then
     add_teacher_service(server, servicer, malformed)
     health_servicer = health.HealthServicer()

@@ -112,7 +112,7 @@ class TeacherServicer(pb_grpc.TeacherServicer):
             try:
                 response = pb.InferResponse(request_id=request.request_id, compute_seconds=answer.forward_seconds)
                 for name, tensor in answer.outputs.items():
-                    response.outputs[name].CopyFrom(codec.encode(tensor, job.out_dtype))
+                    response.outputs[name].CopyFrom(codec.encode_output(name, tensor, job.out_dtype))
             except Exception:
                 self.events.failed(caller, grpc.StatusCode.INTERNAL)
                 log.exception("error encoding the reply to request %r", request.request_id)
@@ -129,7 +129,8 @@ class TeacherServicer(pb_grpc.TeacherServicer):
                                  queue_seconds=checked - arrived + answer.queue_seconds,
                                  request_seconds=time.perf_counter() - arrived,
                                  rendered=0 if job.views is None else n - from_store,
-                                 render_seconds=render_seconds, from_store=from_store)
+                                 render_seconds=render_seconds, from_store=from_store,
+                                 verify=n if request.verify else 0)
             return response
 
     def Describe(self, request, context) -> pb.DescribeResponse:
@@ -140,7 +141,7 @@ class TeacherServicer(pb_grpc.TeacherServicer):
             max_batch_size=self.max_batch, max_message_bytes=self.max_message_bytes,
             device=str(t.device), compute_dtype=str(t.compute_dtype).removeprefix("torch."),
             outputs=[pb.OutputInfo(name=n, shape=list(shape)) for n, shape in t.output_shapes.items()],
-            reductions=list(reductions.REDUCTIONS), dataset=t.dataset or "",
+            reductions=reductions.served(), dataset=t.dataset or "",
             weights_sha256=t.weights_sha256, data=self.data.info() if self.data else None)
 
     def Manifest(self, request: pb.ManifestRequest, context) -> pb.ManifestResponse:

@@ -10,13 +10,17 @@ The model ``teacher`` (``--model-name``), version 1, takes ``images``
 output per key the teacher offers (``common.reductions``): ``logits``
 [-1, classes], every named feature map in full (``stage3``), and each
 reduction of each (``stage3.attention`` [-1, H, W], ``stage3.pool`` [-1, C]),
-reduced on the server; Triton computes only the outputs a request names. The
+reduced on the server; Triton computes only the outputs a request names. It
+also returns the logits as compact top-k answers (``common.topk``), UINT8:
+``logits.topK`` [-1, 4K + 2] for each K of ``TOP_K_SERVED`` up to the class
+count (a Triton model's outputs are a fixed list: not any K, as on the gRPC
+server), a row an image's K largest logits and the rest (``pack_top_k``). The
 teacher's own facts that Triton's model config has no field for (arch, FLOPs
-per image, the reductions offered, the data set it was trained on) ride in the
-config's ``parameters`` so a client reads them with the config. Its
-``max_batch_size`` is ``--max-batch``, or fewer images where a reply with every
-output of that many would pass Triton's 2 GiB a gRPC message (224 px feature
-maps): Triton can refuse a request by its image count only.
+per image, the reductions offered, the K of the top-k answers, the data set it
+was trained on) ride in the config's ``parameters`` so a client reads them with
+the config. Its ``max_batch_size`` is ``--max-batch``, or fewer images where a
+reply with every output of that many would pass Triton's 2 GiB a gRPC message
+(224 px feature maps): Triton can refuse a request by its image count only.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import secrets
 import socket
 import sysconfig
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -36,6 +41,7 @@ import torch
 from common import reductions
 from common.message_budget import GRPC_MESSAGE_CEILING, images_that_fit
 from common.teacher_model import TeacherModel
+from common.topk import TopK, bytes_per_answer
 from teacher_server.finite import require_finite
 from teacher_server.gather import gather, split
 
@@ -44,6 +50,8 @@ log = logging.getLogger("teacher_server")
 INPUT_NAME = "images"
 INPUT_DTYPES = {"float16": np.float16, "float32": np.float32}
 MODEL_VERSION = 1
+# The K of the top-k answers (``logits.topK``) the Triton model offers, those up to the class count.
+TOP_K_SERVED = (1, 2, 3, 5, 10, 20, 50, 100)
 
 
 @dataclasses.dataclass
@@ -101,12 +109,44 @@ def output_shapes(teacher: TeacherModel) -> dict[str, tuple[int, ...]]:
     return teacher.output_keys
 
 
-def triton_max_batch(teacher: TeacherModel, max_batch: int, input_dtype: str) -> int:
+def top_k_served(num_classes: int) -> list[int]:
+    """The K of ``TOP_K_SERVED`` a teacher of ``num_classes`` classes answers top-k (K <= classes)."""
+    return [k for k in TOP_K_SERVED if k <= num_classes]
+
+
+def top_k_outputs(teacher: TeacherModel) -> dict[str, tuple[int, ...]]:
+    """The top-k outputs, UINT8: ``logits.topK`` -> its per-image shape (4K + 2,), for each K served."""
+    return {reductions.make_key(reductions.LOGITS, f"top{k}"): (bytes_per_answer(k),)
+            for k in top_k_served(teacher.num_classes)}
+
+
+def pack_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """The top-k answers of ``logits`` [N, C] (``TopK.from_logits``) as uint8 [N, 4K + 2], a row an image.
+
+    Row r, 4K + 2 bytes, little-endian: image r's K class indices (int16,
+    largest logit first), then those K logits (float16), then its rest (float16:
+    the log-mean-exp of the other C - K logits; 0 where K == C). That is
+    ``TopK.to_bytes`` of the row alone; the batch's ``to_bytes`` is columnar
+    (all indices, all values, all rests), so each row gathers its three runs.
+    ``triton_config.unpack_top_k`` in the client reads it back.
+    """
+    n = logits.shape[0]
+    data = np.frombuffer(TopK.from_logits(logits, k).to_bytes(), dtype=np.uint8)
+    idx, val = n * k * 2, n * k * 4  # the columnar runs: indices, values, rests
+    rows = np.concatenate([data[:idx].reshape(n, 2 * k), data[idx:val].reshape(n, 2 * k),
+                           data[val:].reshape(n, 2)], axis=1)
+    return torch.from_numpy(np.ascontiguousarray(rows))
+
+
+def triton_max_batch(teacher: TeacherModel, max_batch: int, input_dtype: str,
+                     top_k: Sequence[int] = ()) -> int:
     """``max_batch``, or fewer images where a request or reply of that many would pass Triton's 2 GiB a
     gRPC message: a request naming no outputs gets every one, and Triton can refuse a request only by its
-    image count (an error raised in the batch would fail every request batched with it)."""
+    image count (an error raised in the batch would fail every request batched with it). ``top_k``: the K
+    of the top-k outputs the model has besides (none for a model ``teacher_server.export`` writes)."""
     per_image_in = math.prod(teacher.input_shape) * np.dtype(INPUT_DTYPES[input_dtype]).itemsize
-    per_image_out = sum(math.prod(shape) for shape in teacher.output_keys.values()) * 4  # FP32 outputs
+    per_image_out = (sum(math.prod(shape) for shape in teacher.output_keys.values()) * 4  # FP32 outputs
+                     + sum(bytes_per_answer(k) for k in top_k))  # UINT8 top-k answers
     fit = images_that_fit(GRPC_MESSAGE_CEILING, max(per_image_in, per_image_out))
     if fit < 1:
         raise ValueError(f"one image's outputs ({per_image_out / 1e9:.1f} GB) are over Triton's 2 GiB a message")
@@ -117,23 +157,32 @@ def triton_max_batch(teacher: TeacherModel, max_batch: int, input_dtype: str) ->
     return min(max_batch, fit)
 
 
-def teacher_parameters(teacher: TeacherModel) -> dict[str, str]:
+def teacher_parameters(teacher: TeacherModel, top_k: Sequence[int] = ()) -> dict[str, str]:
     """What a client needs beyond tensor names and shapes; string values, as Triton's parameters are.
 
     ``reductions`` lists those offered (comma-separated); an output named
-    ``NAME.REDUCTION`` is ``NAME`` reduced by it. ``dataset``, the data set it
-    was trained on, only where its checkpoint records one.
+    ``NAME.REDUCTION`` is ``NAME`` reduced by it. ``top_k`` lists the K of the
+    top-k answers offered (comma-separated; outputs ``logits.topK``, UINT8,
+    ``pack_top_k``'s rows): those of the argument, ``top_k_served`` under
+    ``start_triton``, none (empty) in a model ``teacher_server.export`` writes.
+    ``dataset``, the data set it was trained on, only where its checkpoint
+    records one.
     """
     return {"teacher_name": teacher.name, "arch": teacher.arch, "weights_sha256": teacher.weights_sha256,
             "flops_per_image": repr(float(teacher.flops_per_image)),
             "input_shape": ",".join(map(str, teacher.input_shape)),
             "num_classes": str(teacher.num_classes),
             "reductions": ",".join(reductions.REDUCTIONS),
+            "top_k": ",".join(map(str, top_k)),
             **({"dataset": teacher.dataset} if teacher.dataset else {})}
 
 
 class BatchInfer:
-    """One model instance: a whole dynamic batch of requests through one forward pass."""
+    """One model instance: a whole dynamic batch of requests through one forward pass.
+
+    A top-k output (``logits.top10``) is made from the plain logits of that same
+    forward (``pack_top_k``): every K asked of the batch from one set of logits.
+    """
 
     def __init__(self, teacher: TeacherModel, outputs: list[str], check_finite: bool = True):
         self.teacher = teacher
@@ -146,7 +195,12 @@ class BatchInfer:
         images, wanted = gather(parts, names)
         if self.check_finite:
             require_finite(images)
-        result, _ = self.teacher.forward(images, wanted)
+        top = {key: reductions.top_k(reductions.parse_key(key)[1]) for key in wanted}
+        top = {key: k for key, k in top.items() if k is not None}
+        keys = list(dict.fromkeys(reductions.LOGITS if key in top else key for key in wanted))
+        result, _ = self.teacher.forward(images, keys)
+        for key, k in top.items():
+            result[key] = pack_top_k(result[reductions.LOGITS], k)
         answers = split(result, [p.shape[0] for p in parts], names)
         return [{n: t.numpy() for n, t in answer.items()} for answer in answers]
 
@@ -164,9 +218,9 @@ def start_triton(teacher: TeacherModel, opts: TritonOptions):
         raise ValueError(f"--input-dtype must be one of {sorted(INPUT_DTYPES)}, got {opts.input_dtype!r}")
     if opts.instances < 1 or opts.max_batch < 1 or opts.queue_delay_us < 0:
         raise ValueError("--instances and --max-batch must be at least 1, --queue-delay-us at least 0")
-    shapes = output_shapes(teacher)
-    outputs = list(shapes)
-    max_batch = triton_max_batch(teacher, opts.max_batch, opts.input_dtype)
+    shapes, compact, served = output_shapes(teacher), top_k_outputs(teacher), top_k_served(teacher.num_classes)
+    outputs = [*shapes, *compact]
+    max_batch = triton_max_batch(teacher, opts.max_batch, opts.input_dtype, served)
     # One TeacherModel per instance: forwards with feature hooks must not share a module at once.
     instances = [teacher] + [dataclasses.replace(teacher, model=copy.deepcopy(teacher.model))
                              for _ in range(opts.instances - 1)]
@@ -182,12 +236,13 @@ def start_triton(teacher: TeacherModel, opts: TritonOptions):
         model_version=MODEL_VERSION,
         infer_func=[BatchInfer(t, outputs, opts.check_finite) for t in instances],
         inputs=[Tensor(name=INPUT_NAME, dtype=INPUT_DTYPES[opts.input_dtype], shape=teacher.input_shape)],
-        outputs=[Tensor(name=n, dtype=np.float32, shape=s) for n, s in shapes.items()],
+        outputs=[*(Tensor(name=n, dtype=np.float32, shape=s) for n, s in shapes.items()),
+                 *(Tensor(name=n, dtype=np.uint8, shape=s) for n, s in compact.items())],
         config=ModelConfig(max_batch_size=max_batch,
                            batcher=DynamicBatcher(max_queue_delay_microseconds=opts.queue_delay_us)),
         strict=False,
     )
-    _publish_parameters(triton, opts.model_name, teacher_parameters(teacher))
+    _publish_parameters(triton, opts.model_name, teacher_parameters(teacher, served))
     try:
         triton.run()
     except BaseException as e:

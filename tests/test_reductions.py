@@ -1,5 +1,7 @@
 """Server-side reductions (``common.reductions``): the functions against hand computation, and the
 same reductions asked of the real gRPC server (keys ``NAME.REDUCTION``) against the in-process model."""
+import re
+
 import grpc
 import pytest
 import torch
@@ -207,14 +209,14 @@ def test_describe_publishes_every_output_shape_and_the_reductions(grpc_teacher, 
     described = {o.name: tuple(o.shape) for o in d.outputs}
     real, _ = random_teacher.forward(_images(2), list(FULL))  # a real forward, not the cached probe
     assert described == {name: tuple(t.shape[1:]) for name, t in real.items()} == FULL
-    assert list(d.reductions) == ["none", "attention", "pool"]
+    assert list(d.reductions) == ["none", "attention", "pool", "topK"]
     assert list(d.feature_names) == [n for n in FULL if n != "logits"]  # old field, unchanged
     # the limit covers a reply holding every key at the max batch, float32
     every_key = sum(torch.Size(s).numel() for s in offered_keys(FULL).values()) * 4 * 64
     assert d.max_message_bytes >= every_key
     with connect(url) as client:
         info = client.describe()
-    assert info.output_shapes == FULL and info.reductions == ["none", "attention", "pool"]
+    assert info.output_shapes == FULL and info.reductions == ["none", "attention", "pool", "topK"]
 
 
 def test_the_server_answers_a_request_for_every_key_at_max_batch(grpc_teacher, random_teacher):
@@ -251,11 +253,15 @@ def test_client_info_of_a_local_teacher(tmp_path):
                                     num_classes=10, input_shape=(1, 28, 28)), path)
     with connect(f"local:{path}") as client:
         info = client.describe()
-        got = client.infer(torch.randn(2, 1, 28, 28), outputs=["stage2.attention"])
+        x = torch.randn(2, 1, 28, 28)
+        got = client.infer(x, outputs=["stage2.attention", "logits", "logits.top3"])
     assert info.output_shapes == {"logits": (10,), "stem": (16, 28, 28), "stage1": (16, 28, 28),
                                   "stage2": (32, 14, 14), "stage3": (64, 7, 7), "pool": (64,)}
-    assert info.reductions == ["none", "attention", "pool"]
+    assert info.reductions == ["none", "attention", "pool", "topK"]
     assert got["stage2.attention"].shape == (2, 14, 14)
+    top = got["logits.top3"]    # a top-k answer in process: the same dense rebuild the wire gives
+    assert torch.equal(top, reductions.reduce("top3", got["logits"]))
+    assert torch.equal(top.topk(3).indices, got["logits"].topk(3).indices)
 
 
 @pytest.mark.parametrize("outputs,fragments", [
@@ -282,3 +288,43 @@ def test_bad_keys_get_invalid_argument_and_the_server_keeps_serving(grpc_teacher
     want, _ = random_teacher.forward(_images(2), ["stage3.attention"])
     assert torch.allclose(codec.decode(ok.outputs["stage3.attention"]), want["stage3.attention"], atol=1e-5)
     assert servicer.counters.snapshot()["failed_requests"] == failed + 1
+
+
+def test_top_k_answers_travel_compact_and_decode_to_the_dense_rebuild(grpc_teacher, random_teacher):
+    """``logits.topK`` over the real server: 4K + 2 bytes a row on the wire (TOPK), decoded to the same
+    dense logits the in-process reduction gives; a bad K or a top-k of a feature is INVALID_ARGUMENT."""
+    url, _ = grpc_teacher
+    x = _images(8, seed=5)
+    dense, _ = random_teacher.forward(x, ["logits"])
+    stub_target = url.removeprefix("grpc://")
+    with grpc.insecure_channel(stub_target) as channel:
+        stub = pb_grpc.TeacherStub(channel)
+        request = pb.InferRequest(images=codec.encode(x, "float32"), outputs=["logits.top3", "stage3.pool"])
+        reply = stub.Infer(request)
+        t = reply.outputs["logits.top3"]
+        assert t.dtype == pb.TOPK and t.topk == 3 and list(t.shape) == [8, 10] and len(t.data) == 8 * (4 * 3 + 2)
+        assert torch.equal(codec.decode(t), reductions.reduce("top3", dense["logits"]))
+        assert reply.outputs["stage3.pool"].dtype == pb.FLOAT32          # features stay dense
+        for bad, says in [("logits.top11", "more than the teacher's 10 classes"),
+                          ("stage3.pool.top2", "unknown reduction"), ("pool.top2", "logits only"),
+                          ("logits.top0", "unknown reduction")]:
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Infer(pb.InferRequest(images=codec.encode(x, "float32"), outputs=[bad]))
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and says in e.value.details(), bad
+        assert stub.Infer(request).outputs["logits.top3"].data == t.data           # still serving
+    with connect(url) as client:
+        got = client.infer(x, outputs=["logits", "logits.top10", "logits.top1"])   # (float16 images)
+    assert torch.equal(got["logits.top10"], got["logits"].half().float())      # K = C: the logits in float16
+    assert torch.equal(got["logits.top1"].argmax(1), got["logits"].argmax(1))
+
+
+def test_a_damaged_top_k_reply_is_a_codec_error():
+    x = torch.randn(3, 10)
+    good = codec.encode_output("logits.top2", x)
+    assert torch.equal(codec.decode(good), reductions.reduce("top2", x))
+    bad_index = pb.Tensor(dtype=pb.TOPK, shape=[3, 10], topk=2, data=b"\x0b\x00" + good.data[2:])
+    short = pb.Tensor(dtype=pb.TOPK, shape=[3, 10], topk=2, data=good.data[:-1])
+    wrong_k = pb.Tensor(dtype=pb.TOPK, shape=[3, 10], topk=11, data=good.data)
+    for msg, says in [(bad_index, "outside [0, 10)"), (short, "bytes"), (wrong_k, "k=11")]:
+        with pytest.raises(codec.CodecError, match=re.escape(says)):
+            codec.decode(msg)

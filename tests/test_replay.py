@@ -184,3 +184,34 @@ def test_select_replays_exactly_the_stored_view_and_answer(tmp_path):
     assert torch.equal(q.known["logits"], want)
     fresh = torch.tensor([i for i, a in enumerate(ask) if a])
     assert torch.equal(q.images[fresh], stored.render(recipes)[fresh])   # the drawn views, unchanged
+
+
+def test_top_k_answers_are_stored_compact_and_verify_store_checks_them(grpc_teacher, tmp_path, capsys):
+    """--answer-topk 3: the store keeps 4K + 24-byte entries, never shared with dense answers; --verify-store
+    re-asks a seeded share of the replayed views, counted apart on both ends, and trains as without it."""
+    url, servicer = grpc_teacher
+    store = tmp_path / "answers"
+    first = train(_flags(url, tmp_path / "a", store, "--seed", 0, "--answer-topk", 3))
+    assert first["teacher_images"] == first["server_images_delta"] == 96
+    written = first["answer_store"]
+    assert written["written"] == 97 and written["bytes_written"] < 97 * 36 + 1000   # 36-byte views (+ the record)
+
+    checked = train(_flags(url, tmp_path / "b", store, "--seed", 1, "--answer-topk", 3, "--verify-store", 0.5))
+    assert checked["teacher_images"] == 0 and checked["answer_store"]["written"] == 0
+    assert 40 < checked["verify_images"] == checked["server_verify_images_delta"] == checked["server_images_delta"] < 150
+    found = checked["verify_store"]["keys"]["logits.top3"]
+    assert found["images"] == checked["verify_images"] and found["k"] == 3
+    assert found["mean_abs_diff"] < 1e-3 and found["topk_differ"] == 0 and not checked["verify_store"]["warned"]
+    plain = train(_flags(url, tmp_path / "c", store, "--seed", 1, "--answer-topk", 3))
+    assert plain["verify_images"] == 0 and plain["verify_store"] is None
+    assert all(torch.equal(a, b) for a, b in zip(_weights(tmp_path / "b").values(),
+                                                 _weights(tmp_path / "c").values()))   # checks change nothing
+
+    dense = train(_flags(url, tmp_path / "d", store, "--seed", 1))            # dense answers: none of the compact
+    assert dense["teacher_images"] == 96
+    for flags, says in [(("--answer-topk", 11), "more than the teacher's 10 classes"),
+                        (("--answer-topk", -1), "give K >= 1"), (("--verify-store", 1.5), "0 to 1")]:
+        with pytest.raises(SystemExit):
+            train(_flags(url, tmp_path / "e", store, *flags))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err

@@ -98,7 +98,8 @@ def test_server_reports_model_version_readiness_and_liveness(triton_server):
     assert [(i.name, i.datatype, list(i.shape)) for i in meta.inputs] == [("images", "FP16", [-1, 3, 32, 32])]
     assert [o.name for o in meta.outputs] == [
         "logits", "logits.pool", "stem", "stem.attention", "stem.pool", "stage1", "stage1.attention", "stage1.pool",
-        "stage2", "stage2.attention", "stage2.pool", "stage3", "stage3.attention", "stage3.pool", "pool", "pool.pool"]
+        "stage2", "stage2.attention", "stage2.pool", "stage3", "stage3.attention", "stage3.pool", "pool", "pool.pool",
+        "logits.top1", "logits.top2", "logits.top3", "logits.top5", "logits.top10"]
     assert {o.name: list(o.shape) for o in meta.outputs}["stage2.attention"] == [-1, 16, 16]
     config = client.get_model_config("teacher", as_json=True)["config"]
     assert config["max_batch_size"] == MAX_BATCH

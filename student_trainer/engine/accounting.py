@@ -105,4 +105,4 @@ def summed_server(stats: ServerStats | None) -> ServerStats | None:
     return ServerStats(images=total("images"), requests=total("requests"), bytes_in=total("bytes_in"),
                        bytes_out=total("bytes_out"), forward_seconds=total("forward_seconds"), per_client=True,
                        source=f"{every[0].source}, summed over the client ids of {len(every)} processes",
-                       replicas=replicas)
+                       replicas=replicas, verify_images=total("verify_images"))

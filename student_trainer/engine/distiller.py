@@ -47,7 +47,8 @@ class StepOutput:
 
 class Distiller(nn.Module):
     def __init__(self, student: nn.Module, teacher, policy: QueryPolicy, loss: DistillLoss, *,
-                 ce_weight: float, timer: PhaseTimer = NULL_TIMER, serial: bool = False):
+                 ce_weight: float, timer: PhaseTimer = NULL_TIMER, serial: bool = False,
+                 asked: dict[str, str] | None = None):
         super().__init__()
         self.loss = loss
         self.teacher, self.policy = teacher, policy  # the teacher's client and the query policy
@@ -55,7 +56,9 @@ class Distiller(nn.Module):
         # training forward runs through (the student, or DDP around it).
         self._models = {"student": student, "forward": student}
         self.ce_weight, self.timer, self.serial = ce_weight, timer, serial
-        self.keys = [o.key for o in loss.teacher_outputs()]
+        # each key the loss reads -> the key asked of the teacher (``logits.top10`` for ``logits``: top-k answers)
+        self.asked = asked or {o.key: o.key for o in loss.teacher_outputs()}
+        self.keys = list(self.asked.values())
         self.features = loss.student_features()
 
     def train_through(self, wrapper: nn.Module) -> None:
@@ -82,7 +85,14 @@ class Distiller(nn.Module):
             q = self.policy.select(self.student, images, labels, indices, self.timer, views=views)
         else:
             q = self.policy.select(self.student, images, labels, indices, self.timer, views=drawn, rendered=views)
-        return SentStep(q, images.shape[0], self._ask(q))
+        return SentStep(q, images.shape[0], self._ask(q), self._recheck(q))
+
+    def _recheck(self, q: Query):
+        """Ask the teacher again about the rows whose stored answers the policy checks (``--verify-store``)."""
+        if not self.keys or not q.verify_rows:
+            return None
+        with self.timer.phase("teacher"):
+            return self.teacher.submit(q.verify_images(), self.keys, views=q.verify_views(), verify=True)
 
     def _ask(self, q: Query):
         if not self.keys:
@@ -111,7 +121,9 @@ class Distiller(nn.Module):
             logits = self._models["forward"](q.images)
         with self.timer.phase("teacher"):
             answers = self.policy.complete(q, step.wait())
-            answers = {k: v.to(logits.device) for k, v in answers.items()}
+            if step.recheck is not None:
+                self.policy.check(q, step.recheck.result())
+            answers = {read: answers[asked].to(logits.device) for read, asked in self.asked.items()}
         with self.timer.phase("student"):
             l_ce = mixed_ce(logits, q.labels_a, q.labels_b, q.mix)
             terms = self.loss(DistillBatch(logits, answers, dict(feats), q.labels_a, q.labels_b, q.mix, q.indices,
@@ -186,10 +198,11 @@ def build_distiller(method: Method, student: nn.Module, teacher, *, input_shape,
     t_shapes = offered_keys(info.output_shapes, info.reductions or [NONE]) if info else {}
     shapes = ModelShapes(student_shapes(student, input_shape, device), t_shapes, num_classes, dataset_size)
     loss = method.build_loss(shapes)
+    asked = method.answer_keys(loss, info.num_classes if info else num_classes)
     context = PolicyContext(stored=stored, store=store, teacher_sha256=info.weights_sha256 if info else None,
-                            keys=tuple(o.key for o in loss.teacher_outputs()))
+                            keys=tuple(asked.values()), classes=info.num_classes if info else num_classes)
     policy = method.build_policy(dataset_size, context)
     distiller = Distiller(student, teacher, policy, loss, ce_weight=method.ce_weight_for(loss),
-                          timer=timer, serial=serial).to(device)
+                          timer=timer, serial=serial, asked=asked).to(device)
     distiller.flops_per_image = loss_flops_per_image(distiller.loss, shapes, device)
     return distiller

@@ -115,7 +115,7 @@ def finish(run: Run, state: RunState, server_end) -> dict:
                             server_start=server_start, server_end=server_end, flops=run.flops, cost=cost,
                             kd_cost=kd_cost, wall_seconds=state.wall(), time_split=run.timer.as_dict(),
                             k=run.distiller.images_per_batch * run.dist.world_size,
-                            processes=run.dist.world_size, store=run.store)
+                            processes=run.dist.world_size, store=run.store, policy=run.distiller.policy.report())
     if run.dist.is_main:
         (run.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(format_summary(summary))

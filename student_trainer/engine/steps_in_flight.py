@@ -34,6 +34,9 @@ class SentStep:
     query: Query
     batch_images: int                 # images drawn from the data set for this step (N)
     answer: Future | None = None      # None: the loss asks the teacher nothing
+    # the teacher's fresh answers for the rows whose stored answer is checked (--verify-store); not saved with
+    # the step: a resumed run does not check the steps it had in flight
+    recheck: Future | None = None
 
     def wait(self) -> dict[str, torch.Tensor]:
         return self.answer.result() if self.answer is not None else {}

@@ -31,9 +31,10 @@ def _stats_source(start, end) -> str | None:
 
 def build_summary(*, config, spec, work, top1, best_top1, epochs, teacher, server_start, server_end,
                   flops, cost, kd_cost, wall_seconds, time_split=None, k=0, client=None, processes=1,
-                  store=None) -> dict:
+                  store=None, policy=None) -> dict:
     """``client``: the teacher client's counters as a dict (summed over the ranks), default the teacher's own;
-    ``store``: the answer store's counters (this process's)."""
+    ``store``: the answer store's counters (this process's); ``policy``: the policy's own report (this
+    process's: ``--verify-store``'s check)."""
     c = client if client is not None else (teacher.counters.as_dict() if teacher else None)
     info = teacher.describe() if teacher else None
     s = {
@@ -66,6 +67,10 @@ def build_summary(*, config, spec, work, top1, best_top1, epochs, teacher, serve
         "bytes_received": c["bytes_received"] if c else 0,
         "teacher_wait_seconds": c["wait_seconds"] if c else 0.0,
         "server_images_delta": _delta(server_start, server_end, "images"),
+        # --verify-store: images re-asked to check a stored answer (of teacher_requests' images, not of
+        # teacher_images, which are the images trained on), by this client and by the server's count
+        "verify_images": c.get("verify_images", 0) if c else 0,
+        "server_verify_images_delta": _delta(server_start, server_end, "verify_images"),
         "server_requests_delta": _delta(server_start, server_end, "requests"),
         "server_bytes_in_delta": _delta(server_start, server_end, "bytes_in"),
         "server_bytes_out_delta": _delta(server_start, server_end, "bytes_out"),
@@ -84,6 +89,8 @@ def build_summary(*, config, spec, work, top1, best_top1, epochs, teacher, serve
         "time_split": {k: round(v, 3) for k, v in (time_split or {}).items()},
         # --replay-store: views read back (hits), slots found empty or damaged (misses), entries written.
         "answer_store": None if store is None else {"url": store.url, **store.counters.as_dict()},
+        # --verify-store: stored answers against the teacher's fresh ones (mean |difference|, top-k share differing)
+        "verify_store": policy,
     }
     return s
 

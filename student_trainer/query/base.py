@@ -33,6 +33,7 @@ class Query:
     ask: torch.Tensor | None = None  # rows the teacher is asked about (None: every row)
     known: dict[str, torch.Tensor] = field(default_factory=dict)  # remembered answers for the other rows
     views: Views | None = None   # each row's recipe (None: the data set's views are not recipes)
+    verify: torch.Tensor | None = None  # rows answered from a store whose answer the teacher is asked again, to check
 
     @property
     def teacher_rows(self) -> int:
@@ -45,6 +46,16 @@ class Query:
         if self.views is None or self.ask is None:
             return self.views
         return self.views.take(self.ask.cpu().nonzero().flatten())
+
+    @property
+    def verify_rows(self) -> int:
+        return 0 if self.verify is None else int(self.verify.sum())
+
+    def verify_images(self) -> torch.Tensor:
+        return self.images[self.verify]
+
+    def verify_views(self) -> Views | None:
+        return None if self.views is None else self.views.take(self.verify.cpu().nonzero().flatten())
 
 
 def unmixed(images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, keep: torch.Tensor | None = None,
@@ -64,6 +75,7 @@ class PolicyContext:
     store: object | None = None           # common.answer_store.AnswerStore: the run's --replay-store
     teacher_sha256: str | None = None     # the teacher whose answers are stored
     keys: tuple[str, ...] = ()            # the outputs stored with each view
+    classes: int = 0                      # the teacher's classes (a top-k answer's dense length)
 
 
 @dataclass(frozen=True)
@@ -156,6 +168,14 @@ class QueryPolicy:
     def complete(self, query: Query, answer: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The answers for every row of ``query`` from what the teacher sent back (here: all of them)."""
         return answer
+
+    def check(self, query: Query, fresh: dict[str, torch.Tensor]) -> None:
+        """The teacher's fresh answers for ``query.verify``'s rows, to check the stored ones against (a policy
+        that marks rows to verify implements it)."""
+
+    def report(self) -> dict | None:
+        """What the policy found that the run's summary should hold (``--verify-store``'s check); None: nothing."""
+        return None
 
     def loader_lookahead(self):
         """A picklable callable the loader processes run on each batch's drawn recipe rows (N x 13, the whole

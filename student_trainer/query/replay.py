@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import uuid
+import secrets
 
 from dataclasses import dataclass
 
@@ -17,6 +17,7 @@ from common.views import Views, render_views
 from student_trainer.engine.timing import NULL_TIMER
 from student_trainer.config import setting
 from student_trainer.query.base import PolicyConfig, QueryPolicy, unmixed
+from student_trainer.query.store_check import StoreCheck
 from student_trainer.query.stored_views import ViewShelf, recipe_of, views_of
 
 log = logging.getLogger("student_trainer")
@@ -26,11 +27,19 @@ log = logging.getLogger("student_trainer")
 class ReplayConfig(PolicyConfig):
     views: int = setting(1, "replay: views stored per image (the teacher sees each image V times in all)",
                          flag="--views", metavar="V")
+    verify_store: float = setting(0.0, "replay: ask the teacher again about this fraction of the replayed views "
+                                  "(a seeded choice) and compare its answers with the stored ones: mean absolute "
+                                  "difference and the share of top-k classes that differ, in the summary; a store "
+                                  "written by another teacher, or views that no longer render the same, show "
+                                  "there. Training uses the stored answers all the same", flag="--verify-store",
+                                  metavar="F")
 
     def __post_init__(self):
         super().__post_init__()
         if self.views < 1:
             raise ValueError(f"--views must be at least 1, got {self.views}")
+        if not 0.0 <= self.verify_store <= 1.0:
+            raise ValueError(f"--verify-store is a fraction of the replayed views, 0 to 1; got {self.verify_store}")
 
 
 class Replay(QueryPolicy):
@@ -57,9 +66,11 @@ class Replay(QueryPolicy):
                              "views are recipes")
         self.stored, self.v = context.stored, self.config.views
         self.shelf = ViewShelf(context.store, teacher_sha256=context.teacher_sha256,
-                               data_fingerprint=context.stored.fingerprint, keys=list(context.keys), views=self.v)
-        self.run_id = uuid.uuid4().hex[:16]   # who wrote an entry; restored on resume
+                               data_fingerprint=context.stored.fingerprint, keys=list(context.keys), views=self.v,
+                               classes=context.classes)
+        self.run_id = secrets.randbits(32)     # who wrote an entry (32 bits: a compact entry's field); restored on resume
         self.completes = 0                     # steps answered so far; an entry records the one it was stored in
+        self.verified = StoreCheck()           # --verify-store's comparisons so far
 
     @property
     def teacher_images_per_batch(self) -> int:
@@ -69,6 +80,8 @@ class Replay(QueryPolicy):
         """With no teacher to ask: refuse, before training, a run whose views are not all stored."""
         if not stored_only:
             return
+        if self.config.verify_store > 0:
+            raise ValueError("--verify-store re-asks the teacher about stored views: give --teacher-url")
         samples = (self.stored.origin.tolist() if self.stored.origin is not None
                    else list(range(dataset_size)))
         short = 0
@@ -128,6 +141,10 @@ class Replay(QueryPolicy):
                     self.stored, self.stored.to_rows(again)).to(images.device, images.dtype)
         q = unmixed(images, labels, indices, views=views_of(rows), ask=ask.to(images.device),
                     known={k: torch.stack(v).float() for k, v in known.items() if v})
+        if self.config.verify_store > 0:
+            verify = torch.zeros(len(samples), dtype=torch.bool)
+            verify[[i for i in replayed if verify_choice(drawn[i]) < self.config.verify_store]] = True
+            q.verify = verify.to(images.device) if bool(verify.any()) else None
         q.parts = {"teacher_fraction": q.teacher_rows / max(len(samples), 1),
                    "replayed_fraction": len(replayed) / max(len(samples), 1)}
         return q
@@ -149,6 +166,14 @@ class Replay(QueryPolicy):
         self.completes += 1
         return out
 
+    def check(self, query, fresh) -> None:
+        """Compare the teacher's fresh answers for ``query.verify``'s rows with the stored ones it trains on."""
+        rows = query.verify.cpu()
+        at = torch.cumsum(~query.ask.cpu(), 0)[rows] - 1          # those rows' places in ``known``
+        for key in self.shelf.keys:
+            self.verified.add(key, query.known[key].cpu()[at].float(), fresh[key].cpu().float())
+        self.verified.warn_once()
+
     def _store(self, query, answer) -> None:
         """Each asked view into its image's first free slot (none taken twice, a view never stored twice)."""
         rows = query.views.as_array()[query.ask.cpu().numpy()].tolist()
@@ -166,11 +191,17 @@ class Replay(QueryPolicy):
             self.shelf.write(keep, free, entries)
 
     def state_dict(self):
-        return {**super().state_dict(), "run_id": self.run_id, "completes": self.completes}
+        return {**super().state_dict(), "run_id": self.run_id, "completes": self.completes,
+                "verified": self.verified.state_dict()}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
         self.run_id, self.completes = state["run_id"], state["completes"]
+        self.verified.load_state_dict(state.get("verified", {}))
+
+    def report(self) -> dict | None:
+        """What ``--verify-store`` found, for the summary (None without it)."""
+        return self.verified.report(self.config.verify_store) if self.config.verify_store > 0 else None
 
 
 def replay_choice(drawn_row: list[int]) -> float:
@@ -178,6 +209,14 @@ def replay_choice(drawn_row: list[int]) -> float:
     drawn for the visit (itself one of seed, epoch and sample), so a loader process and the policy pick the
     same one, and a resumed run the same as the uninterrupted one."""
     digest = hashlib.blake2b(np.asarray(drawn_row, dtype="<i8").tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2.0 ** 64
+
+
+def verify_choice(drawn_row: list[int]) -> float:
+    """Whether a replayed visit is checked (``< --verify-store``): a number in [0, 1), a pure function of the
+    view drawn for it (apart from ``replay_choice``), so a resumed run checks the same visits."""
+    digest = hashlib.blake2b(np.asarray(drawn_row, dtype="<i8").tobytes(), digest_size=8,
+                             person=b"verify-store").digest()
     return int.from_bytes(digest, "little") / 2.0 ** 64
 
 

@@ -13,20 +13,31 @@ import struct
 
 import torch
 
+from common import reductions
 from common.answer_store import AnswerStore, namespace
 from common.answer_store.codec import Entry
+from common.topk import TopK, from_tensors, to_tensors
 from common.views import Views
 
 _SLOT = struct.Struct("<qI")
 
 
 class ViewShelf:
-    """The stored views of every image, for one teacher, data set and set of outputs."""
+    """The stored views of every image, for one teacher, data set and set of outputs.
+
+    A top-k key's answer (``logits.top10``: dense logits rebuilt from the top K) is stored as its compact
+    form, K indices, K values and the rest (``common.topk``; 64 bytes an entry at K = 10 with its view), and
+    read back as the same dense tensor; ``classes`` (the teacher's) says how long that tensor is."""
 
     def __init__(self, store: AnswerStore, *, teacher_sha256: str, data_fingerprint: str, keys: list[str],
-                 views: int):
+                 views: int, classes: int = 0):
         self.store, self.keys, self.views = store, sorted(keys), views
-        self.names = {"teacher_sha256": teacher_sha256, "data_fingerprint": data_fingerprint, "keys": self.keys}
+        self.top = {key: k for key in self.keys if (k := reductions.top_k(reductions.parse_key(key)[1]))}
+        if self.top and classes < 1:
+            raise ValueError(f"a shelf of top-k answers ({', '.join(self.top)}) needs the teacher's class count")
+        self.classes = classes
+        self.names = {"teacher_sha256": teacher_sha256, "data_fingerprint": data_fingerprint, "keys": self.keys,
+                      "classes": classes}
         self.prefix = namespace("replayed-views", teacher_sha256, data_fingerprint, ",".join(self.keys))
 
     def _key(self, sample: int, slot: int) -> bytes:
@@ -44,13 +55,34 @@ class ViewShelf:
         recipe = entry.header.get("recipe")
         if not (isinstance(recipe, list) and len(recipe) == Views.COLUMNS and all(isinstance(v, int) for v in recipe)):
             return None
+        if self.top:
+            tensors = dict(entry.tensors)
+            for key, k in self.top.items():
+                name = reductions.parse_key(key)[0]
+                answer = from_tensors(name, tensors, self.classes)
+                if answer is None or answer.k != k:
+                    return None
+                tensors = {t: v for t, v in tensors.items() if not t.startswith(f"{name}.topk.")}
+                tensors[key] = answer.dense()[0]
+            entry = Entry(entry.header, tensors)
         if any(k not in entry.tensors for k in self.keys):
             return None
         return entry
 
+    def _packed(self, entry: Entry) -> Entry:
+        """The entry as stored: each top-k key's dense answer as its compact tensors."""
+        if not self.top:
+            return entry
+        tensors = dict(entry.tensors)
+        for key, k in self.top.items():
+            dense = tensors.pop(key)
+            tensors.update(to_tensors(reductions.parse_key(key)[0], TopK.from_logits(dense.reshape(1, -1), k)))
+        return Entry(entry.header, tensors)
+
     def write(self, samples: list[int], free: list[list[int]], entries: list[Entry]) -> int:
         """Put each entry in its sample's first free slot that is still free (another run may have taken it
         meanwhile); returns how many were stored. A sample with no free slot left stores nothing."""
+        packed = [self._packed(e) for e in entries]
         left = list(range(len(samples)))
         tried = [0] * len(samples)
         stored = 0
@@ -58,7 +90,7 @@ class ViewShelf:
             batch = [(i, free[i][tried[i]]) for i in left if tried[i] < len(free[i])]
             if not batch:
                 break
-            done = self.store.write([(self._key(samples[i], slot), entries[i]) for i, slot in batch])
+            done = self.store.write([(self._key(samples[i], slot), packed[i]) for i, slot in batch])
             stored += sum(done)
             left = []
             for (i, _), ok in zip(batch, done):

@@ -59,7 +59,7 @@ class TeacherClient(ABC):
     def describe(self) -> TeacherInfo: ...
 
     @abstractmethod
-    def submit(self, images: torch.Tensor, outputs=(LOGITS,), views=None) -> Future:
+    def submit(self, images: torch.Tensor, outputs=(LOGITS,), views=None, verify: bool = False) -> Future:
         """Ask the teacher about ``images``; returns at once a future of {output: float32 CPU tensor}.
 
         The future ends in the outputs, or in the error that stopped them
@@ -69,6 +69,8 @@ class TeacherClient(ABC):
         may run on a worker thread: they must not block there on another answer.
         ``views``: the rows as recipes (``common.views.Views``), sent instead of
         the pixels where ``takes_recipes``; such a client refuses a batch without them.
+        ``verify``: the images re-ask about answers a store holds, to check them (``--verify-store``),
+        counted apart (``counters.verify_images``, and the server's own where it can).
         """
 
     def infer(self, images: torch.Tensor, outputs=(LOGITS,)) -> dict[str, torch.Tensor]:

@@ -141,15 +141,16 @@ class GrpcTeacherClient(RemoteTeacherClient):
         return ServedManifest(lambda start, count: (lambda r: (r.range_digest, r.files))(ask(start, count)),
                               lambda index: (lambda r: (r.path, r.size, r.digest))(ask(index, 0)))
 
-    def _infer(self, images: torch.Tensor, outputs: list[str]):
+    def _infer(self, images: torch.Tensor, outputs: list[str], verify: bool = False):
         return self._send(pb.InferRequest(images=codec.encode(images, self.wire_code), outputs=outputs,
-                                          request_id=uuid.uuid4().hex, output_dtype=pb.FLOAT32), outputs)
+                                          request_id=uuid.uuid4().hex, output_dtype=pb.FLOAT32, verify=verify),
+                          outputs)
 
-    def _infer_views(self, views: Views, outputs: list[str]):
+    def _infer_views(self, views: Views, outputs: list[str], verify: bool = False):
         """The rows as 104-byte recipes, rendered by the server in the wire dtype the pixels would have had."""
         recipes = pb.ViewRecipes(rows=views.as_array().astype("<i8").tobytes(), render_dtype=self.wire_code)
         return self._send(pb.InferRequest(views=recipes, outputs=outputs, request_id=uuid.uuid4().hex,
-                                          output_dtype=pb.FLOAT32), outputs)
+                                          output_dtype=pb.FLOAT32, verify=verify), outputs)
 
     def _send(self, request: pb.InferRequest, outputs: list[str]):
         response = self._call("Infer", request)  # a retry resends this very request (same request_id)
@@ -177,7 +178,8 @@ class GrpcTeacherClient(RemoteTeacherClient):
                             self.url)
         self._last_stats = (now, s.uptime_seconds)
         return ServerStats(images=s.images, requests=s.requests, bytes_in=s.bytes_in, bytes_out=s.bytes_out,
-                           forward_seconds=s.forward_seconds, source=source, per_client=per_client), restart
+                           forward_seconds=s.forward_seconds, source=source, per_client=per_client,
+                           verify_images=s.verify_images), restart
 
     def _replica_stats(self) -> ServerStats:
         return summed_stats(self.replicas, self._replica_stats_call)

@@ -21,12 +21,12 @@ from student_trainer.teachers.types import TeacherFuture
 class InProcessTeacher(TeacherClient):
     """A model run here. A kind implements ``from_url``, ``describe``, ``_infer`` and ``server_stats``."""
 
-    def submit(self, images: torch.Tensor, outputs=(LOGITS,), views=None) -> Future:
+    def submit(self, images: torch.Tensor, outputs=(LOGITS,), views=None, verify: bool = False) -> Future:
         """The answer at once (or its error), in a done future; ``views`` are not needed, the pixels are here."""
         future = TeacherFuture(lambda: self.counters)
         try:
             result, sent, received = self._infer(images.detach(), list(outputs))
-            self.counters.add_answer(images.shape[0], sent, received)
+            self.counters.add_answer(images.shape[0], sent, received, verify)
             future.set_result(result)
         except Exception as e:  # the future carries it, as a remote kind's does
             future.set_exception(e)

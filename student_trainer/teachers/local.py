@@ -13,7 +13,7 @@ from urllib.parse import parse_qs
 
 import torch
 
-from common.reductions import REDUCTIONS
+from common.reductions import served
 from student_trainer.teachers.in_process import InProcessTeacher
 from student_trainer.teachers.types import ServerStats, TeacherInfo
 
@@ -75,7 +75,7 @@ class LocalTeacher(InProcessTeacher):
         t = self.teacher
         self.info = TeacherInfo(t.name, t.arch, t.input_shape, t.num_classes, t.feature_names,
                                 t.flops_per_image, max_batch_size=1 << 30, output_shapes=dict(t.output_shapes),
-                                reductions=list(REDUCTIONS), dataset=t.dataset,
+                                reductions=served(), dataset=t.dataset,
                                 weights_sha256=t.weights_sha256)
 
     def describe(self) -> TeacherInfo:

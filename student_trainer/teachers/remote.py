@@ -30,7 +30,7 @@ import time
 from abc import abstractmethod
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Callable, NamedTuple, TypeVar
 from urllib.parse import SplitResult
 
@@ -210,28 +210,33 @@ class RemoteTeacherClient(TeacherClient):
     def _describe(self) -> TeacherInfo: ...
 
     # --- asking -------------------------------------------------------------
-    def submit(self, images: torch.Tensor, outputs=(LOGITS,), views=None) -> Future:
+    def submit(self, images: torch.Tensor, outputs=(LOGITS,), views=None, verify: bool = False) -> Future:
         """Chunks within the server's max batch and message limit, up to ``max_in_flight`` on the wire at once."""
         if self.takes_recipes:
             check_recipes(images, views)
         info = self.describe()
         per_image = Views.COLUMNS * 8 if self.takes_recipes else math.prod(info.input_shape) * self.wire_itemsize
         size = chunk_rows(info, list(outputs), per_image, REPLY_ITEMSIZE)
-        return ask_in_chunks(self._executor(), self._ask, images, list(outputs), size,
+        return ask_in_chunks(self._executor(), partial(self._ask, verify=verify), images, list(outputs), size,
                              TeacherFuture(lambda: self.counters), views=views if self.takes_recipes else None,
                              dropped=lambda: TeacherUnavailable(f"the client of the teacher at {self.url} was "
                                                                 "closed before the answer came"))
 
-    def _ask(self, chunk: torch.Tensor, outputs: list[str], views: Views | None) -> dict[str, torch.Tensor]:
-        result, sent, received = self._infer(chunk, outputs) if views is None else self._infer_views(views, outputs)
-        self.counters.add_answer(chunk.shape[0], sent, received)  # once, when the answer is here
+    def _ask(self, chunk: torch.Tensor, outputs: list[str], views: Views | None,
+             verify: bool = False) -> dict[str, torch.Tensor]:
+        result, sent, received = (self._infer(chunk, outputs, verify) if views is None
+                                  else self._infer_views(views, outputs, verify))
+        self.counters.add_answer(chunk.shape[0], sent, received, verify)  # once, when the answer is here
         return result
 
     @abstractmethod
-    def _infer(self, images: torch.Tensor, outputs: list[str]) -> tuple[dict[str, torch.Tensor], int, int]:
-        """(outputs, bytes sent, bytes received) for one chunk within the max batch; on a worker thread."""
+    def _infer(self, images: torch.Tensor, outputs: list[str],
+               verify: bool = False) -> tuple[dict[str, torch.Tensor], int, int]:
+        """(outputs, bytes sent, bytes received) for one chunk within the max batch; on a worker thread.
+        ``verify``: the chunk re-asks about stored answers, to check them (a server that can counts it apart)."""
 
-    def _infer_views(self, views: Views, outputs: list[str]) -> tuple[dict[str, torch.Tensor], int, int]:
+    def _infer_views(self, views: Views, outputs: list[str],
+                     verify: bool = False) -> tuple[dict[str, torch.Tensor], int, int]:
         """``_infer`` for a chunk sent as its view recipes; a kind that ``takes_recipes`` implements it."""
         raise NotImplementedError(f"{type(self).__name__} sends pixels only")
 

@@ -74,7 +74,7 @@ class StoredTeacher(TeacherClient):
     def describe(self) -> TeacherInfo:
         return self.info
 
-    def submit(self, images: torch.Tensor, outputs=(LOGITS,), views=None) -> Future:
+    def submit(self, images: torch.Tensor, outputs=(LOGITS,), views=None, verify: bool = False) -> Future:
         """A future that fails: there is no teacher to ask about views the store does not hold."""
         future = TeacherFuture(lambda: self.counters)
         future.set_exception(RuntimeError(f"no teacher to ask about {images.shape[0]} views missing from "

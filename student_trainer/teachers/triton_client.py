@@ -5,7 +5,10 @@ Control calls (health, model config and metadata, statistics) go through
 ``ModelInferRequest`` from tritonclient's protobufs and sends it on a stub of
 tritonclient's gRPC service, so the images travel as one raw binary buffer and
 the bytes counted are exactly the serialized request and reply (the same
-measure as ``grpc://``); replies are decoded with ``tritonclient.grpc.InferResult``.
+measure as ``grpc://``); replies are decoded with ``tritonclient.grpc.InferResult``,
+a top-k answer (``logits.top10``, UINT8 [4K + 2] a row) rebuilt to the dense
+logits as ``grpc://`` gives it (``triton_config.unpack_top_k``); the model
+serves a fixed list of K, and another K is a ValueError.
 The model's config says what the teacher is (``triton_config``); the server's
 count comes from Triton's statistics or its metrics (``triton_counts``).
 Neither answering does not stop training (``try_server_stats``).
@@ -31,9 +34,10 @@ import grpc
 import numpy as np
 import torch
 
+from common.reductions import LOGITS
 from student_trainer.teachers.errors import TeacherUnavailable, one_line
 from student_trainer.teachers.remote import RETRYABLE, Failure, RemoteTeacherClient, has_host_and_port
-from student_trainer.teachers.triton_config import WIRE, ModelConfig
+from student_trainer.teachers.triton_config import WIRE, ModelConfig, unpack_top_k
 from student_trainer.teachers.triton_counts import NoSeries, TritonCounts
 from student_trainer.teachers.types import ServerStats, TeacherInfo
 
@@ -146,10 +150,17 @@ class TritonTeacherClient(RemoteTeacherClient):
     def _describe(self) -> TeacherInfo:
         return self.model_config.info()
 
-    def _infer(self, images: torch.Tensor, outputs: list[str]):
+    def submit(self, images: torch.Tensor, outputs=(LOGITS,), views=None, verify: bool = False):
+        """``RemoteTeacherClient.submit``; a top-k K the model does not serve is a ValueError here, at once."""
+        self.model_config.check_top_k(list(outputs))
+        return super().submit(images, outputs, views, verify)
+
+    def _infer(self, images: torch.Tensor, outputs: list[str], verify: bool = False):
+        """(Triton's request has no field for ``verify``: this client counts such images apart, the server cannot.)"""
         from tritonclient.grpc import InferResult, service_pb2
 
         config = self.model_config
+        config.check_top_k(outputs)
         unknown = [o for o in outputs if o not in config.outputs]
         if unknown:
             raise ValueError(f"Triton model {self.model!r} has no output(s) {unknown}; it has {list(config.outputs)}")
@@ -165,7 +176,10 @@ class TritonTeacherClient(RemoteTeacherClient):
         response = self._retrying("ModelInfer", lambda: self.stub.ModelInfer(request, timeout=self.timeout))
         result = InferResult(response)
         # as_numpy views the reply's buffer (read-only); the copy to float32 owns its memory.
-        tensors = {o: torch.from_numpy(np.array(result.as_numpy(config.outputs[o]), dtype=np.float32))
+        classes = config.output_dims[LOGITS][-1] if LOGITS in config.output_dims else None
+        tensors = {o: unpack_top_k(result.as_numpy(config.outputs[o]), config.top_k[o], classes)
+                   if o in config.top_k else
+                   torch.from_numpy(np.array(result.as_numpy(config.outputs[o]), dtype=np.float32))
                    for o in outputs}
         return tensors, request.ByteSize(), response.ByteSize()
 

@@ -67,12 +67,14 @@ class ClientCounters:
     bytes_sent: int = 0
     bytes_received: int = 0
     wait_seconds: float = 0.0
+    verify_images: int = 0      # of ``images``: re-asks checking a stored answer (--verify-store)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
-    def add_answer(self, images: int, sent: int, received: int) -> None:
+    def add_answer(self, images: int, sent: int, received: int, verify: bool = False) -> None:
         with self._lock:
             self.requests += 1
             self.images += images
+            self.verify_images += images if verify else 0
             self.bytes_sent += sent
             self.bytes_received += received
 
@@ -83,7 +85,8 @@ class ClientCounters:
     def as_dict(self) -> dict:
         with self._lock:
             return {"requests": self.requests, "images": self.images, "bytes_sent": self.bytes_sent,
-                    "bytes_received": self.bytes_received, "wait_seconds": self.wait_seconds}
+                    "bytes_received": self.bytes_received, "wait_seconds": self.wait_seconds,
+                    "verify_images": self.verify_images}
 
 
 @dataclass
@@ -99,6 +102,7 @@ class ServerStats:
     forward_seconds: float | None = 0.0
     source: str = ""
     per_client: bool = False       # True: the counts of this client's id alone (our gRPC server)
+    verify_images: int | None = None  # of ``images``, re-asks checking a stored answer (None: not counted apart)
     # Teacher replicas (grpc://h1:p1,h2:p2): each one's counts ({"images", "requests", "bytes_in",
     # "bytes_out"}, or None where it could not be read), which the totals above add up.
     replicas: dict[str, dict | None] | None = None
