@@ -6,10 +6,10 @@ Replay's promise is that once every view is stored, a KD step costs what a CE st
 not asked, the stored answer is read instead, and the stored view is rendered in the loader processes. First
 one run of ``--query replay --loss kd --views 1`` against a small random teacher on a server on this machine
 stores a view of every image (one epoch); the server is then stopped. Each round then runs, with the same
-flags and data: ``--method ce`` for 2 epochs, and the replay run again for 2 epochs on that store with
-``--teacher-id`` (no teacher at all: the second student of a sweep). The figure is the ratio of the second
-epochs' seconds (the first epoch of each warms the page cache and the allocator). Also printed: the stored
-bytes per view.
+flags and data, in alternating order: ``--method ce`` for 2 epochs, and the replay run again for 2 epochs
+on that store with ``--teacher-id`` (no teacher at all: the second student of a sweep). The figure is the
+ratio of the second epochs' seconds, paired by round (the first epoch of each warms the page cache and the
+allocator). Also printed: the stored bytes per view.
 """
 from __future__ import annotations
 
@@ -92,8 +92,11 @@ def main(argv=None) -> None:
         per_view.append(store_bytes(store) / fill[0]["teacher_images"])
         teacher_id = json.loads((work / "fill" / "summary.json").read_text())["teacher_id"]
         for r in range(args.rounds):
-            ce = run([*data, "--method", "ce"], work / f"ce{r}")
-            replay = run([*replay_flags, "--teacher-id", teacher_id], work / f"replay{r}")
+            arms = {"ce": lambda: run([*data, "--method", "ce"], work / f"ce{r}"),
+                    "replay": lambda: run([*replay_flags, "--teacher-id", teacher_id], work / f"replay{r}")}
+            order = ["ce", "replay"] if r % 2 == 0 else ["replay", "ce"]   # neither arm always runs first
+            done = {name: arms[name]() for name in order}
+            ce, replay = done["ce"], done["replay"]
             assert replay[-1]["teacher_images"] == 0, replay[-1]  # every view replayed
             seconds["ce"].append(ce[1]["epoch_seconds"])
             seconds["replay"].append(replay[1]["epoch_seconds"])
@@ -102,6 +105,8 @@ def main(argv=None) -> None:
     ce, replay = statistics.median(seconds["ce"]), statistics.median(seconds["replay"])
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs; {' '.join(sys.argv)}")
     print(f"epoch-2 seconds by round: CE {seconds['ce']}, replay {seconds['replay']}")
+    ratios = [b / a for a, b in zip(seconds["ce"], seconds["replay"])]
+    print(f"replay / CE by round (paired): {[round(x, 3) for x in ratios]}; median {statistics.median(ratios):.2f}")
     print("| arm | epoch-2 seconds (median) | per step | ratio to CE |\n|---|---|---|---|")
     steps = args.train_size // args.batch_size
     print(f"| CE | {ce:.2f} | {ce / steps * 1e3:.0f} ms | 1.00 |")

@@ -12,7 +12,7 @@ Cold is measured twice: with the page cache as it is (the files were just writte
 memory: the hash's own speed), and after asking the kernel to drop each file's pages
 (posix_fadvise DONTNEED, after a sync): reads from this machine's disk (or the hypervisor's cache
 under it; a VM's "disk" may be faster or slower than the real one). Warm: a restart with every file
-unchanged: listing, one stat a file, and the cache's JSON read back.
+unchanged: listing, one stat a file, and the binary cache read back.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ uint8 training split of that shape in memory, padded and flipped as CIFAR's is (
 rendered, not just looked up). Clients are the trainer's own (``connect(url, send=...)``), each on
 its own channel, sending batches of k UNIX-style rows (a view mixed with a partner) back to back and
 waiting for the logits: the pixels as the trainer renders them (float16 on the wire), or the rows'
-72-byte recipes, which the server renders. Pixels and recipes take turns in short slices
+104-byte recipes, which the server renders. Pixels and recipes take turns in short slices
 (``--rounds``), so other load falls on both alike. Bytes per image are the client's counters (the
 serialized requests); the server's seconds per image (rendering, and the forward for scale) come
 from its Stats. Prints a markdown table.

@@ -215,3 +215,53 @@ def test_top_k_answers_are_stored_compact_and_verify_store_checks_them(grpc_teac
             train(_flags(url, tmp_path / "e", store, *flags))
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0], err
+
+
+def test_the_loaders_lookahead_renders_the_replayed_views_so_select_renders_none(tmp_path):
+    """The loader's lookahead (pickled, as it crosses into a worker) picks the stored view the policy will replay;
+    images rendered from its rows pass through select untouched; without it, select renders the replayed
+    views itself, to the same bits."""
+    import contextlib
+    import pickle
+
+    from common.answer_store import open_store
+    from common.answer_store.codec import Entry
+    from common.views import StoredImages, Views, render_views
+    from student_trainer.query import PolicyContext, ReplayConfig, build_policy
+    from student_trainer.query.stored_views import ViewShelf, views_of
+
+    class Phases:
+        def __init__(self):
+            self.entered = []
+
+        def phase(self, name):
+            self.entered.append(name)
+            return contextlib.nullcontext()
+
+    g = torch.Generator().manual_seed(1)
+    whole = StoredImages(torch.randint(0, 256, (30, 3, 8, 8), dtype=torch.uint8, generator=g),
+                         torch.arange(30) % 10, 2, True, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    with open_store(str(tmp_path / "s")) as store:
+        shelf = ViewShelf(store, teacher_sha256="t", data_fingerprint=whole.fingerprint, keys=["logits"], views=2)
+        for sample in range(0, 12):                          # samples 0..11 have both views stored
+            rows = whole.to_split(Views(whole.draw(7, sample, torch.tensor([sample, sample])))).as_array()
+            rows[1, 1] = (rows[0, 1] + 3) % 5 - 2
+            shelf.write([sample, sample], [[0], [1]], [Entry({"recipe": r.tolist()}, {"logits": torch.randn(10)})
+                                                      for r in rows])
+        policy = build_policy("replay", ReplayConfig(batch_size=8, seed=0, views=2), 30,
+                              PolicyContext(whole, store, "t", ("logits",)))
+        lookahead = pickle.loads(pickle.dumps(policy.loader_lookahead()))
+        local = torch.tensor([0, 3, 5, 11, 12, 20, 7, 29])
+        drawn = whole.to_split(Views(whole.draw(0, 2, local)))
+        guessed = views_of(lookahead(drawn.as_array()).tolist())
+        changed = [i for i in range(8) if guessed.as_array()[i].tolist() != drawn.as_array()[i].tolist()]
+        assert set(changed) <= {0, 1, 2, 3, 6} and changed           # only images with V views stored
+        images = render_views(whole, guessed)
+        timer = Phases()
+        q = policy.select(None, images, whole.labels[local], local, timer=timer, views=drawn, rendered=guessed)
+        assert "data" not in timer.entered and q.images.data_ptr() == images.data_ptr()   # nothing rendered again
+        assert q.views.as_array().tolist() == guessed.as_array().tolist()
+        assert q.ask.tolist() == [False, False, False, False, True, True, False, True]
+        timer = Phases()                                     # a loader without the lookahead: the policy renders
+        plain = policy.select(None, render_views(whole, drawn), whole.labels[local], local, timer=timer, views=drawn)
+        assert "data" in timer.entered and torch.equal(plain.images, q.images)
