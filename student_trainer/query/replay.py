@@ -68,7 +68,7 @@ class Replay(QueryPolicy):
         self.shelf = ViewShelf(context.store, teacher_sha256=context.teacher_sha256,
                                data_fingerprint=context.stored.fingerprint, keys=list(context.keys), views=self.v,
                                classes=context.classes)
-        self.run_id = secrets.randbits(32)     # who wrote an entry (32 bits: a compact entry's field); restored on resume
+        self.run_id = secrets.randbits(32)     # who wrote an entry (32 bits, a compact entry's); restored on resume
         self.completes = 0                     # steps answered so far; an entry records the one it was stored in
         self.verified = StoreCheck()           # --verify-store's comparisons so far
 
@@ -101,8 +101,7 @@ class Replay(QueryPolicy):
                                           and entry.header.get("step", -1) >= self.completes)
 
     def loader_lookahead(self) -> "StoredViewLookahead":
-        """The loader renders each image's stored view in place of a fresh one where the store already holds
-        V of them, so a replayed step decodes each image once, in a loader process."""
+        """Loader processes render the stored views a step will replay: each image decoded once, there."""
         return StoredViewLookahead(self.shelf.store.url, self.shelf.names, self.v)
 
     def select(self, student, images, labels, indices, timer=NULL_TIMER, views=None, rendered=None):
@@ -141,10 +140,7 @@ class Replay(QueryPolicy):
                     self.stored, self.stored.to_rows(again)).to(images.device, images.dtype)
         q = unmixed(images, labels, indices, views=views_of(rows), ask=ask.to(images.device),
                     known={k: torch.stack(v).float() for k, v in known.items() if v})
-        if self.config.verify_store > 0:
-            verify = torch.zeros(len(samples), dtype=torch.bool)
-            verify[[i for i in replayed if verify_choice(drawn[i]) < self.config.verify_store]] = True
-            q.verify = verify.to(images.device) if bool(verify.any()) else None
+        q.verify = self.verified.rows(drawn, replayed, self.config.verify_store, images.device)
         q.parts = {"teacher_fraction": q.teacher_rows / max(len(samples), 1),
                    "replayed_fraction": len(replayed) / max(len(samples), 1)}
         return q
@@ -166,13 +162,8 @@ class Replay(QueryPolicy):
         self.completes += 1
         return out
 
-    def check(self, query, fresh) -> None:
-        """Compare the teacher's fresh answers for ``query.verify``'s rows with the stored ones it trains on."""
-        rows = query.verify.cpu()
-        at = torch.cumsum(~query.ask.cpu(), 0)[rows] - 1          # those rows' places in ``known``
-        for key in self.shelf.keys:
-            self.verified.add(key, query.known[key].cpu()[at].float(), fresh[key].cpu().float())
-        self.verified.warn_once()
+    def check(self, query, fresh) -> None:  # --verify-store
+        self.verified.compare(query, fresh, self.shelf.keys)
 
     def _store(self, query, answer) -> None:
         """Each asked view into its image's first free slot (none taken twice, a view never stored twice)."""
@@ -200,8 +191,7 @@ class Replay(QueryPolicy):
         self.verified.load_state_dict(state.get("verified", {}))
 
     def report(self) -> dict | None:
-        """What ``--verify-store`` found, for the summary (None without it)."""
-        return self.verified.report(self.config.verify_store) if self.config.verify_store > 0 else None
+        return self.verified.report(self.config.verify_store)   # --verify-store's findings (None without it)
 
 
 def replay_choice(drawn_row: list[int]) -> float:
@@ -209,14 +199,6 @@ def replay_choice(drawn_row: list[int]) -> float:
     drawn for the visit (itself one of seed, epoch and sample), so a loader process and the policy pick the
     same one, and a resumed run the same as the uninterrupted one."""
     digest = hashlib.blake2b(np.asarray(drawn_row, dtype="<i8").tobytes(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") / 2.0 ** 64
-
-
-def verify_choice(drawn_row: list[int]) -> float:
-    """Whether a replayed visit is checked (``< --verify-store``): a number in [0, 1), a pure function of the
-    view drawn for it (apart from ``replay_choice``), so a resumed run checks the same visits."""
-    digest = hashlib.blake2b(np.asarray(drawn_row, dtype="<i8").tobytes(), digest_size=8,
-                             person=b"verify-store").digest()
     return int.from_bytes(digest, "little") / 2.0 ** 64
 
 

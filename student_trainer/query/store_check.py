@@ -9,8 +9,10 @@ sound store is the forward's own noise: another batch composition, float16 on th
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 
+import numpy as np
 import torch
 
 from common import reductions
@@ -22,12 +24,38 @@ MEAN_ABS_LIMIT = 1e-2      # above this mean absolute difference, or ...
 TOPK_DIFFER_LIMIT = 0.01   # ... this share of differing top-k classes, the run warns (once)
 
 
+def verify_choice(drawn_row: list[int]) -> float:
+    """Whether a replayed visit is checked (``< --verify-store``): a number in [0, 1), a pure function of the
+    view drawn for it (apart from the replay's own choice), so a resumed run checks the same visits."""
+    digest = hashlib.blake2b(np.asarray(drawn_row, dtype="<i8").tobytes(), digest_size=8,
+                             person=b"verify-store").digest()
+    return int.from_bytes(digest, "little") / 2.0 ** 64
+
+
 class StoreCheck:
-    """Running sums of the comparisons, per output key."""
+    """Which replayed rows to check, and running sums of the comparisons, per output key."""
 
     def __init__(self):
         self.sums: dict[str, dict[str, float]] = {}
         self.warned = False
+
+    @staticmethod
+    def rows(drawn: list[list[int]], replayed: list[int], fraction: float, device) -> torch.Tensor | None:
+        """The step's rows to check (a bool mask over ``drawn``): the replayed ones ``verify_choice`` picks;
+        None where there are none."""
+        if fraction <= 0:
+            return None
+        mask = torch.zeros(len(drawn), dtype=torch.bool)
+        mask[[i for i in replayed if verify_choice(drawn[i]) < fraction]] = True
+        return mask.to(device) if bool(mask.any()) else None
+
+    def compare(self, query, fresh: dict[str, torch.Tensor], keys: list[str]) -> None:
+        """The teacher's fresh answers for ``query.verify``'s rows against the stored ones (``query.known``,
+        which holds the rows not asked, in order)."""
+        at = torch.cumsum(~query.ask.cpu(), 0)[query.verify.cpu()] - 1    # those rows' places in ``known``
+        for key in keys:
+            self.add(key, query.known[key].cpu()[at].float(), fresh[key].cpu().float())
+        self.warn_once()
 
     def add(self, key: str, stored: torch.Tensor, fresh: torch.Tensor) -> None:
         """One batch of ``n`` images' answers for ``key``, stored and fresh (float32, same shape)."""
@@ -65,7 +93,10 @@ class StoreCheck:
                             100 * (f["topk_differ"] or 0.0), f["k"], f["images"])
                 return
 
-    def report(self, fraction: float) -> dict:
+    def report(self, fraction: float) -> dict | None:
+        """For the summary: the fraction checked, whether the run warned, each key's figures (None: no check)."""
+        if fraction <= 0:
+            return None
         return {"fraction": fraction, "warned": self.warned, "keys": {key: self.figures(key) for key in self.sums}}
 
     def state_dict(self) -> dict:
