@@ -203,6 +203,45 @@ def to_tensors(key: str, t: TopK) -> dict[str, torch.Tensor]:
             f"{key}.topk.rest": t.rest.clone()}
 
 
+def from_many(key: str, many: list[dict], classes: int) -> tuple[TopK | None, list[bool]]:
+    """``from_tensors`` for many entries at once, checked and rebuilt as one batch (a replayed step reads one
+    entry an image): the answers of the entries that hold a well-formed one, in order, and which those are."""
+    k, rows, ok = None, [], [False] * len(many)
+    for n, tensors in enumerate(many):
+        parts = [tensors.get(f"{key}.topk.{part}") if isinstance(tensors, dict) else None
+                 for part in ("indices", "values", "rest")]
+        if not all(isinstance(t, torch.Tensor) and t.layout == torch.strided and t.device.type == "cpu"
+                   for t in parts):
+            continue
+        i, v, r = parts
+        if ((i.dtype, v.dtype, r.dtype) != (torch.int16, torch.float16, torch.float16) or i.dim() != 1
+                or v.shape != i.shape or tuple(r.shape) != (1,) or i.shape[0] != (k or i.shape[0])):
+            continue
+        k = i.shape[0]
+        rows.append((n, i, v, r))
+    if not rows or type(classes) is not int or not 1 <= classes <= MAX_CLASSES or not 1 <= k <= classes:
+        return None, [False] * len(many)
+    indices = torch.stack([i for _, i, _, _ in rows])
+    values = torch.stack([v for _, _, v, _ in rows])
+    rest = torch.cat([r for _, _, _, r in rows])
+    good = _rows_ok(indices.numpy(), values.numpy(), rest.numpy(), classes)
+    keep = torch.from_numpy(good)
+    for (n, *_), g in zip(rows, good.tolist()):
+        ok[n] = g
+    if not bool(keep.any()):
+        return None, ok
+    return TopK(indices[keep], values[keep], rest[keep], classes), ok
+
+
+def _rows_ok(indices: np.ndarray, values: np.ndarray, rest: np.ndarray, classes: int) -> np.ndarray:
+    """Per row: every index in [0, classes) and none repeated, every value and the rest finite."""
+    good = ((indices >= 0) & (indices < classes)).all(axis=1) & np.isfinite(values).all(axis=1) & np.isfinite(rest)
+    if indices.shape[1] > 1:
+        ordered = np.sort(indices, axis=1)
+        good &= ~(ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
+    return good
+
+
 def from_tensors(key: str, tensors: dict, classes: int) -> TopK | None:
     """``to_tensors``' inverse for an answer over ``classes`` classes; None when the tensors are missing or
     malformed (dtypes, shapes, index range, repeated index, non-finite values). Never raises."""

@@ -351,3 +351,19 @@ def test_decode_refuses_damaged_compact_entries_never_with_another_error():
                     assert isinstance(decode(data), Entry)
                 except DamagedEntry as e:
                     one_line(e)
+
+
+def test_from_many_checks_and_rebuilds_a_read_at_once():
+    """A replayed step's entries are rebuilt as one batch; a malformed one is dropped, never raised."""
+    from common.topk import from_many
+
+    x = torch.randn(5, 10, generator=torch.Generator().manual_seed(3))
+    many = [to_tensors("logits", TopK.from_logits(x[i:i + 1], 3)) for i in range(5)]
+    many[1] = dict(many[1], **{"logits.topk.indices": torch.tensor([0, 1, 10], dtype=torch.int16)})  # out of range
+    many[2] = {"logits.topk.values": many[2]["logits.topk.values"]}                                     # parts missing
+    many[3] = dict(many[3], **{"logits.topk.rest": torch.tensor([float("nan")], dtype=torch.float16)})
+    answers, ok = from_many("logits", many, 10)
+    assert ok == [True, False, False, False, True]
+    assert torch.equal(answers.dense(), TopK.from_logits(x[[0, 4]], 3).dense())
+    assert from_many("logits", [many[1]], 10) == (None, [False])
+    assert from_many("logits", [many[0]], 2)[1] == [False]                      # K = 3 > 2 classes

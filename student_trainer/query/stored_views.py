@@ -16,7 +16,7 @@ import torch
 from common import reductions
 from common.answer_store import AnswerStore, namespace
 from common.answer_store.codec import Entry
-from common.topk import TopK, from_tensors, to_tensors
+from common.topk import TopK, from_many, to_tensors
 from common.views import Views
 
 _SLOT = struct.Struct("<qI")
@@ -45,8 +45,11 @@ class ViewShelf:
 
     def read(self, samples: list[int]) -> list[list[Entry | None]]:
         """Each sample's V slots (None: empty, or damaged and counted so by the store)."""
-        entries = self.store.read([self._key(s, j) for s in samples for j in range(self.views)])
-        return [[self._usable(e) for e in entries[i * self.views:(i + 1) * self.views]] for i in range(len(samples))]
+        entries = [self._usable(e) for e in self.store.read([self._key(s, j) for s in samples
+                                                             for j in range(self.views)])]
+        if self.top:
+            entries = self._rebuilt(entries)
+        return [entries[i * self.views:(i + 1) * self.views] for i in range(len(samples))]
 
     def _usable(self, entry: Entry | None) -> Entry | None:
         """An entry that holds a recipe and every output this shelf stores, else None (as a miss)."""
@@ -55,19 +58,31 @@ class ViewShelf:
         recipe = entry.header.get("recipe")
         if not (isinstance(recipe, list) and len(recipe) == Views.COLUMNS and all(isinstance(v, int) for v in recipe)):
             return None
-        if self.top:
-            tensors = dict(entry.tensors)
-            for key, k in self.top.items():
-                name = reductions.parse_key(key)[0]
-                answer = from_tensors(name, tensors, self.classes)
-                if answer is None or answer.k != k:
-                    return None
-                tensors = {t: v for t, v in tensors.items() if not t.startswith(f"{name}.topk.")}
-                tensors[key] = answer.dense()[0]
-            entry = Entry(entry.header, tensors)
-        if any(k not in entry.tensors for k in self.keys):
+        if any(k not in entry.tensors for k in self.keys if k not in self.top):
             return None
         return entry
+
+    def _rebuilt(self, entries: list[Entry | None]) -> list[Entry | None]:
+        """Each entry with its top-k answers rebuilt to dense tensors, all of a read at once (None: an entry
+        without a well-formed answer of this shelf's K, read as a miss)."""
+        out = list(entries)
+        for key, k in self.top.items():
+            name = reductions.parse_key(key)[0]
+            present = [n for n, e in enumerate(out) if e is not None]
+            answers, ok = from_many(name, [out[n].tensors for n in present], self.classes)
+            if answers is None or answers.k != k:
+                ok = [False] * len(present)
+            dense = answers.dense() if answers is not None else None
+            row = 0
+            for n, good in zip(present, ok):
+                if not good:
+                    out[n] = None
+                    continue
+                tensors = {t: v for t, v in out[n].tensors.items() if not t.startswith(f"{name}.topk.")}
+                tensors[key] = dense[row]
+                row += 1
+                out[n] = Entry(out[n].header, tensors)
+        return out
 
     def _packed(self, entry: Entry) -> Entry:
         """The entry as stored: each top-k key's dense answer as its compact tensors."""
