@@ -85,6 +85,17 @@ def list_datasets() -> list[str]:
 SETTINGS = ("image_shape", "num_classes", "image_size", "mean", "std")
 """Options that only some data sets take; given to one that does not, they are refused, not ignored."""
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+PUBLISHED_NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+}
+"""(mean, std) of the data sets whose normalisation is fixed, by name: what their images are normalised with
+here, and so what a teacher trained on one of them expects (``student_trainer.library.TeacherModule``)."""
+
 
 def build_dataset(name: str, root: str | None = None, *, train_size: int | None = None,
                   test_size: int | None = None, image_shape: tuple[int, int, int] | None = None,
@@ -178,14 +189,12 @@ def _cifar(name: str, cls, num_classes: int, mean, std, root, augment, download)
 
 @register("cifar10")
 def cifar10(root, *, augment, download) -> DataSpec:
-    return _cifar("cifar10", _CIFAR10, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-                  root, augment, download)
+    return _cifar("cifar10", _CIFAR10, 10, *PUBLISHED_NORMALISATION["cifar10"], root, augment, download)
 
 
 @register("cifar100")
 def cifar100(root, *, augment, download) -> DataSpec:
-    return _cifar("cifar100", _CIFAR100, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
-                  root, augment, download)
+    return _cifar("cifar100", _CIFAR100, 100, *PUBLISHED_NORMALISATION["cifar100"], root, augment, download)
 
 
 # --- Fashion-MNIST ---------------------------------------------------------
@@ -253,7 +262,7 @@ def _fashion_mnist_root(root: str | None, download: bool) -> str:
 
 @register("fashion-mnist")
 def fashion_mnist(root, *, augment, download) -> DataSpec:
-    mean, std = (0.2860,), (0.3530,)
+    mean, std = PUBLISHED_NORMALISATION["fashion-mnist"]
     base = _fashion_mnist_root(root, download)
     train_tf, test_tf = _transforms(augment, [transforms.RandomCrop(28, padding=2)], mean, std)
     train = datasets.FashionMNIST(base, train=True, transform=train_tf, download=download)
@@ -263,8 +272,6 @@ def fashion_mnist(root, *, augment, download) -> DataSpec:
 
 
 # --- image folders: ImageNet's tree, or any in its layout (common.image_folders) -----------------
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _image_folders(name: str, root, *, augment: bool, image_size: int, mean, std, seed: int = 0) -> DataSpec:
