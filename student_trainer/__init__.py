@@ -10,15 +10,25 @@ For a training loop of one's own (the public surface):
     ``counters`` and ``server_stats()`` to reconcile what was sent with what the server counted;
     ``close()`` or a ``with`` block. See ``student_trainer.library``.
 
+``unix_select(student, images, labels, k, *, b=32, w=10, selection="entropy", generator=None)``
+    UNIX-KD's step on one batch: the student's no-grad uncertainty pass, the batch sorted, each image mixed
+    with a shuffled partner (the more certain, the more mixed), the k most uncertain kept: a ``UnixBatch``
+    (``images``, ``labels_a``, ``labels_b``, ``mix``, ``indices``; ``task_loss(logits)``), selected and
+    mixed by the functions the trainer's ``unix`` policy runs. ``kd_loss`` and ``mixed_ce``: the losses.
+
+``UnixDistillationTask(student, teacher_model, ..., k=)``
+    timm's ``LogitDistillationTask`` (same arguments and return dict, plus ``teacher_images``) on the k
+    selected mixed images of each batch. See docs/library.md.
+
 ``student_trainer.teachers.connect(url, **options)``
     the teacher client underneath (``TeacherClient``: ``describe``, ``submit``, ``infer``, ``server_stats``).
 """
-__all__ = ["TeacherModule"]
+__all__ = ["TeacherModule", "UnixBatch", "UnixDistillationTask", "kd_loss", "mixed_ce", "unix_select"]
 
 
 def __getattr__(name: str):
     # Imported on first use, so that `python -m student_trainer` and the trainer's own modules do not load it.
-    if name == "TeacherModule":
-        from student_trainer.library import TeacherModule
-        return TeacherModule
+    if name in __all__:
+        import student_trainer.library as library
+        return getattr(library, name)
     raise AttributeError(f"module 'student_trainer' has no attribute {name!r}")

@@ -59,6 +59,14 @@ def select_and_mix(images: torch.Tensor, labels: torch.Tensor, scores: torch.Ten
     return MixedBatch(mixed, labels[selected], labels[partners], mix, selected, partners, dropped)
 
 
+def shuffle_and_mix(images: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor, *, k: int, b: float,
+                    w: float, lam: float, generator: torch.Generator | None = None) -> MixedBatch:
+    """``select_and_mix`` with each image's partner from a fresh permutation of the batch, drawn from
+    ``generator`` (a CPU one; None: torch's global one): UNIX-KD's step once the scores are known."""
+    perm = torch.randperm(images.shape[0], generator=generator).to(images.device)
+    return select_and_mix(images, labels, scores, k=k, b=b, w=w, lam=lam, perm=perm)
+
+
 def scaled_for_batch(n: int, batch_size: int, k: int, b: float) -> tuple[int, float]:
     """k and b for a last partial batch of n < batch_size images: scaled to keep k/N and b/N."""
     if n == batch_size:

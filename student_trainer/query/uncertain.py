@@ -11,7 +11,7 @@ from torch import nn
 from student_trainer.engine.timing import NULL_TIMER
 from student_trainer.config import setting
 from student_trainer.query.base import Query, QueryPolicy, SubsetConfig
-from student_trainer.query.mixing import scaled_for_batch, select_and_mix
+from student_trainer.query.mixing import scaled_for_batch, shuffle_and_mix
 from student_trainer.query.uncertainty import UNCERTAINTY, uncertainty
 
 
@@ -52,6 +52,16 @@ def bn_mode(model: nn.Module, mode: str):
 
 
 BN_MODES = ("batch", "train", "eval")
+
+
+def uncertainty_scores(student: nn.Module, images: torch.Tensor, measure: str = "entropy", bn: str = "train",
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """(N,) how unsure ``student`` is of each image (higher: less sure), from one pass without gradients
+    (``torch.inference_mode``), BatchNorm as ``bn`` says (``bn_mode``); ``measure`` names an ``UNCERTAINTY``
+    entry (``random`` draws from ``generator``)."""
+    with torch.inference_mode(), bn_mode(student, bn):
+        probs = F.softmax(student(images).float(), dim=1)
+        return uncertainty(measure, probs, generator)
 
 
 @dataclass(frozen=True)
@@ -100,9 +110,7 @@ class Uncertain(QueryPolicy):
         self.b, self.w = (c.b, c.w) if self.mixes else (0.0, 0.0)  # no mixing: nothing to scale
 
     def scores(self, student: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), bn_mode(student, self.bn):
-            probs = F.softmax(student(images).float(), dim=1)
-            return uncertainty(self.measure, probs, self.gen)
+        return uncertainty_scores(student, images, self.measure, self.bn, self.gen)
 
     def select(self, student, images, labels, indices, timer=NULL_TIMER, views=None):
         n = images.shape[0]
@@ -113,8 +121,7 @@ class Uncertain(QueryPolicy):
             lam = float(self.rng.beta(1.0, 1.0))  # drawn by unix-nomix too: both arms use the same stream
             if not self.mixes:
                 lam = 0.0
-            perm = torch.randperm(n, generator=self.gen).to(images.device)
-            mb = select_and_mix(images, labels, scores, k=k, b=b, w=self.w, lam=lam, perm=perm)
+            mb = shuffle_and_mix(images, labels, scores, k=k, b=b, w=self.w, lam=lam, generator=self.gen)
         parts = {"uncertainty_selected": scores[mb.selected].mean().item()}
         if self.mixes:
             parts["lambda"] = lam
