@@ -20,10 +20,16 @@ For a training loop of one's own (the public surface):
     timm's ``LogitDistillationTask`` (same arguments and return dict, plus ``teacher_images``) on the k
     selected mixed images of each batch. See docs/library.md.
 
+``StoredAnswers(url, *, teacher_id, dataset_id, key="logits", shape=None)``, ``CachedTeacher(teacher, store)``
+    the teacher's answers kept in an answer store (``lmdb:PATH``, ``redis://``) by (sample, view):
+    ``lookup(samples, views)`` (``answers``, ``found``), ``keep(samples, views, answers)`` put-if-absent;
+    ``CachedTeacher(...)(images, samples, views)`` asks the teacher only about the rows the store lacks.
+
 ``student_trainer.teachers.connect(url, **options)``
     the teacher client underneath (``TeacherClient``: ``describe``, ``submit``, ``infer``, ``server_stats``).
 """
-__all__ = ["TeacherModule", "UnixBatch", "UnixDistillationTask", "kd_loss", "mixed_ce", "unix_select"]
+__all__ = ["CachedTeacher", "Lookup", "StoredAnswers", "TeacherModule", "UnixBatch", "UnixDistillationTask", "kd_loss",
+           "mixed_ce", "unix_select"]
 
 
 def __getattr__(name: str):
