@@ -155,3 +155,15 @@ def test_the_examples_run_against_a_served_teacher(grpc_teacher, example, extra)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "step 1: loss" in done.stdout and "the teacher saw 6 images in 2 steps" in done.stdout, done.stdout
     assert servicer.counters.snapshot()["images"] - before == 6
+
+
+def test_a_student_of_another_class_count_is_one_line(grpc_teacher):
+    timm = pytest.importorskip("timm")
+    from student_trainer.library import TeacherModule, UnixDistillationTask
+
+    url, _ = grpc_teacher
+    with TeacherModule(url) as teacher:
+        with pytest.raises(ValueError, match="student has 100 classes and the teacher 10"):
+            UnixDistillationTask(timm.create_model("test_resnet", num_classes=100), teacher_model=teacher, k=4,
+                                 verbose=False)
+

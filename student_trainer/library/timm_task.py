@@ -79,6 +79,7 @@ class UnixDistillationTask(LogitDistillationTask):
                          teacher_pretrained_cfg_overlay=teacher_pretrained_cfg_overlay, loss_type=loss_type,
                          distill_loss_weight=distill_loss_weight, task_loss_weight=task_loss_weight,
                          temperature=temperature, device=device, dtype=dtype, verbose=verbose)
+        _check_classes(student_model, teacher_model)
         self.k, self.b, self.w, self.selection, self.uncertainty_bn = k, float(b), float(w), selection, uncertainty_bn
         self.mix, self.batch_size = mix, batch_size
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
@@ -113,3 +114,13 @@ class UnixDistillationTask(LogitDistillationTask):
     def extra_repr(self) -> str:
         return (f"k={self.k}, b={self.b}, w={self.w}, selection={self.selection!r}, "
                 f"uncertainty_bn={self.uncertainty_bn!r}, mix={self.mix}, temperature={self.temperature}")
+
+
+def _check_classes(student: nn.Module, teacher) -> None:
+    """A student and a teacher of different class counts, in one line (timm's KL would fail on the shapes)."""
+    mine = getattr(unwrap_model(student), "num_classes", None)
+    theirs = getattr(getattr(teacher, "model", teacher), "num_classes", None)
+    if isinstance(mine, int) and isinstance(theirs, int) and mine != theirs:
+        raise ValueError(f"the student has {mine} classes and the teacher {theirs}: build the student with "
+                         f"num_classes={theirs}")
+
