@@ -20,7 +20,7 @@ For a training loop of one's own (the public surface):
     timm's ``LogitDistillationTask`` (same arguments and return dict, plus ``teacher_images``) on the k
     selected mixed images of each batch. See docs/library.md.
 
-``StoredAnswers(url, *, teacher_id, dataset_id, key="logits", shape=None)``, ``CachedTeacher(teacher, store)``
+``AnswerCache(url, *, teacher_id, dataset_id, key="logits", shape=None)``, ``CachedTeacher(teacher, store)``
     the teacher's answers kept in an answer store (``lmdb:PATH``, ``redis://``) by (sample, view):
     ``lookup(samples, views)`` (``answers``, ``found``), ``keep(samples, views, answers)`` put-if-absent;
     ``CachedTeacher(...)(images, samples, views)`` asks the teacher only about the rows the store lacks.
@@ -28,7 +28,7 @@ For a training loop of one's own (the public surface):
 ``student_trainer.teachers.connect(url, **options)``
     the teacher client underneath (``TeacherClient``: ``describe``, ``submit``, ``infer``, ``server_stats``).
 """
-__all__ = ["CachedTeacher", "Lookup", "StoredAnswers", "TeacherModule", "UnixBatch", "UnixDistillationTask", "kd_loss",
+__all__ = ["AnswerCache", "CachedTeacher", "Lookup", "TeacherModule", "UnixBatch", "UnixDistillationTask", "kd_loss",
            "mixed_ce", "unix_select"]
 
 

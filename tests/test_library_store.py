@@ -1,10 +1,10 @@
-"""The answer store for a loop of one's own: StoredAnswers and CachedTeacher against a real server and an LMDB
+"""The answer store for a loop of one's own: AnswerCache and CachedTeacher against a real server and an LMDB
 store, the server counting the images it was asked about."""
 import pytest
 import torch
 
 from common.answer_store import Entry
-from student_trainer import CachedTeacher, StoredAnswers, TeacherModule
+from student_trainer import CachedTeacher, AnswerCache, TeacherModule
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def served(grpc_teacher) -> int:
 
 def test_the_teacher_is_asked_about_each_row_once(grpc_teacher, teacher, images, tmp_path):
     samples, views = torch.arange(100, 108), torch.tensor([0, 1] * 4)
-    with StoredAnswers.for_teacher(f"lmdb:{tmp_path}", teacher, dataset_id="synthetic-train") as store:
+    with AnswerCache.for_teacher(f"lmdb:{tmp_path}", teacher, dataset_id="synthetic-train") as store:
         assert store.teacher_id == teacher.info.weights_sha256 and store.shape == (10,)
         cached = CachedTeacher(teacher, store)
         reference = teacher(images)
@@ -44,16 +44,16 @@ def test_the_teacher_is_asked_about_each_row_once(grpc_teacher, teacher, images,
         assert store.counters.written == 9 and store.counters.hits == 8 + 7
         got = store.lookup(samples, views)
         assert got.found.all() and torch.equal(got.answers, third) and got.missing.numel() == 0
-    with StoredAnswers(str(tmp_path), teacher_id="another teacher", dataset_id="synthetic-train",
+    with AnswerCache(str(tmp_path), teacher_id="another teacher", dataset_id="synthetic-train",
                        shape=(10,)) as other:
         got = other.lookup(samples, views)
         assert not got.found.any() and torch.equal(got.answers, torch.zeros(8, 10))
-    with StoredAnswers(str(tmp_path), teacher_id=teacher.info.weights_sha256, dataset_id="another set") as other:
+    with AnswerCache(str(tmp_path), teacher_id=teacher.info.weights_sha256, dataset_id="another set") as other:
         assert not other.lookup(samples, views).found.any()
 
 
 def test_keep_is_put_if_absent(tmp_path):
-    with StoredAnswers(f"lmdb:{tmp_path}", teacher_id="t", dataset_id="d") as store:
+    with AnswerCache(f"lmdb:{tmp_path}", teacher_id="t", dataset_id="d") as store:
         answers = torch.randn(3, 5)
         assert store.keep([0, 1, 2], [0, 0, 0], answers) == 3
         assert store.shape == (5,)
@@ -71,7 +71,7 @@ def test_keep_is_put_if_absent(tmp_path):
 
 
 def test_damaged_and_foreign_entries_read_as_missing(tmp_path):
-    with StoredAnswers(f"lmdb:{tmp_path}", teacher_id="t", dataset_id="d", shape=(4,)) as store:
+    with AnswerCache(f"lmdb:{tmp_path}", teacher_id="t", dataset_id="d", shape=(4,)) as store:
         keys = store.store_keys([0, 1, 2, 3, 4], [0] * 5)
         store.store.put_many([(keys[0], b"\x00garbage bytes, no entry")])
         store.store.write([
@@ -88,10 +88,10 @@ def test_damaged_and_foreign_entries_read_as_missing(tmp_path):
 
 def test_a_bad_url_or_id_is_one_line(teacher, tmp_path):
     with pytest.raises(ValueError, match="unknown scheme") as e:
-        StoredAnswers("nosuch://x", teacher_id="t", dataset_id="d")
+        AnswerCache("nosuch://x", teacher_id="t", dataset_id="d")
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match="teacher_id must be a non-empty str"):
-        StoredAnswers(str(tmp_path), teacher_id="", dataset_id="d")
-    with StoredAnswers(str(tmp_path), teacher_id="t", dataset_id="d", key="stage3") as store:
+        AnswerCache(str(tmp_path), teacher_id="", dataset_id="d")
+    with AnswerCache(str(tmp_path), teacher_id="t", dataset_id="d", key="stage3") as store:
         with pytest.raises(ValueError, match="keeps 'stage3'"):
             CachedTeacher(teacher, store)

@@ -4,16 +4,16 @@
 distillation tasks take as a teacher. ``unix_select(student, images, labels, k)``: UNIX-KD's selection and
 mixing of one batch (a ``UnixBatch``), with ``kd_loss`` and ``mixed_ce`` the trainer's losses.
 ``UnixDistillationTask``: timm's ``LogitDistillationTask`` on UNIX-KD's batch (imported on first use: timm).
-``StoredAnswers`` and ``CachedTeacher``: the teacher's answers kept in an answer store by (sample, view), so
+``AnswerCache`` and ``CachedTeacher``: the teacher's answers kept in an answer store by (sample, view), so
 a loop asks the teacher about each row once (imported on first use).
 See docs/library.md.
 """
 from student_trainer.library.teacher_module import TeacherModule
 from student_trainer.library.unix import UnixBatch, kd_loss, mixed_ce, unix_select
 
-__all__ = ["CachedTeacher", "Lookup", "StoredAnswers", "TeacherModule", "UnixBatch", "UnixDistillationTask", "kd_loss",
+__all__ = ["AnswerCache", "CachedTeacher", "Lookup", "TeacherModule", "UnixBatch", "UnixDistillationTask", "kd_loss",
            "mixed_ce", "unix_select"]
-_STORED = ("CachedTeacher", "Lookup", "StoredAnswers")
+_STORED = ("AnswerCache", "CachedTeacher", "Lookup")
 
 
 def __getattr__(name: str):

@@ -4,7 +4,7 @@ teacher is asked about once, then read back by later epochs, runs and hosts.
 A loop names each row by ``(sample, view)``: the data set's index of the image and an int of the loop's
 choosing for the view (the epoch modulo V, an id of a crop it keeps itself, FKD-style)::
 
-    store = StoredAnswers.for_teacher("lmdb:/data/answers", teacher, dataset_id="cifar100-train")
+    store = AnswerCache.for_teacher("lmdb:/data/answers", teacher, dataset_id="cifar100-train")
     cached = CachedTeacher(teacher, store)
     for images, labels, samples in loader:
         teacher_logits = cached(images, samples, views=torch.full_like(samples, epoch % 4))
@@ -55,7 +55,7 @@ def _rows(values, what: str) -> torch.Tensor:
     return t.long()
 
 
-class StoredAnswers:
+class AnswerCache:
     """The answers of one teacher (``teacher_id``) about one data set (``dataset_id``) for one output
     (``key``), kept in the store at ``url`` (``lmdb:PATH``, a directory, ``redis://HOST:PORT/DB``).
 
@@ -76,7 +76,7 @@ class StoredAnswers:
 
     @classmethod
     def for_teacher(cls, url: str, teacher: TeacherModule, dataset_id: str, *,
-                    teacher_id: str | None = None) -> StoredAnswers:
+                    teacher_id: str | None = None) -> AnswerCache:
         """The store of ``teacher``'s answers: its weights' sha256 as ``teacher_id`` (give one where the
         teacher does not say), its one output as ``key``, and ``(num_classes,)`` as the shape of logits."""
         teacher_id = teacher_id or teacher.info.weights_sha256
@@ -149,14 +149,14 @@ class StoredAnswers:
     def close(self) -> None:
         self.store.close()
 
-    def __enter__(self) -> StoredAnswers:
+    def __enter__(self) -> AnswerCache:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"StoredAnswers({self.store.url!r}, teacher_id={self.teacher_id!r}, "
+        return (f"AnswerCache({self.store.url!r}, teacher_id={self.teacher_id!r}, "
                 f"dataset_id={self.dataset_id!r}, key={self.key!r})")
 
 
@@ -165,7 +165,7 @@ class CachedTeacher:
     store, sends the missing rows' images in one request, keeps their answers and returns all N answers
     (float32, on the images' device). ``teacher_images``: how many images the last call sent."""
 
-    def __init__(self, teacher: TeacherModule, store: StoredAnswers):
+    def __init__(self, teacher: TeacherModule, store: AnswerCache):
         if list(teacher.outputs) != [store.key]:
             raise ValueError(f"the store keeps {store.key!r}; the teacher module asks for {teacher.outputs}")
         self.teacher, self.store, self.teacher_images = teacher, store, 0
