@@ -53,24 +53,18 @@ def _stop(proc: subprocess.Popen) -> int:
     return -9
 
 
-@pytest.fixture(scope="module")
-def triton_server(tmp_path_factory):
-    """``python -m teacher_server --backend triton`` on free localhost ports, ready to infer."""
-    reason = triton_unavailable()
-    if reason:
-        pytest.skip(reason)
+def start_triton_teacher(tmp: Path, *flags: str):
+    """``python -m teacher_server --backend triton`` (a resnet8, 10 classes, 3x32x32, with ``flags``) on free
+    localhost ports, ready to infer: (the process, its ports, the log file); stop it with ``stop_triton_teacher``."""
     from teacher_server.triton_backend import free_port
 
-    tmp = tmp_path_factory.mktemp("triton")
     ports = {"grpc": free_port(), "http": free_port(), "metrics": free_port()}
     assert len(set(ports.values())) == 3
     log = (tmp / "server.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "teacher_server", "--backend", "triton", "--arch", "resnet8", "--num-classes", "10",
-         "--input-shape", "3,32,32", "--seed", "0", "--max-batch", str(MAX_BATCH), "--instances", "2",
-         "--queue-delay-us", "500", "--port", str(ports["grpc"]), "--http-port", str(ports["http"]),
-         "--metrics-port", str(ports["metrics"]),
-         "--triton-token-file", str(tmp / "token"), "--port-file", str(tmp / "port")],
+         "--input-shape", "3,32,32", "--seed", "0", *flags, "--port", str(ports["grpc"]),
+         "--http-port", str(ports["http"]), "--metrics-port", str(ports["metrics"]), "--port-file", str(tmp / "port")],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while not (tmp / "port").is_file() or not (tmp / "port").read_text().strip():
@@ -78,10 +72,26 @@ def triton_server(tmp_path_factory):
             _stop(proc)
             pytest.fail("Triton teacher did not start:\n" + (tmp / "server.log").read_text()[-3000:])
         time.sleep(0.2)
-    yield {"proc": proc, "ports": ports, "token_file": tmp / "token",
-           "url": f"triton://127.0.0.1:{ports['grpc']}/teacher?metrics_port={ports['metrics']}"}
+    return proc, ports, log
+
+
+def stop_triton_teacher(proc: subprocess.Popen, log, tmp: Path) -> None:
     assert _stop(proc) == 0, (tmp / "server.log").read_text()[-3000:]
     log.close()
+
+
+@pytest.fixture(scope="module")
+def triton_server(tmp_path_factory):
+    """``python -m teacher_server --backend triton`` on free localhost ports, ready to infer."""
+    reason = triton_unavailable()
+    if reason:
+        pytest.skip(reason)
+    tmp = tmp_path_factory.mktemp("triton")
+    proc, ports, log = start_triton_teacher(tmp, "--max-batch", str(MAX_BATCH), "--instances", "2",
+                                            "--queue-delay-us", "500", "--triton-token-file", str(tmp / "token"))
+    yield {"proc": proc, "ports": ports, "token_file": tmp / "token",
+           "url": f"triton://127.0.0.1:{ports['grpc']}/teacher?metrics_port={ports['metrics']}"}
+    stop_triton_teacher(proc, log, tmp)
 
 
 def _images(n, seed=0):

@@ -2,10 +2,6 @@
 and ``common.reductions.reduce`` give, 4K + 2 bytes an image on the wire, the fixed list of K a Triton
 model serves, and a short training run asking for them. One Triton server for the module (resnet8,
 seed 0, 10 classes: the weights of ``random_teacher``), stopped with SIGINT."""
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +14,8 @@ from student_trainer.teachers.triton_config import unpack_top_k
 from teacher_server.triton_backend import (pack_top_k, teacher_parameters, top_k_outputs, top_k_served,
                                            triton_max_batch)
 from tests.conftest import train_args
-from tests.test_triton import _stop, triton_unavailable
+from tests.test_triton import start_triton_teacher, stop_triton_teacher, triton_unavailable
 
-ROOT = Path(__file__).resolve().parents[1]
 SERVED = "1, 2, 3, 5, 10"  # TOP_K_SERVED up to the 10 classes
 
 
@@ -30,27 +25,10 @@ def triton_url(tmp_path_factory):
     reason = triton_unavailable()
     if reason:
         pytest.skip(reason)
-    from teacher_server.triton_backend import free_port
-
     tmp = tmp_path_factory.mktemp("triton_topk")
-    ports = [free_port(), free_port(), free_port()]
-    assert len(set(ports)) == 3
-    log = (tmp / "server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "teacher_server", "--backend", "triton", "--arch", "resnet8", "--num-classes", "10",
-         "--input-shape", "3,32,32", "--seed", "0", "--max-batch", "64", "--instances", "1",
-         "--port", str(ports[0]), "--http-port", str(ports[1]), "--metrics-port", str(ports[2]),
-         "--triton-open-endpoints", "--port-file", str(tmp / "port")],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while not (tmp / "port").is_file() or not (tmp / "port").read_text().strip():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _stop(proc)
-            pytest.fail("Triton teacher did not start:\n" + (tmp / "server.log").read_text()[-3000:])
-        time.sleep(0.2)
-    yield f"triton://127.0.0.1:{ports[0]}/teacher?metrics_port={ports[2]}"
-    assert _stop(proc) == 0, (tmp / "server.log").read_text()[-3000:]
-    log.close()
+    proc, ports, log = start_triton_teacher(tmp, "--max-batch", "64", "--instances", "1", "--triton-open-endpoints")
+    yield f"triton://127.0.0.1:{ports['grpc']}/teacher?metrics_port={ports['metrics']}"
+    stop_triton_teacher(proc, log, tmp)
 
 
 def _images(n, seed=0):
