@@ -62,3 +62,14 @@ def test_every_committed_replay_record_reads_as_replay_store():
     with_store = [flags for flags in saved if "--answer-store" in flags or "--replay-store" in flags]
     assert with_store and all("--replay-store" in current_flags(flags) for flags in with_store)
     assert not any("--answer-store" in current_flags(flags) for flags in saved)
+
+
+def test_a_record_from_another_experiment_in_the_same_regime_is_reused_but_not_another_group_s_store(tmp_path):
+    """A store is scratch under the experiment's ``out``: only its group and seed folder tell runs apart."""
+    made = ["--query", "replay", "--replay-store", "runs/answer-store/stores/replay-v1/seed0", "--seed", "0"]
+    record = _record(tmp_path / "runs" / "replay-v1" / "seed0", made)
+    here = ["--query", "replay", "--replay-store", "runs/fashion-mnist/stores/replay-v1/seed0", "--seed", "0"]
+    assert train_or_reuse(here, tmp_path / "scratch", record, TEACHER, train=False) == {"top1": 12.5}
+    for other in ("runs/fashion-mnist/stores/replay-v1/shared", "runs/fashion-mnist/stores/replay-v2/seed0"):
+        with pytest.raises(NotRecorded):  # a sweep's shared store, or another group's, is another run
+            train_or_reuse([*here[:3], other, *here[4:]], tmp_path / "scratch", record, TEACHER, train=False)

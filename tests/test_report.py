@@ -116,7 +116,9 @@ def test_smoke_experiment_end_to_end(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("config_name, out, results", [("fashion_mnist", "runs/fashion-mnist", "docs"),
-                                                       ("answer_store", "runs/answer-store", "docs/answer-store")])
+                                                       ("answer_store", "runs/answer-store", "docs/answer-store"),
+                                                       ("history/fashion_mnist_3_seeds", "runs/fashion-mnist-3-seeds",
+                                                        "docs/history/3-seeds")])
 def test_the_committed_evidence_is_rebuilt_from_its_committed_records(tmp_path, config_name, out, results):
     """The results.json in docs must follow from the run records in git alone (no training): nothing hidden,
     nothing edited."""

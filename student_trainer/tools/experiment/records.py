@@ -4,7 +4,9 @@ A record keeps what is small enough to commit: ``summary.json``, ``metrics.jsonl
 exact trainer flags, the teacher's checkpoint and sha256, the commit). It is reused only when its flags and
 teacher match exactly, so an experiment continues on another machine from committed records and every
 number can be checked against its run. A trainer flag renamed since a record was written is read under its
-new name (``RENAMED_FLAGS``), so a rename alone retrains nothing.
+new name (``RENAMED_FLAGS``), so a rename alone retrains nothing. A run's answer store is scratch: records
+are compared by its group and seed folder (``GROUP/seedS`` or ``GROUP/shared``), not by the experiment's
+``out`` it lies under, so two experiments in one regime share their runs.
 """
 from __future__ import annotations
 
@@ -29,13 +31,21 @@ def current_flags(flags: list[str] | None) -> list[str] | None:
     return None if flags is None else [RENAMED_FLAGS.get(flag, flag) for flag in flags]
 
 
+def store_by_folder(flags: list[str] | None) -> list[str] | None:
+    """The flags with each ``--replay-store`` path cut to its last two parts (its group and seed folder)."""
+    if flags is None:
+        return None
+    return [Path(value).parent.name + "/" + Path(value).name if i and flags[i - 1] == "--replay-store" else value
+            for i, value in enumerate(flags)]
+
+
 def recorded_summary(record: Path, flags: list[str], teacher: dict | None) -> dict | None:
     """The record's summary when it was made with exactly these flags and teacher; None when there is none."""
     provenance = record / "run.json"
     if not (provenance.is_file() and (record / "summary.json").is_file()):
         return None
     saved = json.loads(provenance.read_text())
-    if current_flags(saved.get("flags")) == flags and saved.get("teacher") == teacher:
+    if store_by_folder(current_flags(saved.get("flags"))) == store_by_folder(flags) and saved.get("teacher") == teacher:
         log.info("reusing %s (same flags and teacher)", record)
         return json.loads((record / "summary.json").read_text())
     log.info("%s was made with other flags or another teacher: not reused", record)
