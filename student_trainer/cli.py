@@ -27,6 +27,16 @@ def _milestones(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"milestones are epochs like 150,180,210, got {text!r}") from None
 
 
+def prefetch_depth(text: str) -> int | None:
+    """``--prefetch``: a number of steps, or ``auto`` (None)."""
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give a number of steps or auto, not {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m student_trainer", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -42,9 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
                         + "; ".join(f"{name}: {cls.about}" for name, cls in LOSSES.items()))
     m.add_argument("--feature-pairs", default=None, metavar="S:T,...",
                    help="student:teacher feature names, e.g. stage2:stage2,stage3:stage3 (default: per loss)")
-    m.add_argument("--prefetch", type=int, default=0, metavar="D",
+    m.add_argument("--prefetch", type=prefetch_depth, default=None, metavar="D",
                    help="choose and send the next D batches while the student trains on this one (UNIX then "
-                        "scores them with weights up to D steps old; see README)")
+                        "scores them with weights up to D steps old). Default auto: as many as hide the teacher "
+                        "where that changes no result (every policy but unix and unix-nomix, whose choice reads the "
+                        "weights: 0 for them); see docs/pipeline.md")
     m.add_argument("--serial-teacher", action="store_true",
                    help="wait for the teacher before the student's forward (no overlap; same result, slower)")
     m.add_argument("--teacher-url", help="grpc://HOST:PORT, grpcs://HOST:PORT, triton://HOST:PORT/MODEL "
@@ -211,7 +223,7 @@ def validate(args, world_size: int = 1) -> Method:
     if (args.mean is None) != (args.std is None):
         raise ValueError("give --mean and --std together (or neither: a folder's are measured)")
     method = method_from_flags(args)
-    if args.prefetch < 0:
+    if args.prefetch is not None and args.prefetch < 0:
         raise ValueError(f"--prefetch must be >= 0, got {args.prefetch}")
     if args.prefetch and args.serial_teacher:
         raise ValueError("--prefetch overlaps the teacher with training; --serial-teacher turns overlap off: "

@@ -28,7 +28,7 @@ class TeacherConfig:
     tls_ca: str | None = None
     token_file: str | None = None
     client_id: str | None = None
-    prefetch: int = 0                        # steps chosen and sent ahead of the one in training
+    prefetch: int | None = None              # steps chosen and sent ahead of the one in training; None: auto
     serial: bool = False                     # wait for each answer before the student's forward
 
 

@@ -114,11 +114,14 @@ class Distiller(nn.Module):
         if step.answer is None and self.keys:
             step.answer = self._ask(step.query)
 
-    def train_on(self, step: SentStep, context: StepContext = StepContext()) -> StepOutput:
-        """The student's forward (while the teacher works), then the wait, then the loss."""
+    def train_on(self, step: SentStep, context: StepContext = StepContext(), while_waiting=None) -> StepOutput:
+        """The student's forward (while the teacher works), then ``while_waiting()`` if the answer is not in
+        yet (work that changes no result: the next batch's data), then the wait, then the loss."""
         q = step.query
         with self.timer.phase("student"), capture_features(self.student, self.features) as feats:
             logits = self._models["forward"](q.images)
+        if while_waiting is not None and step.answer is not None and not step.answer.done():
+            while_waiting()
         with self.timer.phase("teacher"):
             answers = self.policy.complete(q, step.wait())
             if step.recheck is not None:

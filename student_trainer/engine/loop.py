@@ -32,7 +32,8 @@ def train_one_epoch(run: Run, state: RunState, log: RunLog) -> dict:
     log.start_epoch()
     for step, context in epoch_steps(state):
         with saved_on_outage(state, step):
-            out = run.distiller.train_on(step, context)  # the student's forward and the losses
+            # the student's forward and the losses; the next batch is drawn while the teacher answers
+            out = run.distiller.train_on(step, context, while_waiting=state.draw_ahead)
         with run.timer.phase("student"):
             run.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()  # through DDP: the student's gradients are averaged over the ranks here
@@ -115,7 +116,8 @@ def finish(run: Run, state: RunState, server_end) -> dict:
                             server_start=server_start, server_end=server_end, flops=run.flops, cost=cost,
                             kd_cost=kd_cost, wall_seconds=state.wall(), time_split=run.timer.as_dict(),
                             k=run.distiller.images_per_batch * run.dist.world_size,
-                            processes=run.dist.world_size, store=run.store, policy=run.distiller.policy.report())
+                            processes=run.dist.world_size, store=run.store, policy=run.distiller.policy.report(),
+                            prefetch=state.in_flight.depth)
     if run.dist.is_main:
         (run.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(format_summary(summary))

@@ -73,12 +73,19 @@ class RunState:
         self.run = run
         self.progress = Progress()
         self.work = WorkCounters()
-        self.in_flight = StepsInFlight(run.distiller, run.config.teacher.prefetch, run.device, run.timer)
+        prefetch = run.config.teacher.prefetch
+        if prefetch is None and (run.config.teacher.serial or not run.distiller.keys):
+            prefetch = 0  # auto: nothing to hide (no teacher), or the user asked for no overlap
+        self.in_flight = StepsInFlight(run.distiller, prefetch, run.device, run.timer)
         self.server_start = run.teacher.try_server_stats() if run.teacher else None  # this rank's client's
         self._earlier_lives, self._life_start = 0.0, time.perf_counter()
 
     def done(self) -> bool:
         return self.progress.epoch > self.run.config.schedule.epochs or self.work.steps >= self.run.total_steps
+
+    def draw_ahead(self) -> None:
+        """Draw the next step's batch now (while the teacher answers this one), if there is a next step."""
+        self.in_flight.draw_ahead(self.run.total_steps - self.work.steps)
 
     def finish_step(self, step: SentStep, out) -> None:
         """``step``, the oldest in flight, is trained: count it and let it go."""

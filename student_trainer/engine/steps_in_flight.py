@@ -1,12 +1,16 @@
 """The steps in flight: chosen and sent to the teacher, not yet trained, in one place.
 
-``--prefetch D`` keeps D steps ahead of the one being trained, so the teacher answers
-about the next batches while the student trains on this one. ``StepsInFlight`` owns
-that queue: it fills it (draw a batch, let the policy choose, send), hands out the
-oldest step and lets it go once trained, waits for its answers before a checkpoint,
-writes it into the checkpoint (the images, and the answers where they came) and, on
-resume, reads it back and asks again for the answers a stopped run never got. A
-resumed run so trains on exactly the images and answers the uninterrupted one did.
+``--prefetch`` keeps steps ahead of the one being trained (``PrefetchDepth``: a fixed D, or
+``auto``), so the teacher answers about the next batches while the student trains on this
+one. ``StepsInFlight`` owns that queue: it fills it (draw a batch, let the policy choose,
+send), hands out the oldest step and lets it go once trained, waits for its answers before a
+checkpoint, writes it into the checkpoint (the images, and the answers where they came) and,
+on resume, reads it back and asks again for the answers a stopped run never got. A resumed
+run so trains on exactly the images and answers the uninterrupted one did.
+
+Steps in flight never span an epoch's end (each epoch's queue drains), so no image is in two
+of them. ``draw_ahead`` draws the next batch while a step waits for its teacher, whatever the
+depth (UNIX's is 0): the data do not depend on the weights, so only the waiting changes.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import torch
 
 from common.checkpoint import CheckpointError
 from common.views import Views
+from student_trainer.engine.prefetch_depth import PrefetchDepth
 from student_trainer.query import Query
 
 
@@ -66,14 +71,18 @@ class SentStep:
 
 
 class StepsInFlight:
-    """The queue of sent steps, oldest first: at most ``prefetch`` beyond the one being trained.
+    """The queue of sent steps, oldest first: at most ``depth`` beyond the one being trained.
 
-    ``distiller`` chooses and sends a step (``prepare``) and asks again for a lost answer (``resend``).
+    ``distiller`` chooses and sends a step (``prepare``) and asks again for a lost answer (``resend``);
+    ``prefetch``: ``--prefetch D``, or None for ``auto``.
     """
 
-    def __init__(self, distiller, prefetch: int, device, timer):
-        self.distiller, self.prefetch, self.device, self.timer = distiller, prefetch, device, timer
+    def __init__(self, distiller, prefetch: int | None, device, timer):
+        self.distiller, self.device, self.timer = distiller, device, timer
+        self.depth = PrefetchDepth(prefetch, distiller.policy.reads_weights)
         self.queue: deque[SentStep] = deque()
+        self.batches = iter(())
+        self.held = None  # a batch drawn but not chosen yet
 
     def __len__(self) -> int:
         return len(self.queue)
@@ -82,23 +91,44 @@ class StepsInFlight:
     def oldest(self) -> SentStep | None:
         return self.queue[0] if self.queue else None
 
-    def fill(self, batches, steps_left: int) -> None:
-        """Draw, choose and send until ``prefetch`` steps wait beyond the one to train now (never more than
+    def start_epoch(self, batches) -> None:
+        """Draw from ``batches`` (the epoch's loader, from its saved position) from now on."""
+        assert self.held is None, "a batch drawn in one epoch is chosen in it"
+        self.batches = batches
+
+    def _draw(self):
+        with self.timer.phase("data"):
+            batch = next(self.batches, None)
+        if batch is None:
+            return None
+        if self.depth.auto and len(self.depth.step_times) == 0:
+            self.depth.limit_memory(batch[0].numel() * batch[0].element_size())
+        return batch
+
+    def draw_ahead(self, steps_left: int) -> None:
+        """Draw the next batch now (while a step waits for its teacher), to be chosen when its turn comes."""
+        if self.held is None and len(self.queue) < steps_left:
+            self.held = self._draw()
+
+    def fill(self, steps_left: int) -> None:
+        """Draw, choose and send until ``depth`` steps wait beyond the one to train now (never more than
         ``steps_left``, never past the loader's end)."""
-        while len(self.queue) <= self.prefetch and len(self.queue) < steps_left:
-            with self.timer.phase("data"):
-                batch = next(batches, None)
+        while len(self.queue) <= self.depth.depth() and len(self.queue) < steps_left:
+            batch, self.held = (self.held if self.held is not None else self._draw()), None
             if batch is None:
                 return
             images, labels, indices = (t.to(self.device, non_blocking=True) for t in batch[:3])
             views = Views.from_array(batch[3].numpy()) if len(batch) > 3 else None  # RenderedViews' recipes
             drawn = Views.from_array(batch[4].numpy()) if len(batch) > 4 else None  # where a lookahead changed some
-            self.queue.append(self.distiller.prepare(images, labels, indices, views, drawn))
+            step = self.distiller.prepare(images, labels, indices, views, drawn)
+            self.depth.sent(step.answer)
+            self.queue.append(step)
 
     def release(self, step: SentStep) -> None:
         """``step``, the oldest, is trained: it leaves the queue."""
         assert self.queue and self.queue[0] is step
         self.queue.popleft()
+        self.depth.trained()
 
     def settle(self) -> None:
         """Wait until every answer in flight is in or failed, so a checkpoint's counters and answers agree."""
@@ -110,7 +140,7 @@ class StepsInFlight:
     def load(self, states: list[dict], path) -> None:
         """The steps a checkpoint held, their missing answers asked for again."""
         queue = deque(SentStep.from_state(state, self.device) for state in states)
-        if len(queue) > self.prefetch + 1:
+        if len(queue) > self.depth.bound + 1:
             raise CheckpointError(f"{path} has {len(queue)} steps in flight; resume it with "
                                   f"--prefetch {len(queue) - 1} or more")
         self.queue = queue

@@ -31,7 +31,7 @@ def _stats_source(start, end) -> str | None:
 
 def build_summary(*, config, spec, work, top1, best_top1, epochs, teacher, server_start, server_end,
                   flops, cost, kd_cost, wall_seconds, time_split=None, k=0, client=None, processes=1,
-                  store=None, policy=None) -> dict:
+                  store=None, policy=None, prefetch=None) -> dict:
     """``client``: the teacher client's counters as a dict (summed over the ranks), default the teacher's own;
     ``store``: the answer store's counters (this process's); ``policy``: the policy's own report (this
     process's: ``--verify-store``'s check)."""
@@ -66,6 +66,8 @@ def build_summary(*, config, spec, work, top1, best_top1, epochs, teacher, serve
         "bytes_sent": c["bytes_sent"] if c else 0,
         "bytes_received": c["bytes_received"] if c else 0,
         "teacher_wait_seconds": c["wait_seconds"] if c else 0.0,
+        # --prefetch as given ("auto" or D) and the most steps it kept chosen ahead of the one in training
+        **({"prefetch": prefetch.setting, "prefetch_depth_max": prefetch.deepest} if prefetch else {}),
         "server_images_delta": _delta(server_start, server_end, "images"),
         # --verify-store: images re-asked to check a stored answer (of teacher_requests' images, not of
         # teacher_images, which are the images trained on), by this client and by the server's count

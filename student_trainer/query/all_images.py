@@ -8,6 +8,7 @@ from student_trainer.query.base import QueryPolicy, unmixed
 class AllImages(QueryPolicy):
     name = "all"
     about = "every image, unmixed (conventional KD; k = N)"
+    reads_weights = False
 
     def select(self, student, images, labels, indices, timer=NULL_TIMER, views=None):
         return unmixed(images, labels, indices, views=views)

@@ -133,6 +133,12 @@ class QueryPolicy:
     per_image_state: ClassVar[str] = ""
     # True: the policy keeps answers in a replay store (``context.store``), which the run must name.
     needs_store: ClassVar[bool] = False
+    # True: a step's choice reads the student's weights (UNIX's uncertainty pass), so choosing it ahead of
+    # the steps before it (``--prefetch``) scores with older weights: the trainer does so only when asked.
+    # False: choosing ahead changes no bit (``--prefetch auto`` does it). A policy that keeps answers per
+    # image (cached, replay) is False too: steps in flight never span an epoch's end, and an epoch draws
+    # each image once, so no image is in two steps in flight.
+    reads_weights: ClassVar[bool] = True
 
     def __init__(self, config: PolicyConfig | None = None, dataset_size: int = 0,
                  context: PolicyContext | None = None):

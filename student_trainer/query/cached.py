@@ -35,6 +35,7 @@ class RememberedAnswers(QueryPolicy):
     name = "cached"
     about = ("every image, unmixed; each image's teacher answer is asked for once every --refresh-every "
              "visits and reused in between (beyond the paper)")
+    reads_weights = False
     config_type = CachedConfig
     per_image_state = "--query cached remembers each training image's answer"
 

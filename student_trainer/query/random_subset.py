@@ -10,6 +10,7 @@ from student_trainer.query.base import QueryPolicy, SubsetConfig, unmixed
 class RandomSubset(QueryPolicy):
     name = "random"
     about = "a random k of N, unmixed, no uncertainty pass"
+    reads_weights = False
     config_type = SubsetConfig
 
     def select(self, student, images, labels, indices, timer=NULL_TIMER, views=None):

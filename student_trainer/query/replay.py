@@ -56,6 +56,7 @@ class Replay(QueryPolicy):
     name = "replay"
     about = ("every image, unmixed; each image's first V views go to the teacher and into --replay-store, "
              "later visits replay a stored view with its stored answer (beyond the paper)")
+    reads_weights = False
     config_type = ReplayConfig
     needs_store = True
 

@@ -1,0 +1,145 @@
+"""Two boxes on one machine: the teacher served on its own core, the student trained on another.
+
+The server (``python -m teacher_server``, gRPC or ``--backend triton``) runs pinned to core 1 with one
+thread; every trainer arm runs pinned to core 0 with one torch thread (``os.sched_setaffinity``, inherited by
+each process started inside), so the student's core is the only one its client may spend. Every arm is
+``python -m student_trainer`` as a user types it, the shipped Fashion-MNIST resnet20 teacher, a resnet8
+student, batch 64, ``--workers 0``, the same seed and steps; the hand-written arm is the RepDistiller-shaped
+loop of ``bench_overhead.py`` with its teacher in-process on core 0. Arms alternate within each round; a
+figure is the median over rounds of the loop's seconds (wall time less evaluation and checkpoints).
+
+    python benchmarks/bench_two_boxes.py                          # every arm, gRPC, 150 steps, 3 rounds
+    python benchmarks/bench_two_boxes.py --backend triton         # the same through Triton
+    python benchmarks/bench_two_boxes.py --arms ce,kd --rounds 1  # a quick look
+
+Needs two cores, Fashion-MNIST (``make data``) and, for ``--backend triton``, Triton's Python wheel.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+from bench_overhead import TEACHER, run_hand, run_trainer, trainer_flags  # noqa: E402  (beside this script)
+from pinning import pinned  # noqa: E402
+
+STUDENT_CORE, TEACHER_CORE = {0}, {1}
+# arm -> (method, where the teacher is, extra trainer flags); "served": the server on the teacher's core
+ARMS = {
+    "ce": ("ce", None, []),
+    "kd": ("kd", "served", []),                               # the defaults: --prefetch auto
+    "kd-prefetch0": ("kd", "served", ["--prefetch", "0"]),     # the old default: overlap with the forward only
+    "kd-serial": ("kd", "served", ["--serial-teacher"]),
+    "unix": ("unix", "served", []),                           # the defaults: exact, no steps ahead
+    "unix-local": ("unix", "local", []),                       # the teacher in the trainer, on the student's core
+    "kd-hand": ("kd", "hand", []),                             # the hand-written loop, teacher in-process
+}
+
+
+def served(backend: str, log):
+    """Start the teacher on its core: (process, url)."""
+    from common.launch import start_teacher
+
+    tmp = Path(tempfile.mkdtemp())
+    args = ["--checkpoint", str(TEACHER), "--port", "0"]
+    if backend == "triton":
+        from teacher_server.triton_backend import free_port
+
+        metrics = free_port()
+        args += ["--backend", "triton", "--http-port", str(free_port()), "--metrics-port", str(metrics)]
+    with pinned(TEACHER_CORE, 1):
+        proc, port = start_teacher(*args, port_file=tmp / "port", stdout=log, cwd=ROOT, timeout=180)
+    url = (f"triton://127.0.0.1:{port}/teacher?metrics_port={metrics}" if backend == "triton"
+           else f"grpc://127.0.0.1:{port}")
+    return proc, url
+
+
+def one_arm(arm: str, url: str, args, out: Path) -> dict:
+    """The arm's loop seconds and phases, and the CPU seconds its process spent (all on the student's core)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = _one_arm(arm, url, args, out)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return result | {"cpu": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime}
+
+
+def _one_arm(arm: str, url: str, args, out: Path) -> dict:
+    method, where, extra = ARMS[arm]
+    with pinned(STUDENT_CORE, 1):
+        if where == "hand":
+            return run_hand(method, args)
+        teacher = {"served": url, "local": f"local:{TEACHER}", None: None}[where]
+        flags = [*trainer_flags(method, teacher, args.steps, args.batch_size, args.k, seed=0), "--threads", "1",
+                 *extra]
+        result = run_trainer(flags, out)
+        summary = json.loads((out / "summary.json").read_text())
+        return result | {"teacher_wait": summary["teacher_wait_seconds"],
+                         "depth": summary.get("prefetch_depth_max"), "teacher_images": summary["teacher_images"]}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backend", choices=("grpc", "triton"), default="grpc")
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--k", type=int, default=48)
+    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
+    args = p.parse_args(argv)
+    arms = [a for a in args.arms.split(",") if a]
+    if sorted(set(arms) - set(ARMS)):
+        p.error(f"unknown arm(s) {sorted(set(arms) - set(ARMS))}; choose from {', '.join(ARMS)}")
+    if not STUDENT_CORE | TEACHER_CORE <= os.sched_getaffinity(0):
+        p.error("needs cores 0 and 1 (two boxes on one machine)")
+    results: dict[str, list[dict]] = {a: [] for a in arms}
+    with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "server.log", "w") as log:
+        proc, url = served(args.backend, log)
+        try:
+            for r in range(args.rounds):
+                for arm in arms:
+                    res = one_arm(arm, url, args, Path(tmp) / f"{arm}-{r}")
+                    results[arm].append(res)
+                    print(f"round {r + 1}/{args.rounds} {arm}: {res['loop_seconds']:.2f} s", flush=True)
+        finally:
+            from common.launch import stop_teacher
+
+            stop_teacher(proc)
+    med = {a: statistics.median(x["loop_seconds"] for x in results[a]) for a in arms}
+    base = med.get("ce")
+    print(f"\n{args.steps} steps of batch {args.batch_size}, resnet20 -> resnet8, Fashion-MNIST, --workers 0; "
+          f"trainer on core 0 (1 thread), {args.backend} teacher on core 1 (1 thread); median of {args.rounds} rounds "
+          f"({time.strftime('%Y-%m-%d')})")
+    print("| arm | loop s per round | median s | vs ce | process CPU s | phases: data / uncertainty+mixing / "
+          "teacher wait / student s | steps ahead (most) | teacher images |")
+    print("|---|---|---|---|---|---|---|---|")
+    for a in arms:
+        rounds = ", ".join(f"{x['loop_seconds']:.2f}" for x in results[a])
+        ratio = f"{med[a] / base:.3f}" if base else "-"
+        first = results[a][0]
+        phase = lambda *names: statistics.median(sum(x["phases"].get(n, 0.0) for n in names)  # noqa: E731
+                                                 for x in results[a])
+        phases = (f"{phase('data'):.2f} / {phase('uncertainty', 'mixing'):.2f} / {phase('teacher'):.2f} / "
+                  f"{phase('student'):.2f}")
+        cpu = statistics.median(x["cpu"] for x in results[a])
+        depth = "-" if first.get("depth") is None else first["depth"]
+        print(f"| {a} | {rounds} | {med[a]:.2f} | {ratio} | {cpu:.1f} | {phases} | {depth} | "
+              f"{first.get('teacher_images', '-')} |")
+    pairs = [("kd", "ce"), ("unix", "unix-local"), ("kd", "kd-hand"), ("kd", "kd-prefetch0")]
+    for a, b in pairs:
+        if a in med and b in med:
+            ratios = [x["loop_seconds"] / y["loop_seconds"] for x, y in zip(results[a], results[b])]
+            print(f"{a} / {b}: median {med[a] / med[b]:.3f}; per round {', '.join(f'{q:.3f}' for q in ratios)}")
+
+
+if __name__ == "__main__":
+    main()
