@@ -87,6 +87,17 @@ def test_auto_depth_follows_the_teacher_s_round_trip_within_its_memory_bound():
     assert fixed.depth() == 2 and fixed.setting == 2 and PrefetchDepth(None, False).setting == "auto"
 
 
+def test_time_queued_behind_the_run_s_own_requests_is_not_a_round_trip():
+    """Three requests sent at once to a teacher that answers one every 0.1 s: each took 0.1 s of the teacher's,
+    though the last waited 0.3 s; counting the queue would make the depth feed on itself."""
+    depth = PrefetchDepth(None, reads_weights=False)
+    for answered in (10.1, 10.2, 10.3):
+        depth.answered(10.0, answered)
+    assert list(depth.round_trips) == pytest.approx([0.1, 0.1, 0.1])
+    depth.answered(11.0, 11.25)                      # sent after the last answer came: its own 0.25 s
+    assert depth.round_trips[-1] == pytest.approx(0.25)
+
+
 def test_a_bad_prefetch_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         train(train_args(tmp_path, "--method", "ce", "--prefetch", "soon"))

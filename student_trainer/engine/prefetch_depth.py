@@ -3,8 +3,11 @@
 A fixed ``D`` is what the user asked for. ``auto`` (the default) keeps the result exact: a policy whose
 choice reads the student's weights (UNIX's uncertainty pass) gets no steps ahead, since choosing ahead
 would score with older weights; any other policy gets as many as hide the teacher, measured as the run
-goes: the teacher's round trip (send to answer) over the time a step takes to train, with a quarter to
-spare, at least 1, and at most what ``PREFETCH_MEMORY`` holds of the steps' images.
+goes: the teacher's round trip over the time a step takes to train, with a quarter to spare, at least 1,
+and at most what ``PREFETCH_MEMORY`` holds of the steps' images. A round trip is counted from when the
+request was sent or the previous answer came, whichever is later: the time an answer spent queued
+behind this run's own earlier requests grows with the depth itself, and counting it would deepen the
+pipeline without end whenever the teacher is about as fast as the student.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ class PrefetchDepth:
         self.step_times: deque[float] = deque(maxlen=WINDOW)
         self.most = MAX_AUTO_DEPTH
         self._last_trained: float | None = None
+        self._last_answered = 0.0
         self.deepest = 0  # the most steps ahead so far (the summary's prefetch_depth_max)
 
     @property
@@ -72,8 +76,13 @@ class PrefetchDepth:
         """Time ``answer`` (a future) from now until it is in."""
         if not self.auto or answer is None or answer.done():
             return
-        start = time.perf_counter()
-        answer.add_done_callback(lambda _: self.round_trips.append(time.perf_counter() - start))
+        sent = time.perf_counter()
+        answer.add_done_callback(lambda _: self.answered(sent, time.perf_counter()))
+
+    def answered(self, sent: float, now: float) -> None:
+        """An answer sent at ``sent`` came at ``now``: its round trip, less any wait behind our own requests."""
+        self.round_trips.append(now - max(sent, self._last_answered))
+        self._last_answered = max(self._last_answered, now)
 
     def trained(self) -> None:
         """A step finished training: the time since the one before is a step's time."""

@@ -1,0 +1,117 @@
+"""What a teacher call costs the student's core: CPU seconds of the calling process per call.
+
+With the student on one core, every microsecond the client spends encoding, decoding, polling gRPC and
+keeping its books comes out of training. The server runs on core 1 (one thread), this process on core 0
+(one torch thread); it asks about the same batch of ``--images`` images ``--calls`` times, with 1 and with 4
+requests on the wire, and prints the process's CPU time per call (``time.process_time``: every thread of
+the process, gRPC's included) beside the wall time per call, for:
+
+- ``client``: the trainer's own client (``student_trainer.teachers.connect``), as ``--prefetch`` uses it;
+- ``grpc blocking`` / ``grpc futures``: the bare generated stub, one blocking call at a time or gRPC's own
+  futures, with the same encoded request: the floor any gRPC client pays;
+- ``encode``: building and serialising the request alone.
+
+    python benchmarks/bench_client_cost.py                 # 64 float16 images of 1x28x28, 200 calls
+    python benchmarks/bench_client_cost.py --images 256
+
+Needs two cores and the shipped resnet20 teacher.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+from pinning import pinned  # noqa: E402  (beside this script)
+
+TEACHER = ROOT / "experiments" / "teachers" / "fashion-mnist-resnet20.pt"
+
+
+def per_call(calls: int, run) -> tuple[float, float]:
+    """(CPU ms, wall ms) per call of ``run()``, which makes ``calls`` calls."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    run()
+    return 1000 * (time.process_time() - cpu) / calls, 1000 * (time.perf_counter() - wall) / calls
+
+
+def in_flight(calls: int, depth: int, submit, wait) -> None:
+    """``calls`` requests, ``depth`` on the wire at once, each waited for in order."""
+    pending = []
+    for _ in range(calls):
+        pending.append(submit())
+        if len(pending) >= depth:
+            wait(pending.pop(0))
+    for p in pending:
+        wait(p)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=64)
+    p.add_argument("--calls", type=int, default=200)
+    args = p.parse_args(argv)
+    from common.launch import start_teacher, stop_teacher
+
+    with tempfile.TemporaryDirectory() as tmp:
+        with pinned({1}, 1):
+            server, port = start_teacher("--checkpoint", str(TEACHER), "--port", "0", port_file=Path(tmp) / "port",
+                                         cwd=ROOT, stdout=open(Path(tmp) / "server.log", "w"))
+        try:
+            with pinned({0}, 1):
+                rows = measure(f"127.0.0.1:{port}", args.images, args.calls)
+        finally:
+            stop_teacher(server)
+    print(f"\n{args.images} float16 images of 1x28x28 a call, {args.calls} calls; this process on core 0, the server "
+          "on core 1 (one thread each)")
+    print("| caller | requests on the wire | CPU ms per call | wall ms per call |")
+    print("|---|---|---|---|")
+    for name, depth, cpu, wall in rows:
+        print(f"| {name} | {depth} | {cpu:.2f} | {wall:.2f} |")
+
+
+def measure(address: str, images: int, calls: int) -> list[tuple[str, int | str, float, float]]:
+    import grpc
+    import torch
+
+    from common import codec
+    from protos import teacher_pb2 as pb
+    from protos import teacher_pb2_grpc as pb_grpc
+    from student_trainer.teachers import connect
+
+    torch.set_num_threads(1)
+    client = connect(f"grpc://{address}", wire_dtype="float16")
+    x = torch.randn(images, *client.describe().input_shape)
+    code = codec.dtype_code("float16")
+
+    def request():
+        return pb.InferRequest(images=codec.encode(x, code), outputs=["logits"], request_id=uuid.uuid4().hex,
+                               output_dtype=pb.FLOAT32)
+
+    channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", -1),
+                                                      ("grpc.max_send_message_length", -1)])
+    stub = pb_grpc.TeacherStub(channel)
+    for _ in range(10):  # the server's first batches are slower
+        client.infer(x)
+        stub.Infer(request())
+    rows = [("encode", "-", *per_call(calls, lambda: [request().SerializeToString() for _ in range(calls)]))]
+    for depth in (1, 4):
+        rows.append(("client", depth, *per_call(calls, lambda: in_flight(
+            calls, depth, lambda: client.submit(x, ["logits"]), lambda f: f.result()))))
+    rows.append(("grpc blocking", 1, *per_call(calls, lambda: [codec.decode(stub.Infer(request()).outputs["logits"])
+                                                            for _ in range(calls)])))
+    rows.append(("grpc futures", 4, *per_call(calls, lambda: in_flight(
+        calls, 4, lambda: stub.Infer.future(request()), lambda f: codec.decode(f.result().outputs["logits"])))))
+    client.close()
+    channel.close()
+    return rows
+
+
+if __name__ == "__main__":
+    main()
