@@ -56,9 +56,8 @@ class Replay(QueryPolicy):
     name = "replay"
     about = ("every image, unmixed; each image's first V views go to the teacher and into --replay-store, "
              "later visits replay a stored view with its stored answer (beyond the paper)")
-    reads_weights = False
     config_type = ReplayConfig
-    needs_store = True
+    needs_store, reads_weights = True, False  # a store of answers; the choice reads no weights
 
     def __init__(self, config: ReplayConfig | None = None, dataset_size: int = 0, context=None):
         super().__init__(config, dataset_size, context)
