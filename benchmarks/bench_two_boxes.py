@@ -46,6 +46,8 @@ ARMS = {
     "ce-busy": ("ce", "busy", []),                            # CE while the teacher's core answers a load client
     "kd": ("kd", "served", []),                               # the defaults: --prefetch auto
     "kd-prefetch0": ("kd", "served", ["--prefetch", "0"]),     # the old default: overlap with the forward only
+    "kd-prefetch1": ("kd", "served", ["--prefetch", "1"]),     # fixed depths, to judge auto's choice
+    "kd-prefetch2": ("kd", "served", ["--prefetch", "2"]),
     "kd-serial": ("kd", "served", ["--serial-teacher"]),
     "unix": ("unix", "served", []),                           # the defaults: exact, no steps ahead
     "unix-local": ("unix", "local", []),                       # the teacher in the trainer, on the student's core
