@@ -57,6 +57,20 @@ def train_args(tmp_path, *extra):
             "--no-progress", "--out", str(tmp_path), "--test-size", "64", *map(str, extra)]
 
 
+def train_task(task: nn.Module, images, labels, steps: int = 3, lr: float = 1e-3) -> list[dict]:
+    """``steps`` Adam steps of a timm-style task (a module returning a dict with ``loss``): each step's dict."""
+    optimizer = torch.optim.Adam(task.parameters(), lr=lr)
+    task.train()
+    results = []
+    for _ in range(steps):
+        result = task(images, labels)
+        optimizer.zero_grad()
+        result["loss"].backward()
+        optimizer.step()
+        results.append(result)
+    return results
+
+
 class FailsOnLargeValues(nn.Module):
     """A real model with a bug that only some inputs reach (as an overflow or a shape bug would)."""
 

@@ -11,6 +11,7 @@ from student_trainer import TeacherModule
 from student_trainer.library.teacher_module import resolve_normalisation
 from student_trainer.teachers import TeacherInfo, TeacherUnavailable
 from student_trainer.teachers.types import ServedDataSet
+from tests.conftest import train_task
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -166,16 +167,8 @@ def test_timm_logit_distillation_task_with_a_served_teacher(grpc_teacher):
         task = LogitDistillationTask(student, teacher_model=teacher, temperature=4.0, verbose=False).to("cpu")
         assert task.teacher.model is teacher and not teacher.training
         assert {id(p) for p in task.parameters()} == {id(p) for p in student.parameters()}
-        optimizer = torch.optim.Adam(task.parameters(), lr=1e-3)
-        task.train()
         before = servicer.counters.snapshot()["images"]
-        losses = []
-        for _ in range(3):
-            result = task(x, y)
-            optimizer.zero_grad()
-            result["loss"].backward()
-            optimizer.step()
-            losses.append(result["loss"].item())
+        losses = [result["loss"].item() for result in train_task(task, x, y)]
         served = servicer.counters.snapshot()["images"] - before
         assert all(math.isfinite(loss) for loss in losses) and losses[-1] < losses[0], losses
         assert not teacher.training

@@ -15,6 +15,7 @@ import torch
 from common.models import build_model
 from student_trainer import UnixBatch, UnixDistillationTask, kd_loss, mixed_ce, unix_select
 from student_trainer.query import POLICIES, build_policy
+from tests.conftest import train_task
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ("docs/examples/plain_loop.py", "docs/examples/timm_task.py")
@@ -96,16 +97,8 @@ def test_unix_distillation_task_asks_the_served_teacher_about_k_images_a_step(gr
     with TeacherModule(url) as teacher:
         task = UnixDistillationTask(student, teacher_model=teacher, temperature=T, verbose=False, k=k, b=4, seed=5)
         assert {id(p) for p in task.parameters()} == {id(p) for p in student.parameters()}
-        optimizer = torch.optim.Adam(task.parameters(), lr=1e-3)
-        task.train()
         before = servicer.counters.snapshot()["images"]
-        results = []
-        for _ in range(3):
-            result = task(x, y)
-            optimizer.zero_grad()
-            result["loss"].backward()
-            optimizer.step()
-            results.append(result)
+        results = train_task(task, x, y)
         served = servicer.counters.snapshot()["images"] - before
         assert served == 3 * k == sum(r["teacher_images"] for r in results) == teacher.counters.images
         assert all(r["teacher_images"] == k and r["output"].shape == (k, 10) for r in results)

@@ -55,7 +55,11 @@ def _stop(proc: subprocess.Popen) -> int:
 
 def start_triton_teacher(tmp: Path, *flags: str):
     """``python -m teacher_server --backend triton`` (a resnet8, 10 classes, 3x32x32, with ``flags``) on free
-    localhost ports, ready to infer: (the process, its ports, the log file); stop it with ``stop_triton_teacher``."""
+    localhost ports, ready to infer: (the process, its ports, the log file); stop it with ``stop_triton_teacher``.
+    Skips the test where Triton cannot run here."""
+    reason = triton_unavailable()
+    if reason:
+        pytest.skip(reason)
     from teacher_server.triton_backend import free_port
 
     ports = {"grpc": free_port(), "http": free_port(), "metrics": free_port()}
@@ -83,9 +87,6 @@ def stop_triton_teacher(proc: subprocess.Popen, log, tmp: Path) -> None:
 @pytest.fixture(scope="module")
 def triton_server(tmp_path_factory):
     """``python -m teacher_server --backend triton`` on free localhost ports, ready to infer."""
-    reason = triton_unavailable()
-    if reason:
-        pytest.skip(reason)
     tmp = tmp_path_factory.mktemp("triton")
     proc, ports, log = start_triton_teacher(tmp, "--max-batch", str(MAX_BATCH), "--instances", "2",
                                             "--queue-delay-us", "500", "--triton-token-file", str(tmp / "token"))

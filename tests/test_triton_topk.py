@@ -14,7 +14,7 @@ from student_trainer.teachers.triton_config import unpack_top_k
 from teacher_server.triton_backend import (pack_top_k, teacher_parameters, top_k_outputs, top_k_served,
                                            triton_max_batch)
 from tests.conftest import train_args
-from tests.test_triton import start_triton_teacher, stop_triton_teacher, triton_unavailable
+from tests.test_triton import start_triton_teacher, stop_triton_teacher
 
 SERVED = "1, 2, 3, 5, 10"  # TOP_K_SERVED up to the 10 classes
 
@@ -22,9 +22,6 @@ SERVED = "1, 2, 3, 5, 10"  # TOP_K_SERVED up to the 10 classes
 @pytest.fixture(scope="module")
 def triton_url(tmp_path_factory):
     """``python -m teacher_server --backend triton`` on free localhost ports: its triton:// URL."""
-    reason = triton_unavailable()
-    if reason:
-        pytest.skip(reason)
     tmp = tmp_path_factory.mktemp("triton_topk")
     proc, ports, log = start_triton_teacher(tmp, "--max-batch", "64", "--instances", "1", "--triton-open-endpoints")
     yield f"triton://127.0.0.1:{ports['grpc']}/teacher?metrics_port={ports['metrics']}"
