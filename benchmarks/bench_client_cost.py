@@ -11,8 +11,13 @@ the process, gRPC's included) beside the wall time per call, for:
   futures, with the same encoded request: the floor any gRPC client pays;
 - ``encode``: building and serialising the request alone.
 
+With ``--backend triton`` the server is Triton (``python -m teacher_server --backend triton``) and the rows are
+the trainer's Triton client (``triton://``) beside tritonclient's own ``InferenceServerClient.infer``, the
+floor a Triton user pays.
+
     python benchmarks/bench_client_cost.py                 # 64 float16 images of 1x28x28, 200 calls
     python benchmarks/bench_client_cost.py --images 256
+    python benchmarks/bench_client_cost.py --backend triton
 
 Needs two cores and the shipped resnet20 teacher.
 """
@@ -56,20 +61,28 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--calls", type=int, default=200)
+    p.add_argument("--backend", choices=("grpc", "triton"), default="grpc")
     args = p.parse_args(argv)
     from common.launch import start_teacher, stop_teacher
 
     with tempfile.TemporaryDirectory() as tmp:
+        flags = ["--checkpoint", str(TEACHER), "--port", "0"]
+        if args.backend == "triton":
+            from teacher_server.triton_backend import free_port
+
+            metrics = free_port()
+            flags += ["--backend", "triton", "--http-port", str(free_port()), "--metrics-port", str(metrics)]
         with pinned({1}, 1):
-            server, port = start_teacher("--checkpoint", str(TEACHER), "--port", "0", port_file=Path(tmp) / "port",
-                                         cwd=ROOT, stdout=open(Path(tmp) / "server.log", "w"))
+            server, port = start_teacher(*flags, port_file=Path(tmp) / "port", cwd=ROOT, timeout=180,
+                                         stdout=open(Path(tmp) / "server.log", "w"))
         try:
             with pinned({0}, 1):
-                rows = measure(f"127.0.0.1:{port}", args.images, args.calls)
+                rows = (measure_triton(f"127.0.0.1:{port}", metrics, args.images, args.calls)
+                        if args.backend == "triton" else measure(f"127.0.0.1:{port}", args.images, args.calls))
         finally:
             stop_teacher(server)
-    print(f"\n{args.images} float16 images of 1x28x28 a call, {args.calls} calls; this process on core 0, the server "
-          "on core 1 (one thread each)")
+    print(f"\n{args.images} float16 images of 1x28x28 a call, {args.calls} calls; this process on core 0, the "
+          f"{args.backend} server on core 1 (one thread each)")
     print("| caller | requests on the wire | CPU ms per call | wall ms per call |")
     print("|---|---|---|---|")
     for name, depth, cpu, wall in rows:
@@ -110,6 +123,40 @@ def measure(address: str, images: int, calls: int) -> list[tuple[str, int | str,
         calls, 4, lambda: stub.Infer.future(request()), lambda f: codec.decode(f.result().outputs["logits"])))))
     client.close()
     channel.close()
+    return rows
+
+
+def measure_triton(address: str, metrics_port: int, images: int,
+                   calls: int) -> list[tuple[str, int | str, float, float]]:
+    import numpy as np
+    import torch
+    import tritonclient.grpc as tc
+
+    from student_trainer.teachers import connect
+
+    torch.set_num_threads(1)
+    client = connect(f"triton://{address}/teacher?metrics_port={metrics_port}", wire_dtype="float16")
+    x = torch.randn(images, *client.describe().input_shape)
+    config = client.model_config
+    bare = tc.InferenceServerClient(address)
+    array = x.numpy().astype(np.float16)
+
+    def bare_infer():
+        inp = tc.InferInput(config.input["name"], list(array.shape), "FP16")
+        inp.set_data_from_numpy(array)
+        out = config.outputs["logits"]
+        return bare.infer(client.model, [inp], outputs=[tc.InferRequestedOutput(out)]).as_numpy(out)
+
+    for _ in range(10):  # the server's first batches are slower
+        client.infer(x)
+        bare_infer()
+    rows = []
+    for depth in (1, 4):
+        rows.append(("client", depth, *per_call(calls, lambda: in_flight(
+            calls, depth, lambda: client.submit(x, ["logits"]), lambda f: f.result()))))
+    rows.append(("tritonclient blocking", 1, *per_call(calls, lambda: [bare_infer() for _ in range(calls)])))
+    client.close()
+    bare.close()
     return rows
 
 

@@ -6,7 +6,11 @@ each process started inside), so the student's core is the only one its client m
 ``python -m student_trainer`` as a user types it, the shipped Fashion-MNIST resnet20 teacher, a resnet8
 student, batch 64, ``--workers 0``, the same seed and steps; the hand-written arm is the RepDistiller-shaped
 loop of ``bench_overhead.py`` with its teacher in-process on core 0. Arms alternate within each round; a
-figure is the median over rounds of the loop's seconds (wall time less evaluation and checkpoints).
+figure is the median over rounds of the loop's seconds (wall time less evaluation and checkpoints), and a
+ratio between two arms the geometric mean of their per-round ratios with its 95 % interval. Each arm's
+process CPU seconds, kernel seconds and page faults (start-up included) and the seconds the hypervisor stole
+from the student's core are printed beside it. ``ce-system-malloc`` and ``kd-system-malloc`` run with
+``UNIXKD_MALLOC=system``: glibc's own thresholds, which hand freed activations back to the kernel each step.
 
 Two cores of one machine are not two boxes: where they share a physical core or a host's time, the
 student slows down while the teacher's core works. ``ce-busy`` measures that: CE on core 0 while a load
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -30,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -38,6 +44,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 from bench_overhead import TEACHER, run_hand, run_trainer, trainer_flags  # noqa: E402  (beside this script)
 from pinning import pinned  # noqa: E402
+
+from student_trainer.tools.paired import paired_difference  # noqa: E402
 
 STUDENT_CORE, TEACHER_CORE = {0}, {1}
 # arm -> (method, where the teacher is, extra trainer flags); "served": the server on the teacher's core
@@ -52,7 +60,10 @@ ARMS = {
     "unix": ("unix", "served", []),                           # the defaults: exact, no steps ahead
     "unix-local": ("unix", "local", []),                       # the teacher in the trainer, on the student's core
     "kd-hand": ("kd", "hand", []),                             # the hand-written loop, teacher in-process
+    "ce-system-malloc": ("ce", None, []),                      # glibc's own malloc thresholds (UNIXKD_MALLOC=system)
+    "kd-system-malloc": ("kd", "served", []),
 }
+ARM_ENV = {"ce-system-malloc": {"UNIXKD_MALLOC": "system"}, "kd-system-malloc": {"UNIXKD_MALLOC": "system"}}
 
 
 def served(backend: str, log):
@@ -92,23 +103,58 @@ def busy_teacher(url: str) -> subprocess.Popen:
                                 stderr=subprocess.DEVNULL)
 
 
+def stolen_seconds(core: int) -> float:
+    """Seconds the hypervisor has so far kept ``core`` from this machine (steal time in /proc/stat; 0 if absent).
+
+    On a VM the host's other guests take turns on our cores; steal is how much of the arm's wall time the
+    student's core did not run at all, which no change to the trainer can win back."""
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            fields = line.split()
+            if fields[0] == f"cpu{core}":
+                return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+    except OSError:
+        pass
+    return 0.0
+
+
+@contextmanager
+def environment(env: dict[str, str]):
+    """The block (and the processes it starts) with these variables set."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def one_arm(arm: str, url: str, args, out: Path) -> dict:
-    """The arm's loop seconds and phases, and the CPU seconds its process spent (all on the student's core)."""
+    """The arm's loop seconds and phases, the CPU seconds its process spent (all on the student's core), and
+    the seconds the hypervisor stole from that core meanwhile."""
     method, where, extra = ARMS[arm]
+    core = min(STUDENT_CORE)
     load = busy_teacher(url) if where == "busy" else None
     try:
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        result = _trainer_or_hand(method, where, extra, url, args, out)
+        before, stolen = resource.getrusage(resource.RUSAGE_CHILDREN), stolen_seconds(core)
+        result = _trainer_or_hand(method, where, extra, url, args, out, ARM_ENV.get(arm))
         after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the load client is still running: not counted
-        return result | {"cpu": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime}
+        return result | {"cpu": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+                         "kernel": after.ru_stime - before.ru_stime, "faults": after.ru_minflt - before.ru_minflt,
+                         "steal": stolen_seconds(core) - stolen}
     finally:
         if load is not None:
             load.kill()
             load.wait()
 
 
-def _trainer_or_hand(method: str, where: str | None, extra: list[str], url: str, args, out: Path) -> dict:
-    with pinned(STUDENT_CORE, 1):
+def _trainer_or_hand(method: str, where: str | None, extra: list[str], url: str, args, out: Path,
+                     env: dict[str, str] | None = None) -> dict:
+    with pinned(STUDENT_CORE, 1), environment(env or {}):
         if where == "hand":
             return run_hand(method, args)
         teacher = {"served": url, "local": f"local:{TEACHER}", None: None, "busy": None}[where]
@@ -148,7 +194,8 @@ def main(argv=None) -> None:
                 for arm in arms:
                     res = one_arm(arm, url, args, Path(tmp) / f"{arm}-{r}")
                     results[arm].append(res)
-                    print(f"round {r + 1}/{args.rounds} {arm}: {res['loop_seconds']:.2f} s", flush=True)
+                    print(f"round {r + 1}/{args.rounds} {arm}: {res['loop_seconds']:.2f} s "
+                          f"(core {min(STUDENT_CORE)} stolen {res['steal']:.2f} s)", flush=True)
         finally:
             from common.launch import stop_teacher
 
@@ -158,9 +205,9 @@ def main(argv=None) -> None:
     print(f"\n{args.steps} steps of batch {args.batch_size}, resnet20 -> resnet8, Fashion-MNIST, --workers 0; "
           f"trainer on core 0 (1 thread), {args.backend} teacher on core 1 (1 thread); median of {args.rounds} rounds "
           f"({time.strftime('%Y-%m-%d')})")
-    print("| arm | loop s per round | median s | vs ce | process CPU s | phases: data / uncertainty+mixing / "
-          "teacher wait / student s | steps ahead (most) | teacher images |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| arm | loop s per round | median s | vs ce | process CPU s (kernel) | page faults | phases: data / "
+          "uncertainty+mixing / teacher wait / student s | stolen s | steps ahead (most) | teacher images |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for a in arms:
         rounds = ", ".join(f"{x['loop_seconds']:.2f}" for x in results[a])
         ratio = f"{med[a] / base:.3f}" if base else "-"
@@ -170,16 +217,29 @@ def main(argv=None) -> None:
         phases = (f"{phase('data'):.2f} / {phase('uncertainty', 'mixing'):.2f} / {phase('teacher'):.2f} / "
                   f"{phase('student'):.2f}")
         cpu = statistics.median(x["cpu"] for x in results[a])
+        steal = statistics.median(x["steal"] for x in results[a])
+        kernel = statistics.median(x["kernel"] for x in results[a])
+        faults = statistics.median(x["faults"] for x in results[a])
         depth = "-" if first.get("depth") is None else first["depth"]
-        print(f"| {a} | {rounds} | {med[a]:.2f} | {ratio} | {cpu:.1f} | {phases} | {depth} | "
-              f"{first.get('teacher_images', '-')} |")
+        print(f"| {a} | {rounds} | {med[a]:.2f} | {ratio} | {cpu:.1f} ({kernel:.2f}) | {faults:,.0f} | {phases} | "
+              f"{steal:.2f} | {depth} | {first.get('teacher_images', '-')} |")
     pairs = [("kd", "ce"), ("kd", "ce-busy"), ("ce-busy", "ce"), ("unix", "unix-local"), ("kd", "kd-hand"),
-             ("kd", "kd-prefetch0")]
+             ("kd", "kd-prefetch0"),
+             ("ce", "ce-system-malloc"), ("kd", "kd-system-malloc"), ("kd-system-malloc", "ce-system-malloc")]
     for a, b in pairs:
         if a in med and b in med:
             ratios = [x["loop_seconds"] / y["loop_seconds"] for x, y in zip(results[a], results[b])]
-            print(f"{a} / {b}: ratio of medians {med[a] / med[b]:.3f}; paired by round: median "
-                  f"{statistics.median(ratios):.3f}, each {', '.join(f'{q:.3f}' for q in ratios)}")
+            print(f"{a} / {b}: ratio of medians {med[a] / med[b]:.3f}; paired by round: {paired_ratio(ratios)}, "
+                  f"median {statistics.median(ratios):.3f}, each {', '.join(f'{q:.3f}' for q in ratios)}")
+
+
+def paired_ratio(ratios: list[float]) -> str:
+    """The geometric mean of per-round ratios with its 95 % interval (a t interval on their logarithms):
+    rounds run minutes apart on a drifting machine, so only the arms within one round are compared."""
+    if len(ratios) < 2:
+        return f"{ratios[0]:.3f} (one round: no interval)"
+    d = paired_difference([math.log(q) for q in ratios], [0.0] * len(ratios))
+    return f"geometric mean {math.exp(d.mean):.3f} [{math.exp(d.low):.3f}, {math.exp(d.high):.3f}]"
 
 
 if __name__ == "__main__":
