@@ -7,7 +7,8 @@ each process started inside), so the student's core is the only one its client m
 student, batch 64, ``--workers 0``, the same seed and steps; the hand-written arm is the RepDistiller-shaped
 loop of ``bench_overhead.py`` with its teacher in-process on core 0. Arms alternate within each round; a
 figure is the median over rounds of the loop's seconds (wall time less evaluation and checkpoints), and a
-ratio between two arms the geometric mean of their per-round ratios with its 95 % interval. Each arm's
+ratio between two arms the geometric mean of their per-round ratios with its 95 % interval, over all rounds
+and over the quiet ones (the hypervisor stole under 2 % of each arm's loop from the student's core). Each arm's
 process CPU seconds, kernel seconds and page faults (start-up included) and the seconds the hypervisor stole
 from the student's core are printed beside it. ``ce-system-malloc`` and ``kd-system-malloc`` run with
 ``UNIXKD_MALLOC=system``: glibc's own thresholds, which hand freed activations back to the kernel each step.
@@ -231,6 +232,20 @@ def main(argv=None) -> None:
             ratios = [x["loop_seconds"] / y["loop_seconds"] for x, y in zip(results[a], results[b])]
             print(f"{a} / {b}: ratio of medians {med[a] / med[b]:.3f}; paired by round: {paired_ratio(ratios)}, "
                   f"median {statistics.median(ratios):.3f}, each {', '.join(f'{q:.3f}' for q in ratios)}")
+            quiet = [q for q, x, y in zip(ratios, results[a], results[b]) if is_quiet(x) and is_quiet(y)]
+            if quiet:
+                print(f"    in the {len(quiet)} of {len(ratios)} rounds where neither lost over "
+                      f"{QUIET:.0%} of its loop to steal: {paired_ratio(quiet)}")
+
+
+QUIET = 0.02  # a round is quiet if the hypervisor stole under 2 % of each arm's loop from the student's core
+
+
+def is_quiet(arm: dict) -> bool:
+    """Steal is time the core did not run at all. It comes in bursts when the host is busy, and it hits an
+    arm whose core idles (a trainer waiting on the teacher lets its vCPU halt, and a busy host is slow to
+    give it back) more than one that computes without a break, so such rounds are reported apart."""
+    return arm["steal"] < QUIET * arm["loop_seconds"]
 
 
 def paired_ratio(ratios: list[float]) -> str:
