@@ -36,7 +36,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -44,7 +43,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 from bench_overhead import TEACHER, run_hand, run_trainer, trainer_flags  # noqa: E402  (beside this script)
-from pinning import pinned  # noqa: E402
+from pinning import environment, pinned  # noqa: E402
 
 from student_trainer.tools.paired import paired_difference  # noqa: E402
 
@@ -117,21 +116,6 @@ def stolen_seconds(core: int) -> float:
     except OSError:
         pass
     return 0.0
-
-
-@contextmanager
-def environment(env: dict[str, str]):
-    """The block (and the processes it starts) with these variables set."""
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def one_arm(arm: str, url: str, args, out: Path) -> dict:

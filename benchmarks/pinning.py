@@ -8,17 +8,27 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 @contextmanager
-def pinned(cores: set[int], threads: int):
-    """Run the block (and the children it starts) on ``cores`` with ``threads`` torch/OpenMP threads."""
-    old_cores, old_env = os.sched_getaffinity(0), {k: os.environ.get(k) for k in THREAD_VARS}
-    os.sched_setaffinity(0, cores)
-    os.environ.update({k: str(threads) for k in THREAD_VARS})
+def environment(env: dict[str, str]):
+    """Run the block (and the processes it starts) with these environment variables set."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         yield
     finally:
-        os.sched_setaffinity(0, old_cores)
-        for k, v in old_env.items():
+        for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextmanager
+def pinned(cores: set[int], threads: int):
+    """Run the block (and the children it starts) on ``cores`` with ``threads`` torch/OpenMP threads."""
+    old_cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        with environment({k: str(threads) for k in THREAD_VARS}):
+            yield
+    finally:
+        os.sched_setaffinity(0, old_cores)
