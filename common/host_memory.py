@@ -8,8 +8,8 @@ faults those pages in again, and the kernel zeroes each one first.
 
 This module fixes the two thresholds, so the pages stay with the process: what PyTorch's caching
 allocator does on the GPU, and jemalloc or tcmalloc when preloaded. On the 2-core VM (resnet8, batch 64,
-150 steps, KD over gRPC) it cut a run's page faults from 356,000 to 164,000, nearly all left at start-up,
-and the loop's time by 14 % (docs/benchmarks.md, "Two boxes with default flags").
+150 steps) it cut a run's page faults from 275,000-615,000 to 161,000-178,000, nearly all left at start-up
+(docs/benchmarks.md, "Where KD's slow runs came from").
 
 A process-wide setting belongs to the program, not to a library: the trainer's entry point
 (``python -m student_trainer``) calls ``keep_freed_memory``; the library does not. (The teacher server is
@@ -27,9 +27,11 @@ import os
 import platform
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
-MMAP_THRESHOLD = 32 << 20  # blocks below this come from the heap and are reused; larger ones are mapped
-# (32 MiB is glibc's own ceiling for its sliding threshold; setting either value alone stops the sliding of
-# both, which is worse than glibc's defaults: the trim threshold alone gave 12x the page faults.)
+# Blocks below this come from the heap and are reused; larger ones are mapped. Above glibc's own 32 MiB
+# ceiling for its sliding threshold, so blocks between the two, which glibc always maps afresh, are reused
+# too. (Setting either value alone stops the sliding of both, which is worse than glibc's defaults: the trim
+# threshold alone gave 12x the page faults.)
+MMAP_THRESHOLD = 64 << 20
 TRIM_THRESHOLD = 1 << 30  # free memory at the heap's top that is kept rather than given back
 OPT_OUT = "UNIXKD_MALLOC"
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")

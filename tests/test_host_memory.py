@@ -14,10 +14,11 @@ from common.host_memory import OPT_OUT, reason_to_leave_alone
 ROOT = Path(__file__).resolve().parents[1]
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
-# Enter a program the way a user does (its --help exits before any work), then allocate three 20 MB tensors
-# and free them, 20 times over, as a training step frees and reallocates its activations; print the page
-# faults. glibc's sliding thresholds serve them from the heap but give its top back each time (60 MB free
-# there is over twice the 20 MB block); kept, the pages are faulted in once.
+# Enter a program the way a user does (its --help exits before any work), then allocate a 40 MB tensor and
+# free it, 20 times over, as a training step frees and reallocates its activations; print the page faults.
+# glibc maps a block over 32 MiB afresh each time, however far its threshold has slid (20 x ~9,800 pages);
+# kept, it is faulted in once. (Smaller blocks are no test: whether glibc trims them depends on what other
+# threads have put above them in the heap, which differs from run to run.)
 FAULTS = """
 import resource, runpy, sys, torch
 sys.argv = [sys.argv[1], "--help"]
@@ -27,8 +28,8 @@ except SystemExit:
     pass
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(20):
-    xs = [torch.ones(5_000_000) for _ in range(3)]
-    del xs
+    x = torch.ones(10_000_000)
+    del x
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
