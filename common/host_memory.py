@@ -2,9 +2,9 @@
 
 glibc's malloc serves a block above its mmap threshold (128 KiB at first, sliding up to 32 MiB) with a
 fresh mapping, which goes back to the kernel when the block is freed. It also gives the top of its heap
-back once more than the trim threshold of it is free (twice the mmap threshold, as it slides). A training step frees its activations and
-gradients and then allocates the same sizes again in the next step. So on glibc's defaults, every step
-faults those pages in again, and the kernel zeroes each one first.
+back once more than the trim threshold of it is free (twice the mmap threshold, as it slides). A training
+step frees its activations and gradients and then allocates the same sizes again in the next step. So on
+glibc's defaults, every step faults those pages in again, and the kernel zeroes each one first.
 
 This module fixes the two thresholds, so the pages stay with the process: what PyTorch's caching
 allocator does on the GPU, and jemalloc or tcmalloc when preloaded. On the 2-core VM (resnet8, batch 64,
