@@ -1,4 +1,5 @@
-"""The trainer's entry point keeps freed tensor memory in the process (fewer page faults a step), unless the user chose."""
+"""The trainer's entry point keeps freed tensor memory in the process (fewer page faults a step), unless
+the user chose otherwise."""
 from __future__ import annotations
 
 import os
