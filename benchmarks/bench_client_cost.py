@@ -29,14 +29,14 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
-from pinning import pinned  # noqa: E402  (beside this script)
-
-TEACHER = ROOT / "experiments" / "teachers" / "fashion-mnist-resnet20.pt"
+from bench_two_boxes import served  # noqa: E402  (beside this script)
+from pinning import pinned  # noqa: E402
 
 
 def per_call(calls: int, run) -> tuple[float, float]:
@@ -63,22 +63,13 @@ def main(argv=None) -> None:
     p.add_argument("--calls", type=int, default=200)
     p.add_argument("--backend", choices=("grpc", "triton"), default="grpc")
     args = p.parse_args(argv)
-    from common.launch import start_teacher, stop_teacher
+    from common.launch import stop_teacher
 
-    with tempfile.TemporaryDirectory() as tmp:
-        flags = ["--checkpoint", str(TEACHER), "--port", "0"]
-        if args.backend == "triton":
-            from teacher_server.triton_backend import free_port
-
-            metrics = free_port()
-            flags += ["--backend", "triton", "--http-port", str(free_port()), "--metrics-port", str(metrics)]
-        with pinned({1}, 1):
-            server, port = start_teacher(*flags, port_file=Path(tmp) / "port", cwd=ROOT, timeout=180,
-                                         stdout=open(Path(tmp) / "server.log", "w"))
+    with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "server.log", "w") as log:
+        server, url = served(args.backend, log)  # on core 1, one thread
         try:
             with pinned({0}, 1):
-                rows = (measure_triton(f"127.0.0.1:{port}", metrics, args.images, args.calls)
-                        if args.backend == "triton" else measure(f"127.0.0.1:{port}", args.images, args.calls))
+                rows = (measure_triton if args.backend == "triton" else measure)(url, args.images, args.calls)
         finally:
             stop_teacher(server)
     print(f"\n{args.images} float16 images of 1x28x28 a call, {args.calls} calls; this process on core 0, the "
@@ -89,7 +80,13 @@ def main(argv=None) -> None:
         print(f"| {name} | {depth} | {cpu:.2f} | {wall:.2f} |")
 
 
-def measure(address: str, images: int, calls: int) -> list[tuple[str, int | str, float, float]]:
+def client_rows(client, x, calls: int) -> list[tuple[str, int | str, float, float]]:
+    """The trainer's client asking about ``x`` with 1 and with 4 requests on the wire, as ``--prefetch`` does."""
+    return [("client", depth, *per_call(calls, lambda: in_flight(
+        calls, depth, lambda: client.submit(x, ["logits"]), lambda f: f.result()))) for depth in (1, 4)]
+
+
+def measure(url: str, images: int, calls: int) -> list[tuple[str, int | str, float, float]]:
     import grpc
     import torch
 
@@ -99,7 +96,8 @@ def measure(address: str, images: int, calls: int) -> list[tuple[str, int | str,
     from student_trainer.teachers import connect
 
     torch.set_num_threads(1)
-    client = connect(f"grpc://{address}", wire_dtype="float16")
+    address = urlsplit(url).netloc
+    client = connect(url, wire_dtype="float16")
     x = torch.randn(images, *client.describe().input_shape)
     code = codec.dtype_code("float16")
 
@@ -113,10 +111,8 @@ def measure(address: str, images: int, calls: int) -> list[tuple[str, int | str,
     for _ in range(10):  # the server's first batches are slower
         client.infer(x)
         stub.Infer(request())
-    rows = [("encode", "-", *per_call(calls, lambda: [request().SerializeToString() for _ in range(calls)]))]
-    for depth in (1, 4):
-        rows.append(("client", depth, *per_call(calls, lambda: in_flight(
-            calls, depth, lambda: client.submit(x, ["logits"]), lambda f: f.result()))))
+    rows = [("encode", "-", *per_call(calls, lambda: [request().SerializeToString() for _ in range(calls)])),
+            *client_rows(client, x, calls)]
     rows.append(("grpc blocking", 1, *per_call(calls, lambda: [codec.decode(stub.Infer(request()).outputs["logits"])
                                                             for _ in range(calls)])))
     rows.append(("grpc futures", 4, *per_call(calls, lambda: in_flight(
@@ -126,8 +122,7 @@ def measure(address: str, images: int, calls: int) -> list[tuple[str, int | str,
     return rows
 
 
-def measure_triton(address: str, metrics_port: int, images: int,
-                   calls: int) -> list[tuple[str, int | str, float, float]]:
+def measure_triton(url: str, images: int, calls: int) -> list[tuple[str, int | str, float, float]]:
     import numpy as np
     import torch
     import tritonclient.grpc as tc
@@ -135,10 +130,10 @@ def measure_triton(address: str, metrics_port: int, images: int,
     from student_trainer.teachers import connect
 
     torch.set_num_threads(1)
-    client = connect(f"triton://{address}/teacher?metrics_port={metrics_port}", wire_dtype="float16")
+    client = connect(url, wire_dtype="float16")
     x = torch.randn(images, *client.describe().input_shape)
     config = client.model_config
-    bare = tc.InferenceServerClient(address)
+    bare = tc.InferenceServerClient(urlsplit(url).netloc)
     array = x.numpy().astype(np.float16)
 
     def bare_infer():
@@ -150,11 +145,8 @@ def measure_triton(address: str, metrics_port: int, images: int,
     for _ in range(10):  # the server's first batches are slower
         client.infer(x)
         bare_infer()
-    rows = []
-    for depth in (1, 4):
-        rows.append(("client", depth, *per_call(calls, lambda: in_flight(
-            calls, depth, lambda: client.submit(x, ["logits"]), lambda f: f.result()))))
-    rows.append(("tritonclient blocking", 1, *per_call(calls, lambda: [bare_infer() for _ in range(calls)])))
+    rows = [*client_rows(client, x, calls),
+            ("tritonclient blocking", 1, *per_call(calls, lambda: [bare_infer() for _ in range(calls)]))]
     client.close()
     bare.close()
     return rows

@@ -48,22 +48,22 @@ from pinning import environment, pinned  # noqa: E402
 from student_trainer.tools.paired import paired_difference  # noqa: E402
 
 STUDENT_CORE, TEACHER_CORE = {0}, {1}
-# arm -> (method, where the teacher is, extra trainer flags); "served": the server on the teacher's core
+# arm -> (method, where the teacher is, extra trainer flags, environment); "served": the server on the teacher's core
+SYSTEM_MALLOC = {"UNIXKD_MALLOC": "system"}  # glibc's own malloc thresholds, not the trainer's kept memory
 ARMS = {
-    "ce": ("ce", None, []),
-    "ce-busy": ("ce", "busy", []),                            # CE while the teacher's core answers a load client
-    "kd": ("kd", "served", []),                               # the defaults: --prefetch auto
-    "kd-prefetch0": ("kd", "served", ["--prefetch", "0"]),     # the old default: overlap with the forward only
-    "kd-prefetch1": ("kd", "served", ["--prefetch", "1"]),     # fixed depths, to judge auto's choice
-    "kd-prefetch2": ("kd", "served", ["--prefetch", "2"]),
-    "kd-serial": ("kd", "served", ["--serial-teacher"]),
-    "unix": ("unix", "served", []),                           # the defaults: exact, no steps ahead
-    "unix-local": ("unix", "local", []),                       # the teacher in the trainer, on the student's core
-    "kd-hand": ("kd", "hand", []),                             # the hand-written loop, teacher in-process
-    "ce-system-malloc": ("ce", None, []),                      # glibc's own malloc thresholds (UNIXKD_MALLOC=system)
-    "kd-system-malloc": ("kd", "served", []),
+    "ce": ("ce", None, [], {}),
+    "ce-busy": ("ce", "busy", [], {}),                            # CE while the teacher's core answers a load client
+    "kd": ("kd", "served", [], {}),                               # the defaults: --prefetch auto
+    "kd-prefetch0": ("kd", "served", ["--prefetch", "0"], {}),     # the old default: overlap with the forward only
+    "kd-prefetch1": ("kd", "served", ["--prefetch", "1"], {}),     # fixed depths, to judge auto's choice
+    "kd-prefetch2": ("kd", "served", ["--prefetch", "2"], {}),
+    "kd-serial": ("kd", "served", ["--serial-teacher"], {}),
+    "unix": ("unix", "served", [], {}),                           # the defaults: exact, no steps ahead
+    "unix-local": ("unix", "local", [], {}),                       # the teacher in the trainer, on the student's core
+    "kd-hand": ("kd", "hand", [], {}),                             # the hand-written loop, teacher in-process
+    "ce-system-malloc": ("ce", None, [], SYSTEM_MALLOC),
+    "kd-system-malloc": ("kd", "served", [], SYSTEM_MALLOC),
 }
-ARM_ENV = {"ce-system-malloc": {"UNIXKD_MALLOC": "system"}, "kd-system-malloc": {"UNIXKD_MALLOC": "system"}}
 
 
 def served(backend: str, log):
@@ -121,12 +121,12 @@ def stolen_seconds(core: int) -> float:
 def one_arm(arm: str, url: str, args, out: Path) -> dict:
     """The arm's loop seconds and phases, the CPU seconds its process spent (all on the student's core), and
     the seconds the hypervisor stole from that core meanwhile."""
-    method, where, extra = ARMS[arm]
+    method, where, extra, env = ARMS[arm]
     core = min(STUDENT_CORE)
     load = busy_teacher(url) if where == "busy" else None
     try:
         before, stolen = resource.getrusage(resource.RUSAGE_CHILDREN), stolen_seconds(core)
-        result = _trainer_or_hand(method, where, extra, url, args, out, ARM_ENV.get(arm))
+        result = _trainer_or_hand(method, where, extra, url, args, out, env)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the load client is still running: not counted
         return result | {"cpu": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
                          "kernel": after.ru_stime - before.ru_stime, "faults": after.ru_minflt - before.ru_minflt,
@@ -201,10 +201,8 @@ def main(argv=None) -> None:
                                                  for x in results[a])
         phases = (f"{phase('data'):.2f} / {phase('uncertainty', 'mixing'):.2f} / {phase('teacher'):.2f} / "
                   f"{phase('student'):.2f}")
-        cpu = statistics.median(x["cpu"] for x in results[a])
-        steal = statistics.median(x["steal"] for x in results[a])
-        kernel = statistics.median(x["kernel"] for x in results[a])
-        faults = statistics.median(x["faults"] for x in results[a])
+        cpu, steal, kernel, faults = (statistics.median(x[key] for x in results[a])
+                                      for key in ("cpu", "steal", "kernel", "faults"))
         depth = "-" if first.get("depth") is None else first["depth"]
         print(f"| {a} | {rounds} | {med[a]:.2f} | {ratio} | {cpu:.1f} ({kernel:.2f}) | {faults:,.0f} | {phases} | "
               f"{steal:.2f} | {depth} | {first.get('teacher_images', '-')} |")

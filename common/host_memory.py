@@ -67,4 +67,6 @@ def keep_freed_memory(env=None) -> bool:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
         return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) & bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    mmap_set = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)  # both are called, whatever the first says
+    trim_set = libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    return bool(mmap_set and trim_set)
