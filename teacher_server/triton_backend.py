@@ -205,11 +205,40 @@ class BatchInfer:
         return [{n: t.numpy() for n, t in answer.items()} for answer in answers]
 
 
+START_TRIES = 2  # a start lost to PyTriton's handshake race is tried once more, on the same ports
+
+
 def start_triton(teacher: TeacherModel, opts: TritonOptions):
     """Start ``tritonserver`` with the teacher bound and loaded; return the running ``Triton``.
 
-    The caller stops it with ``.stop()`` (SIGINT to tritonserver, then wait).
+    The caller stops it with ``.stop()`` (SIGINT to tritonserver, then wait). PyTriton's host process
+    fetches its model's config from a Unix socket that the model's proxy opens in tritonserver; on a busy
+    machine it may try before the proxy listens and fail the whole start (``lost_handshake``). Such a start
+    is stopped and made again, once; any other failure is the user's to see at once.
     """
+    for attempt in range(1, START_TRIES + 1):
+        try:
+            return _start_triton_once(teacher, opts)
+        except TritonStartError as e:
+            if not e.lost_handshake or attempt == START_TRIES:
+                raise
+            log.warning("Triton's model proxy did not answer its handshake in time (%s); starting again", e)
+
+
+def lost_handshake(error: BaseException) -> bool:
+    """Whether ``error`` is PyTriton's host failing to reach its model proxy's handshake socket (refused or
+    timed out), the race ``start_triton`` retries, rather than a failure of the teacher or the ports."""
+    if not isinstance(error, (ConnectionRefusedError, TimeoutError, FileNotFoundError)):
+        return False
+    tb = error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "get_config_from_handshake_server":
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _start_triton_once(teacher: TeacherModel, opts: TritonOptions):
     prefer_this_libpython()
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
@@ -252,13 +281,19 @@ def start_triton(teacher: TeacherModel, opts: TritonOptions):
             errors = [line for line in logs.splitlines() if line.startswith("E") or "error" in line.lower()]
             detail = errors[-1].strip() if errors else str(e).splitlines()[0]
             raise TritonStartError(f"Triton did not start on {opts.host} (ports {opts.grpc_port}, "
-                                   f"{opts.http_port}, {opts.metrics_port}): {detail[:400]}") from None
+                                   f"{opts.http_port}, {opts.metrics_port}): {detail[:400]}",
+                                   lost_handshake=lost_handshake(e)) from None
         raise
     return triton
 
 
 class TritonStartError(OSError):
-    """tritonserver exited or the model did not load; the message holds Triton's last error line."""
+    """tritonserver exited or the model did not load; the message holds Triton's last error line.
+    ``lost_handshake``: the start lost PyTriton's handshake race (``lost_handshake()``), worth one more try."""
+
+    def __init__(self, message: str, *, lost_handshake: bool = False):
+        super().__init__(message)
+        self.lost_handshake = lost_handshake
 
 
 def _server_logs(triton) -> str:
