@@ -185,7 +185,7 @@ def test_a_triton_future_for_a_stopped_server_ends_in_teacher_unavailable(tmp_pa
 def test_the_first_chunk_error_fails_the_batch_and_the_chunks_not_sent_are_dropped():
     from concurrent.futures import ThreadPoolExecutor
 
-    from student_trainer.teachers.chunks import CallWindow, ask_in_chunks
+    from student_trainer.teachers.chunks import ask_in_chunks
 
     asked = []
 
@@ -195,43 +195,12 @@ def test_the_first_chunk_error_fails_the_batch_and_the_chunks_not_sent_are_dropp
             raise ValueError("chunk 2 refused")
         return {"logits": chunk.clone()}
 
-    with ThreadPoolExecutor(2) as pool:
-        window = CallWindow(1)  # one on the wire at a time: chunks 3 and 4 still wait when 2 fails
-        start = lambda c, o, v: pool.submit(ask, c, o, v)  # noqa: E731
+    with ThreadPoolExecutor(1) as pool:  # one at a time: chunks 3 and 4 are still queued when 2 fails
         images = torch.arange(10, dtype=torch.float32).div(2).floor().reshape(10, 1)  # chunk k of 2 rows holds k
-        answer = ask_in_chunks(window, start, images, ["logits"], 2, Future(), dropped=lambda: AssertionError())
+        answer = ask_in_chunks(pool, ask, images, ["logits"], 2, Future(), dropped=lambda: AssertionError())
         with pytest.raises(ValueError, match="chunk 2 refused"):
             answer.result(timeout=10)
         assert asked == [0, 1, 2]
-        whole = ask_in_chunks(CallWindow(2), lambda c, o, v: pool.submit(lambda: {"logits": c * 10}), images,
-                              ["logits"], 3, Future(), dropped=lambda: AssertionError())
+        whole = ask_in_chunks(pool, lambda c, o, v: {"logits": c * 10}, images, ["logits"], 3, Future(),
+                              dropped=lambda: AssertionError())
         assert torch.equal(whole.result(timeout=10)["logits"], images * 10)  # four chunks, back in order
-
-
-def test_a_call_window_holds_at_most_its_size_on_the_wire_and_drops_the_waiting_ones_when_closed():
-    from student_trainer.teachers.chunks import CallWindow
-
-    window = CallWindow(2)
-    wire = [Future() for _ in range(4)]
-    started = []
-
-    def start(i):
-        started.append(i)
-        return wire[i]
-
-    outs = [window.run(lambda i=i: start(i)) for i in range(4)]
-    assert started == [0, 1]  # 2 and 3 wait their turn
-    wire[1].set_result("one")
-    assert started == [0, 1, 2] and outs[1].result(timeout=1) == "one"
-    outs[3].cancel()  # a waiting call can be cancelled; its slot goes to the next
-    wire[0].set_exception(ValueError("zero"))
-    with pytest.raises(ValueError, match="zero"):
-        outs[0].result(timeout=1)
-    assert started == [0, 1, 2]  # 3 was cancelled, so it never started
-    later = window.run(lambda: Future())  # room: 2 is the only one on the wire
-    assert not later.done()
-    waiting = window.run(lambda: pytest.fail("started after close"))
-    window.close()
-    assert waiting.cancelled()
-    with pytest.raises(RuntimeError, match="closed"):
-        window.run(lambda: Future())

@@ -34,7 +34,7 @@ from protos import teacher_pb2_grpc as pb_grpc
 from student_trainer.teachers.errors import TeacherUnavailable
 from student_trainer.teachers.grpc_replicas import replica_target, summed_stats
 from student_trainer.teachers.options import DEFAULTS, SENDS
-from student_trainer.teachers.remote import InferCall, RemoteTeacherClient, has_host_and_port
+from student_trainer.teachers.remote import RemoteTeacherClient, has_host_and_port
 from student_trainer.teachers.types import ServedDataSet, ServedManifest, ServerStats, TeacherInfo
 
 log = logging.getLogger("student_trainer.teacher")
@@ -141,21 +141,21 @@ class GrpcTeacherClient(RemoteTeacherClient):
         return ServedManifest(lambda start, count: (lambda r: (r.range_digest, r.files))(ask(start, count)),
                               lambda index: (lambda r: (r.path, r.size, r.digest))(ask(index, 0)))
 
-    def _request(self, images: torch.Tensor, outputs: list[str], verify: bool = False) -> InferCall:
-        return self._infer_call(pb.InferRequest(images=codec.encode(images, self.wire_code), outputs=outputs,
-                                                request_id=uuid.uuid4().hex, output_dtype=pb.FLOAT32,
-                                                verify=verify), outputs)
+    def _infer(self, images: torch.Tensor, outputs: list[str], verify: bool = False):
+        return self._send(pb.InferRequest(images=codec.encode(images, self.wire_code), outputs=outputs,
+                                          request_id=uuid.uuid4().hex, output_dtype=pb.FLOAT32, verify=verify),
+                          outputs)
 
-    def _request_views(self, views: Views, outputs: list[str], verify: bool = False) -> InferCall:
+    def _infer_views(self, views: Views, outputs: list[str], verify: bool = False):
         """The rows as 104-byte recipes, rendered by the server in the wire dtype the pixels would have had."""
         recipes = pb.ViewRecipes(rows=views.as_array().astype("<i8").tobytes(), render_dtype=self.wire_code)
-        return self._infer_call(pb.InferRequest(views=recipes, outputs=outputs, request_id=uuid.uuid4().hex,
-                                                output_dtype=pb.FLOAT32, verify=verify), outputs)
+        return self._send(pb.InferRequest(views=recipes, outputs=outputs, request_id=uuid.uuid4().hex,
+                                          output_dtype=pb.FLOAT32, verify=verify), outputs)
 
-    def _infer_call(self, request: pb.InferRequest, outputs: list[str]) -> InferCall:
-        """A retry resends this very request (same request_id)."""
-        return InferCall("Infer", self.stub.Infer, request, metadata=self._metadata,
-                         read=lambda response: {o: codec.decode(response.outputs[o]).float() for o in outputs})
+    def _send(self, request: pb.InferRequest, outputs: list[str]):
+        response = self._call("Infer", request)  # a retry resends this very request (same request_id)
+        result = {o: codec.decode(response.outputs[o]).float() for o in outputs}
+        return result, request.ByteSize(), response.ByteSize()
 
     def _counts(self) -> tuple[ServerStats, str | None]:
         """The server's counts of this client's own calls (its x-client-id), so that two trainers sharing

@@ -18,14 +18,6 @@ since the call began, then raises ``TeacherUnavailable`` in one line. Any other
 error from the teacher is final: ``TeacherRefused`` at once, in one line. The
 same request is resent on a retry, and images are counted once, when their
 answer arrives.
-
-An inference call blocks no thread of the client's: a kind builds the chunk's
-request (``_request``, an ``InferCall``), the shared code starts it as a gRPC
-future, and the reply is read in its done callback, on gRPC's own thread. A
-retry waits out its backoff on a thread of its own (rare), and calls for
-the kind's metadata and counts block their caller, as they are asked seldom.
-On a student's own core this is what a teacher call costs it: no worker
-thread to wake and switch to for every chunk.
 """
 from __future__ import annotations
 
@@ -36,10 +28,10 @@ import random
 import threading
 import time
 from abc import abstractmethod
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property, partial
-from typing import Any, Callable, NamedTuple, TypeVar
+from typing import Callable, NamedTuple, TypeVar
 from urllib.parse import SplitResult
 
 import grpc
@@ -50,7 +42,7 @@ from common.reductions import LOGITS
 from common.tokens import read_token
 from common.views import Views
 from student_trainer.teachers.base import TeacherClient
-from student_trainer.teachers.chunks import CallWindow, ask_in_chunks, chunk_rows
+from student_trainer.teachers.chunks import ask_in_chunks, chunk_rows
 from student_trainer.teachers.errors import TeacherRefused, TeacherUnavailable, squeeze
 from student_trainer.teachers.options import DEFAULTS
 from student_trainer.teachers.types import ServerStats, TeacherFuture, TeacherInfo
@@ -98,13 +90,12 @@ def check_recipes(images: torch.Tensor, views: Views | None) -> None:
 
 
 class RetryLoop:
-    """One client's calls to a teacher that may be away: ``run`` (blocking) and ``start`` (a future) retry them
-    with backoff and jitter while ``classify`` calls the failure retryable, within ``policy.max_wait`` seconds
-    a call. Both decide what a failure means in one place, ``_after``."""
+    """One client's calls to a teacher that may be away: ``run`` retries them with backoff and jitter
+    while ``classify`` calls the failure retryable, within ``policy.max_wait`` seconds a call."""
 
     def __init__(self, policy: RetryPolicy, classify: Callable[[Exception], Failure | None],
                  closed: threading.Event):
-        """``closed`` set: calls waiting to retry give up at once, and a failure after it is the closing's."""
+        """``closed`` set: calls waiting to retry give up at once."""
         self.policy, self.classify, self.closed = policy, classify, closed
         self.retries = 0  # retried calls in all, for logs and tests
         self._rng = random.Random()
@@ -118,72 +109,26 @@ class RetryLoop:
         while True:
             try:
                 answer = call()
+            except (TeacherUnavailable, TeacherRefused):
+                raise
             except Exception as e:
-                delay, last = self._after(url, what, e, attempt, start)
-                if self.closed.wait(delay):
-                    raise self._closed_error(url, what, last) from None
+                failure = self.classify(e)
+                if failure is None:
+                    raise
+                if not failure.retryable:
+                    raise TeacherRefused(url, what, failure.code, failure.details) from None
+                last = f"{failure.code.name if failure.code else 'unreachable'}: {squeeze(failure.details)}"
+                self._wait(url, what, attempt, start, last)
                 attempt += 1
                 continue
-            self._answered(url, what, attempt, start)
+            if attempt:
+                log.warning("teacher at %s answered %s again after %d retries (%.1f s)", url, what, attempt,
+                            time.monotonic() - start)
             return answer
 
-    def start(self, url: str, what: str, begin: Callable[[], Future]) -> Future:
-        """A future of the first answer of ``begin()``, which starts one attempt and returns its future at
-        once; it ends in the error ``run`` would raise. No thread waits for an attempt's answer: each is
-        judged in its done callback, and only a retry's backoff takes a thread (one of its own)."""
-        answer: Future = Future()
-        answer.set_running_or_notify_cancel()
-        began = time.monotonic()
-
-        def attempt(n: int) -> None:
-            try:
-                call = begin()
-            except Exception as e:
-                failed(n, e)
-                return
-            call.add_done_callback(lambda f: ended(n, f))
-
-        def ended(n: int, call) -> None:
-            try:
-                result = call.result()
-            except Exception as e:
-                failed(n, e)
-                return
-            self._answered(url, what, n, began)
-            answer.set_result(result)
-
-        def failed(n: int, error: Exception) -> None:
-            try:
-                delay, last = self._after(url, what, error, n, began)
-            except BaseException as final:
-                answer.set_exception(final)
-                return
-
-            def retry() -> None:
-                if self.closed.wait(delay):
-                    answer.set_exception(self._closed_error(url, what, last))
-                else:
-                    attempt(n + 1)
-            threading.Thread(target=retry, name="teacher-retry", daemon=True).start()
-
-        attempt(0)
-        return answer
-
-    def _after(self, url: str, what: str, error: Exception, attempt: int, start: float) -> tuple[float, str]:
-        """(seconds to wait, the error in brief) before retry ``attempt`` + 1 of a call begun at ``start`` that
-        failed with ``error``; or raises what ends the call: ``error`` itself where it is no call error, a
-        ``TeacherRefused`` where it is final, a ``TeacherUnavailable`` where the wait ran out or the client
-        was closed."""
-        if isinstance(error, (TeacherUnavailable, TeacherRefused)):
-            raise error
-        failure = self.classify(error)
-        if failure is None:
-            raise error
-        last = f"{failure.code.name if failure.code else 'unreachable'}: {squeeze(failure.details)}"
-        if self.closed.is_set():  # the client's own closing cut the call (gRPC says CANCELLED)
-            raise self._closed_error(url, what, last) from None
-        if not failure.retryable:
-            raise TeacherRefused(url, what, failure.code, failure.details) from None
+    def _wait(self, url: str, what: str, attempt: int, start: float, last: str) -> None:
+        """Sleep before retry ``attempt`` + 1 of a call begun at ``start``, or give up in one line: the
+        wait ran out, or the client was closed meanwhile."""
         waited = time.monotonic() - start
         left = self.policy.max_wait - waited
         if left <= 0:
@@ -195,49 +140,15 @@ class RetryLoop:
             self.retries += 1
         log.warning("teacher at %s did not answer %s (%s); retry %d in %.1f s, %.0f of %g s waited",
                     url, what, last, attempt + 1, delay, waited, self.policy.max_wait)
-        return delay, last
-
-    @staticmethod
-    def _closed_error(url: str, what: str, last: str) -> TeacherUnavailable:
-        return TeacherUnavailable(f"the client of the teacher at {url} was closed while {what} waited for it; "
-                                  f"last error {last}")
-
-    @staticmethod
-    def _answered(url: str, what: str, attempt: int, start: float) -> None:
-        if attempt:
-            log.warning("teacher at %s answered %s again after %d retries (%.1f s)", url, what, attempt,
-                        time.monotonic() - start)
-
-
-@dataclass(frozen=True)
-class InferCall:
-    """One chunk's inference request, ready to send: a kind builds it (``_request``), the shared code sends it
-    (retried as one, the same request each time) and hands the reply to ``read``."""
-    what: str                                      # the RPC's name, for messages
-    rpc: Any                                       # a gRPC unary-unary method of the kind's stub
-    request: Any                                   # its request message
-    read: Callable[[Any], dict[str, torch.Tensor]]  # the reply's outputs, float32 on the CPU
-    metadata: tuple = ()
-
-
-def then(future: Future, fn: Callable[[Any], T]) -> Future:
-    """A future of ``fn(future.result())``, or of the error either raised; ``fn`` runs where ``future`` ends."""
-    out: Future = Future()
-    out.set_running_or_notify_cancel()
-
-    def done(f) -> None:
-        try:
-            out.set_result(fn(f.result()))
-        except BaseException as e:
-            out.set_exception(e)
-    future.add_done_callback(done)
-    return out
+        if self.closed.wait(delay):
+            raise TeacherUnavailable(f"the client of the teacher at {url} was closed while "
+                                     f"{what} waited for it; last error {last}") from None
 
 
 class RemoteTeacherClient(TeacherClient):
     """A teacher behind a network address. A kind implements ``parse_url``, ``_describe``, ``_counts``
-    and ``_request`` (and ``_request_views`` if it takes recipes), sends its other calls through
-    ``_retrying``, and says in ``_classify`` which of its errors are worth a retry."""
+    and ``_infer`` (and ``_infer_views`` if it takes recipes), sends each call through ``_retrying``,
+    and says in ``_classify`` which of its errors are worth a retry."""
     max_in_flight = 4  # chunks on the wire at once
 
     def __init__(self, *, wire_dtype: str = DEFAULTS.wire_dtype, timeout: float = DEFAULTS.timeout,
@@ -250,7 +161,8 @@ class RemoteTeacherClient(TeacherClient):
         self.wire_itemsize = codec.ITEMSIZE[codec.dtype_code(wire_dtype)]
         self._closed = threading.Event()
         self.retry_loop = RetryLoop(retry or RetryPolicy(max_wait=max_wait), self._classify, self._closed)
-        self._calls = CallWindow(self.max_in_flight)
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
 
     @property
     def retry(self) -> RetryPolicy:
@@ -305,35 +217,36 @@ class RemoteTeacherClient(TeacherClient):
         info = self.describe()
         per_image = Views.COLUMNS * 8 if self.takes_recipes else math.prod(info.input_shape) * self.wire_itemsize
         size = chunk_rows(info, list(outputs), per_image, REPLY_ITEMSIZE)
-        if self._closed.is_set():
-            raise RuntimeError(f"the client of the teacher at {self.url} is closed")
-        return ask_in_chunks(self._calls, partial(self._start, verify=verify), images, list(outputs), size,
+        return ask_in_chunks(self._executor(), partial(self._ask, verify=verify), images, list(outputs), size,
                              TeacherFuture(lambda: self.counters), views=views if self.takes_recipes else None,
                              dropped=lambda: TeacherUnavailable(f"the client of the teacher at {self.url} was "
                                                                 "closed before the answer came"))
 
-    def _start(self, chunk: torch.Tensor, outputs: list[str], views: Views | None, verify: bool = False) -> Future:
-        """One chunk's call, started now: a future of its outputs, counted once, when the answer is here."""
-        call = self._request(chunk, outputs, verify) if views is None else self._request_views(views, outputs, verify)
-        metadata = call.metadata or None
-        reply = self.retry_loop.start(self.url, call.what, lambda: call.rpc.future(
-            call.request, timeout=self.timeout, metadata=metadata))
-
-        def answered(response) -> dict[str, torch.Tensor]:
-            result = call.read(response)
-            self.counters.add_answer(chunk.shape[0], call.request.ByteSize(), response.ByteSize(), verify)
-            return result
-        return then(reply, answered)
+    def _ask(self, chunk: torch.Tensor, outputs: list[str], views: Views | None,
+             verify: bool = False) -> dict[str, torch.Tensor]:
+        result, sent, received = (self._infer(chunk, outputs, verify) if views is None
+                                  else self._infer_views(views, outputs, verify))
+        self.counters.add_answer(chunk.shape[0], sent, received, verify)  # once, when the answer is here
+        return result
 
     @abstractmethod
-    def _request(self, images: torch.Tensor, outputs: list[str], verify: bool = False) -> InferCall:
-        """The call that asks about one chunk within the max batch (built on the caller's thread; its ``read``
-        runs on gRPC's). ``verify``: the chunk re-asks about stored answers, to check them (a server that can
-        counts it apart). A chunk the kind cannot ask about at all raises here (ValueError, in one line)."""
+    def _infer(self, images: torch.Tensor, outputs: list[str],
+               verify: bool = False) -> tuple[dict[str, torch.Tensor], int, int]:
+        """(outputs, bytes sent, bytes received) for one chunk within the max batch; on a worker thread.
+        ``verify``: the chunk re-asks about stored answers, to check them (a server that can counts it apart)."""
 
-    def _request_views(self, views: Views, outputs: list[str], verify: bool = False) -> InferCall:
-        """``_request`` for a chunk sent as its view recipes; a kind that ``takes_recipes`` implements it."""
+    def _infer_views(self, views: Views, outputs: list[str],
+                     verify: bool = False) -> tuple[dict[str, torch.Tensor], int, int]:
+        """``_infer`` for a chunk sent as its view recipes; a kind that ``takes_recipes`` implements it."""
         raise NotImplementedError(f"{type(self).__name__} sends pixels only")
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._closed.is_set():
+                raise RuntimeError(f"the client of the teacher at {self.url} is closed")
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="teacher-call")
+            return self._pool
 
     # --- waiting out a teacher that is away ----------------------------------
     def _classify(self, error: Exception) -> Failure | None:
@@ -360,7 +273,9 @@ class RemoteTeacherClient(TeacherClient):
         the caveat ``server_stats`` adds to their ``source``."""
 
     def close(self) -> None:
-        """Calls waiting to retry give up (``TeacherUnavailable``), chunks not yet sent are dropped; a kind
-        closes its channels after this, which ends the calls on the wire (``TeacherUnavailable`` too)."""
+        """Calls waiting to retry give up (``TeacherUnavailable``), chunks not yet sent are dropped."""
         self._closed.set()
-        self._calls.close()
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)

@@ -36,7 +36,7 @@ import torch
 
 from common.reductions import LOGITS
 from student_trainer.teachers.errors import TeacherUnavailable, one_line
-from student_trainer.teachers.remote import RETRYABLE, Failure, InferCall, RemoteTeacherClient, has_host_and_port
+from student_trainer.teachers.remote import RETRYABLE, Failure, RemoteTeacherClient, has_host_and_port
 from student_trainer.teachers.triton_config import WIRE, ModelConfig, unpack_top_k
 from student_trainer.teachers.triton_counts import NoSeries, TritonCounts
 from student_trainer.teachers.types import ServerStats, TeacherInfo
@@ -151,16 +151,13 @@ class TritonTeacherClient(RemoteTeacherClient):
         return self.model_config.info()
 
     def submit(self, images: torch.Tensor, outputs=(LOGITS,), views=None, verify: bool = False):
-        """``RemoteTeacherClient.submit``; a top-k K the model does not serve is a ValueError here, at once.
-        The model's config and version are read here, on the caller's thread, before any chunk is built (a
-        chunk that waits for room on the wire is built on gRPC's thread, which must not block)."""
+        """``RemoteTeacherClient.submit``; a top-k K the model does not serve is a ValueError here, at once."""
         self.model_config.check_top_k(list(outputs))
-        self.version  # noqa: B018  (read once, then kept)
         return super().submit(images, outputs, views, verify)
 
-    def _request(self, images: torch.Tensor, outputs: list[str], verify: bool = False) -> InferCall:
+    def _infer(self, images: torch.Tensor, outputs: list[str], verify: bool = False):
         """(Triton's request has no field for ``verify``: this client counts such images apart, the server cannot.)"""
-        from tritonclient.grpc import service_pb2
+        from tritonclient.grpc import InferResult, service_pb2
 
         config = self.model_config
         config.check_top_k(outputs)
@@ -176,19 +173,15 @@ class TritonTeacherClient(RemoteTeacherClient):
         for o in outputs:
             request.outputs.add(name=config.outputs[o])
         # A retry resends this very request (same id).
-        return InferCall("ModelInfer", self.stub.ModelInfer, request, read=lambda response: self._read(response, outputs))
-
-    def _read(self, response, outputs: list[str]) -> dict[str, torch.Tensor]:
-        from tritonclient.grpc import InferResult
-
-        config = self.model_config
+        response = self._retrying("ModelInfer", lambda: self.stub.ModelInfer(request, timeout=self.timeout))
         result = InferResult(response)
         # as_numpy views the reply's buffer (read-only); the copy to float32 owns its memory.
         classes = config.output_dims[LOGITS][-1] if LOGITS in config.output_dims else None
-        return {o: unpack_top_k(result.as_numpy(config.outputs[o]), config.top_k[o], classes)
-                if o in config.top_k else
-                torch.from_numpy(np.array(result.as_numpy(config.outputs[o]), dtype=np.float32))
-                for o in outputs}
+        tensors = {o: unpack_top_k(result.as_numpy(config.outputs[o]), config.top_k[o], classes)
+                   if o in config.top_k else
+                   torch.from_numpy(np.array(result.as_numpy(config.outputs[o]), dtype=np.float32))
+                   for o in outputs}
+        return tensors, request.ByteSize(), response.ByteSize()
 
     def _counts(self) -> tuple[ServerStats, str | None]:
         """Triton's own count for this model; the first source that answers is kept for the run."""
