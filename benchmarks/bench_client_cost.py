@@ -8,7 +8,10 @@ the process, gRPC's included) beside the wall time per call, for:
 
 - ``client``: the trainer's own client (``student_trainer.teachers.connect``), as ``--prefetch`` uses it;
 - ``grpc blocking`` / ``grpc futures``: the bare generated stub, one blocking call at a time or gRPC's own
-  futures, with the same encoded request: the floor any gRPC client pays;
+  futures (1 and 4 on the wire), with the same encoded request and the reply decoded: the floor any gRPC
+  client pays. (Futures with 1 on the wire cost more than blocking calls: gRPC Python starts its polling
+  thread afresh for a future call that overlaps no other, which is why the trainer's client keeps its
+  own threads that block on the calls);
 - ``encode``: building and serialising the request alone.
 
 With ``--backend triton`` the server is Triton (``python -m teacher_server --backend triton``) and the rows are
@@ -115,8 +118,9 @@ def measure(url: str, images: int, calls: int) -> list[tuple[str, int | str, flo
             *client_rows(client, x, calls)]
     rows.append(("grpc blocking", 1, *per_call(calls, lambda: [codec.decode(stub.Infer(request()).outputs["logits"])
                                                             for _ in range(calls)])))
-    rows.append(("grpc futures", 4, *per_call(calls, lambda: in_flight(
-        calls, 4, lambda: stub.Infer.future(request()), lambda f: codec.decode(f.result().outputs["logits"])))))
+    rows += [("grpc futures", depth, *per_call(calls, lambda: in_flight(
+        calls, depth, lambda: stub.Infer.future(request()), lambda f: codec.decode(f.result().outputs["logits"]))))
+        for depth in (1, 4)]
     client.close()
     channel.close()
     return rows
