@@ -16,7 +16,10 @@ from the student's core are printed beside it. ``ce-system-malloc`` and ``kd-sys
 Two cores of one machine are not two boxes: where they share a physical core or a host's time, the
 student slows down while the teacher's core works. ``ce-busy`` measures that: CE on core 0 while a load
 client on core 1 keeps the teacher answering 64-image batches back to back (as busy as KD keeps it), so
-``kd / ce-busy`` is what the split costs the student beyond its neighbour's noise.
+``kd / ce-busy`` is what the split costs the student beyond its neighbour's noise. ``ce-neighbour`` is CE
+beside the teacher's forward alone, back to back in a plain process on core 1 (no server, no wire): where
+it is as slow as ``ce-busy``, what slows the student is the neighbour's compute (shared cache and memory),
+not the wire.
 
     python benchmarks/bench_two_boxes.py                          # every arm, gRPC, 150 steps, 3 rounds
     python benchmarks/bench_two_boxes.py --backend triton         # the same through Triton
@@ -53,6 +56,7 @@ SYSTEM_MALLOC = {"UNIXKD_MALLOC": "system"}  # glibc's own malloc thresholds, no
 ARMS = {
     "ce": ("ce", None, [], {}),
     "ce-busy": ("ce", "busy", [], {}),                            # CE while the teacher's core answers a load client
+    "ce-neighbour": ("ce", "neighbour", [], {}),                  # CE while the teacher's core runs its forward, no wire
     "kd": ("kd", "served", [], {}),                               # the defaults: --prefetch auto
     "kd-prefetch0": ("kd", "served", ["--prefetch", "0"], {}),     # the old default: overlap with the forward only
     "kd-prefetch1": ("kd", "served", ["--prefetch", "1"], {}),     # fixed depths, to judge auto's choice
@@ -96,10 +100,28 @@ while True:
 """
 
 
+NEIGHBOUR = """
+import sys, torch
+from common.teacher_model import load_teacher
+teacher = load_teacher(sys.argv[1])
+x = torch.randn(64, *teacher.input_shape)
+while True:
+    teacher.forward(x, ["logits"])
+"""
+
+
 def busy_teacher(url: str) -> subprocess.Popen:
     """A client on the teacher's core asking about 64 images at a time, two requests on the wire, until killed."""
     with pinned(TEACHER_CORE, 1):
         return subprocess.Popen([sys.executable, "-c", LOAD_CLIENT, url], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+
+
+def busy_neighbour() -> subprocess.Popen:
+    """The teacher's forward on 64 images, back to back, in a process of its own on the teacher's core, with
+    no server and no wire: what the teacher's compute alone costs its neighbour, until killed."""
+    with pinned(TEACHER_CORE, 1):
+        return subprocess.Popen([sys.executable, "-c", NEIGHBOUR, str(TEACHER)], cwd=ROOT, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
 
 
@@ -123,7 +145,7 @@ def one_arm(arm: str, url: str, args, out: Path) -> dict:
     the seconds the hypervisor stole from that core meanwhile."""
     method, where, extra, env = ARMS[arm]
     core = min(STUDENT_CORE)
-    load = busy_teacher(url) if where == "busy" else None
+    load = busy_teacher(url) if where == "busy" else busy_neighbour() if where == "neighbour" else None
     try:
         before, stolen = resource.getrusage(resource.RUSAGE_CHILDREN), stolen_seconds(core)
         result = _trainer_or_hand(method, where, extra, url, args, out, env)
@@ -142,7 +164,7 @@ def _trainer_or_hand(method: str, where: str | None, extra: list[str], url: str,
     with pinned(STUDENT_CORE, 1), environment(env or {}):
         if where == "hand":
             return run_hand(method, args)
-        teacher = {"served": url, "local": f"local:{TEACHER}", None: None, "busy": None}[where]
+        teacher = {"served": url, "local": f"local:{TEACHER}", None: None, "busy": None, "neighbour": None}[where]
         flags = [*trainer_flags(method, teacher, args.steps, args.batch_size, args.k, seed=0), "--threads", "1",
                  *extra]
         result = run_trainer(flags, out)
@@ -206,7 +228,8 @@ def main(argv=None) -> None:
         depth = "-" if first.get("depth") is None else first["depth"]
         print(f"| {a} | {rounds} | {med[a]:.2f} | {ratio} | {cpu:.1f} ({kernel:.2f}) | {faults:,.0f} | {phases} | "
               f"{steal:.2f} | {depth} | {first.get('teacher_images', '-')} |")
-    pairs = [("kd", "ce"), ("kd", "ce-busy"), ("ce-busy", "ce"), ("unix", "unix-local"), ("kd", "kd-hand"),
+    pairs = [("kd", "ce"), ("kd", "ce-busy"), ("ce-busy", "ce"), ("ce-neighbour", "ce"), ("kd", "ce-neighbour"),
+             ("unix", "unix-local"), ("kd", "kd-hand"),
              ("kd", "kd-prefetch0"),
              ("ce", "ce-system-malloc"), ("kd", "kd-system-malloc"), ("kd-system-malloc", "ce-system-malloc")]
     for a, b in pairs:
