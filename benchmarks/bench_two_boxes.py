@@ -24,6 +24,10 @@ not the wire.
     python benchmarks/bench_two_boxes.py                          # every arm, gRPC, 150 steps, 3 rounds
     python benchmarks/bench_two_boxes.py --backend triton         # the same through Triton
     python benchmarks/bench_two_boxes.py --arms ce,kd --rounds 1  # a quick look
+    python benchmarks/bench_two_boxes.py --arms ce,ce-neighbour,ce-busy,kd --rounds 10 --student-core 0 --teacher-core 8
+
+The header says which caches the two cores share (sysfs): on a machine with more cores, pick two that
+share none (another L3 domain), and the neighbour's cost should vanish, as between two boxes.
 
 Needs two cores, Fashion-MNIST (``make data``) and, for ``--backend triton``, Triton's Python wheel.
 """
@@ -50,7 +54,7 @@ from pinning import environment, pinned  # noqa: E402
 
 from student_trainer.tools.paired import paired_difference  # noqa: E402
 
-STUDENT_CORE, TEACHER_CORE = {0}, {1}
+STUDENT_CORE, TEACHER_CORE = {0}, {1}  # --student-core / --teacher-core set them for the whole run
 # arm -> (method, where the teacher is, extra trainer flags, environment); "served": the server on the teacher's core
 SYSTEM_MALLOC = {"UNIXKD_MALLOC": "system"}  # glibc's own malloc thresholds, not the trainer's kept memory
 ARMS = {
@@ -125,6 +129,24 @@ def busy_neighbour() -> subprocess.Popen:
                                 stderr=subprocess.DEVNULL)
 
 
+def shared_cache(a: int, b: int) -> str:
+    """Which cache levels cores ``a`` and ``b`` share, from sysfs ("L3", "none", or "unknown"): two cores
+    that share one are not two boxes, since the teacher's forward streams its activations through it."""
+    shared = []
+    try:
+        for index in sorted(Path(f"/sys/devices/system/cpu/cpu{a}/cache").glob("index*")):
+            level = (index / "level").read_text().strip()
+            cpus = set()
+            for part in (index / "shared_cpu_list").read_text().strip().split(","):
+                lo, _, hi = part.partition("-")
+                cpus |= set(range(int(lo), int(hi or lo) + 1))
+            if b in cpus and f"L{level}" not in shared:
+                shared.append(f"L{level}")
+    except (OSError, ValueError):
+        return "unknown"
+    return ", ".join(shared) or "none"
+
+
 def stolen_seconds(core: int) -> float:
     """Seconds the hypervisor has so far kept ``core`` from this machine (steal time in /proc/stat; 0 if absent).
 
@@ -174,6 +196,7 @@ def _trainer_or_hand(method: str, where: str | None, extra: list[str], url: str,
 
 
 def main(argv=None) -> None:
+    global STUDENT_CORE, TEACHER_CORE
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", choices=("grpc", "triton"), default="grpc")
     p.add_argument("--steps", type=int, default=150)
@@ -181,6 +204,10 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--k", type=int, default=48)
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
+    p.add_argument("--student-core", type=int, default=min(STUDENT_CORE),
+                   help="the core every trainer runs on (on a larger machine: one that shares no cache with "
+                        "the teacher's)")
+    p.add_argument("--teacher-core", type=int, default=min(TEACHER_CORE), help="the core the server runs on")
     p.add_argument("--warmup-steps", type=int, default=30,
                    help="a KD run of this many steps before the rounds, not counted: the server's first "
                         "batches are slower (0: none)")
@@ -188,8 +215,10 @@ def main(argv=None) -> None:
     arms = [a for a in args.arms.split(",") if a]
     if sorted(set(arms) - set(ARMS)):
         p.error(f"unknown arm(s) {sorted(set(arms) - set(ARMS))}; choose from {', '.join(ARMS)}")
-    if not STUDENT_CORE | TEACHER_CORE <= os.sched_getaffinity(0):
-        p.error("needs cores 0 and 1 (two boxes on one machine)")
+    STUDENT_CORE, TEACHER_CORE = {args.student_core}, {args.teacher_core}
+    if STUDENT_CORE == TEACHER_CORE or not STUDENT_CORE | TEACHER_CORE <= os.sched_getaffinity(0):
+        p.error(f"needs two different cores this process may use (two boxes on one machine), got "
+                f"{args.student_core} and {args.teacher_core}, of {sorted(os.sched_getaffinity(0))}")
     results: dict[str, list[dict]] = {a: [] for a in arms}
     with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "server.log", "w") as log:
         proc, url = served(args.backend, log)
@@ -210,8 +239,9 @@ def main(argv=None) -> None:
     med = {a: statistics.median(x["loop_seconds"] for x in results[a]) for a in arms}
     base = med.get("ce")
     print(f"\n{args.steps} steps of batch {args.batch_size}, resnet20 -> resnet8, Fashion-MNIST, --workers 0; "
-          f"trainer on core 0 (1 thread), {args.backend} teacher on core 1 (1 thread); median of {args.rounds} rounds "
-          f"({time.strftime('%Y-%m-%d')})")
+          f"trainer on core {args.student_core} (1 thread), {args.backend} teacher on core {args.teacher_core} "
+          f"(1 thread), caches they share: {shared_cache(args.student_core, args.teacher_core)}; median of "
+          f"{args.rounds} rounds ({time.strftime('%Y-%m-%d')})")
     print("| arm | loop s per round | median s | vs ce | process CPU s (kernel) | page faults | phases: data / "
           "uncertainty+mixing / teacher wait / student s | stolen s | steps ahead (most) | teacher images |")
     print("|---|---|---|---|---|---|---|---|---|---|")
