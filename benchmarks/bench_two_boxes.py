@@ -61,6 +61,7 @@ ARMS = {
     "ce": ("ce", None, [], {}),
     "ce-busy": ("ce", "busy", [], {}),                            # CE while the teacher's core answers a load client
     "ce-neighbour": ("ce", "neighbour", [], {}),                  # CE while the teacher's core runs its forward, no wire
+    "ce-neighbour-b8": ("ce", "neighbour-b8", [], {}),            # the same forward, 8 images at a time (about fits its L2)
     "kd": ("kd", "served", [], {}),                               # the defaults: --prefetch auto
     "kd-prefetch0": ("kd", "served", ["--prefetch", "0"], {}),     # the old default: overlap with the forward only
     "kd-prefetch1": ("kd", "served", ["--prefetch", "1"], {}),     # fixed depths, to judge auto's choice
@@ -110,7 +111,8 @@ from common.teacher_model import load_teacher
 teacher = load_teacher(sys.argv[1])
 x = torch.randn(64, *teacher.input_shape)
 while True:
-    teacher.forward(x, ["logits"])
+    for part in x.split(int(sys.argv[2])):
+        teacher.forward(part, ["logits"])
 """
 
 
@@ -121,12 +123,14 @@ def busy_teacher(url: str) -> subprocess.Popen:
                                 stderr=subprocess.DEVNULL)
 
 
-def busy_neighbour() -> subprocess.Popen:
-    """The teacher's forward on 64 images, back to back, in a process of its own on the teacher's core, with
-    no server and no wire: what the teacher's compute alone costs its neighbour, until killed."""
+def busy_neighbour(batch: int = 64) -> subprocess.Popen:
+    """The teacher's forward on 64 images, ``batch`` at a time, back to back, in a process of its own on the
+    teacher's core, with no server and no wire: what the teacher's compute alone costs its neighbour, until
+    killed. At 8 images a forward its activations (about 0.4 MB a layer) roughly fit the core's own 2 MB L2; at
+    64 (3.2 MB a layer) they stream through the shared L3."""
     with pinned(TEACHER_CORE, 1):
-        return subprocess.Popen([sys.executable, "-c", NEIGHBOUR, str(TEACHER)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        return subprocess.Popen([sys.executable, "-c", NEIGHBOUR, str(TEACHER), str(batch)], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def shared_cache(a: int, b: int) -> str:
@@ -167,7 +171,8 @@ def one_arm(arm: str, url: str, args, out: Path) -> dict:
     the seconds the hypervisor stole from that core meanwhile."""
     method, where, extra, env = ARMS[arm]
     core = min(STUDENT_CORE)
-    load = busy_teacher(url) if where == "busy" else busy_neighbour() if where == "neighbour" else None
+    load = (busy_teacher(url) if where == "busy" else busy_neighbour() if where == "neighbour"
+            else busy_neighbour(8) if where == "neighbour-b8" else None)
     try:
         before, stolen = resource.getrusage(resource.RUSAGE_CHILDREN), stolen_seconds(core)
         result = _trainer_or_hand(method, where, extra, url, args, out, env)
@@ -186,7 +191,7 @@ def _trainer_or_hand(method: str, where: str | None, extra: list[str], url: str,
     with pinned(STUDENT_CORE, 1), environment(env or {}):
         if where == "hand":
             return run_hand(method, args)
-        teacher = {"served": url, "local": f"local:{TEACHER}", None: None, "busy": None, "neighbour": None}[where]
+        teacher = {"served": url, "local": f"local:{TEACHER}"}.get(where)  # the others train without a teacher
         flags = [*trainer_flags(method, teacher, args.steps, args.batch_size, args.k, seed=0), "--threads", "1",
                  *extra]
         result = run_trainer(flags, out)
@@ -259,6 +264,7 @@ def main(argv=None) -> None:
         print(f"| {a} | {rounds} | {med[a]:.2f} | {ratio} | {cpu:.1f} ({kernel:.2f}) | {faults:,.0f} | {phases} | "
               f"{steal:.2f} | {depth} | {first.get('teacher_images', '-')} |")
     pairs = [("kd", "ce"), ("kd", "ce-busy"), ("ce-busy", "ce"), ("ce-neighbour", "ce"), ("kd", "ce-neighbour"),
+             ("ce-neighbour-b8", "ce"), ("ce-neighbour", "ce-neighbour-b8"),
              ("unix", "unix-local"), ("kd", "kd-hand"),
              ("kd", "kd-prefetch0"),
              ("ce", "ce-system-malloc"), ("kd", "kd-system-malloc"), ("kd-system-malloc", "ce-system-malloc")]
