@@ -60,8 +60,8 @@ SYSTEM_MALLOC = {"UNIXKD_MALLOC": "system"}  # glibc's own malloc thresholds, no
 ARMS = {
     "ce": ("ce", None, [], {}),
     "ce-busy": ("ce", "busy", [], {}),                            # CE while the teacher's core answers a load client
-    "ce-neighbour": ("ce", "neighbour", [], {}),                  # CE while the teacher's core runs its forward, no wire
-    "ce-neighbour-b8": ("ce", "neighbour-b8", [], {}),            # the same forward, 8 images at a time (about fits its L2)
+    "ce-neighbour": ("ce", "neighbour", [], {}),                  # CE beside the teacher's bare forward, no wire
+    "ce-neighbour-b8": ("ce", "neighbour-b8", [], {}),            # the same, 8 images a forward (about fits L2)
     "kd": ("kd", "served", [], {}),                               # the defaults: --prefetch auto
     "kd-prefetch0": ("kd", "served", ["--prefetch", "0"], {}),     # the old default: overlap with the forward only
     "kd-prefetch1": ("kd", "served", ["--prefetch", "1"], {}),     # fixed depths, to judge auto's choice
@@ -133,6 +133,11 @@ def busy_neighbour(batch: int = 64) -> subprocess.Popen:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+# where -> what keeps the teacher's core busy while a CE arm trains (given the served teacher's url)
+LOADS = {"busy": busy_teacher, "neighbour": lambda url: busy_neighbour(64),
+         "neighbour-b8": lambda url: busy_neighbour(8)}
+
+
 def shared_cache(a: int, b: int) -> str:
     """Which cache levels cores ``a`` and ``b`` share, from sysfs ("L3", "none", or "unknown"): two cores
     that share one are not two boxes, since the teacher's forward streams its activations through it."""
@@ -171,8 +176,7 @@ def one_arm(arm: str, url: str, args, out: Path) -> dict:
     the seconds the hypervisor stole from that core meanwhile."""
     method, where, extra, env = ARMS[arm]
     core = min(STUDENT_CORE)
-    load = (busy_teacher(url) if where == "busy" else busy_neighbour() if where == "neighbour"
-            else busy_neighbour(8) if where == "neighbour-b8" else None)
+    load = LOADS[where](url) if where in LOADS else None
     try:
         before, stolen = resource.getrusage(resource.RUSAGE_CHILDREN), stolen_seconds(core)
         result = _trainer_or_hand(method, where, extra, url, args, out, env)

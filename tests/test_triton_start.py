@@ -31,10 +31,9 @@ def test_the_refused_handshake_is_the_race_and_other_refusals_are_not(tmp_path):
     error = _refused_handshake(tmp_path)
     assert isinstance(error, ConnectionRefusedError)
     assert lost_handshake(error)
-    try:
+    with pytest.raises(ConnectionRefusedError) as other:
         socket.create_connection(("127.0.0.1", triton_backend.free_port()), timeout=1)  # nobody on that port
-    except ConnectionRefusedError as other:
-        assert not lost_handshake(other)
+    assert not lost_handshake(other.value)
     assert not lost_handshake(ValueError("the model failed to load"))
 
 
